@@ -1,0 +1,489 @@
+/**
+ * The PostgreSQL load engine. Every workflow ends here.
+ *
+ * A load streams its rows through COPY into a temporary, all-text staging table, then in the
+ * same transaction: evolves the target schema, moves bad rows to _sluice_rejects (PostgreSQL's
+ * own input functions judge each value), writes the good rows with the write disposition, and
+ * records the load in _sluice_loads (and any state in _sluice_state). A crash anywhere leaves
+ * all of a load or none of it, and a load_id that committed once is never applied again.
+ */
+import { once } from 'node:events';
+import type { Writable } from 'node:stream';
+import type pg from 'pg';
+import { from as copyFrom } from 'pg-copy-streams';
+import { errorMessage, hintFor, PermanentError } from '../../errors';
+import type { ContractMode, Resource } from '../../inputs';
+import { ColumnNamer, qualifiedName, quoteIdent } from '../../schema/identifiers';
+import { canonicalType, copyField, valueToText, widenByValue, widenType } from '../../schema/types';
+import { ROW_REJECT, ROW_SOURCE, type Extracted } from '../../sources/types';
+import { getPool } from './pool';
+import * as sql from './sql';
+
+export interface LoadRequest {
+  url: string;
+  schema: string;
+  /** Destination table, already normalized. */
+  table: string;
+  resource: Resource;
+  loadId: string;
+  workflowId?: string;
+  runId?: string;
+  partition?: string;
+  attempt?: number;
+  data: Extracted;
+  /** Backfill partitions: delete this [start, end) range of `column` before inserting, in the same transaction. */
+  replaceRange?: { column: string; start: string; end: string };
+  /** Written to _sluice_state in the same transaction as the rows. */
+  state?: { key: string; value: unknown };
+  /** Called as rows stream in (activities heartbeat from here). */
+  onProgress?: (rowsStaged: number) => void;
+}
+
+export interface LoadResult {
+  loadId: string;
+  rowsLoaded: number;
+  rowsRejected: number;
+  /** True when this load_id had already committed: nothing was written this time. */
+  alreadyLoaded: boolean;
+  schemaChanges: string[];
+}
+
+const CONTRACT_DEFAULTS = { tables: 'evolve', columns: 'evolve', dataTypes: 'discard_row' } as const;
+const FLUSH_BYTES = 256 * 1024;
+
+const metadataReady = new Set<string>();
+
+/** Creates the schema and the _sluice_* tables once per process and destination. */
+export async function ensureMetadata(url: string, schema: string): Promise<void> {
+  const key = `${url}\u0000${schema}`;
+  if (metadataReady.has(key)) return;
+  const client = await getPool(url).connect();
+  try {
+    await client.query('begin');
+    // Concurrent first loads would race on CREATE ... IF NOT EXISTS (it is not concurrency-safe).
+    await client.query('select pg_advisory_xact_lock(hashtextextended($1, 0))', [`sluice-metadata:${schema}`]);
+    for (const statement of sql.metadataDdl(schema)) await client.query(statement);
+    await client.query('commit');
+    metadataReady.add(key);
+  } catch (err) {
+    await client.query('rollback').catch(() => undefined);
+    throw err;
+  } finally {
+    client.release();
+  }
+}
+
+export async function loadResource(req: LoadRequest): Promise<LoadResult> {
+  await ensureMetadata(req.url, req.schema);
+  const pool = getPool(req.url);
+  await pool.query(
+    `insert into ${qualifiedName(req.schema, '_sluice_loads')}
+       (load_id, workflow_id, run_id, resource, table_name, partition, write_disposition, status, attempt)
+     values ($1, $2, $3, $4, $5, $6, $7, 'running', $8)
+     on conflict (load_id) do update set status = 'running', started_at = now(), finished_at = null,
+       error = null, hint = null, attempt = excluded.attempt, run_id = excluded.run_id
+     where ${qualifiedName(req.schema, '_sluice_loads')}.status <> 'completed'`,
+    [req.loadId, req.workflowId ?? null, req.runId ?? null, req.resource.name, req.table, req.partition ?? null, req.resource.writeDisposition, req.attempt ?? null],
+  );
+  const client = await pool.connect();
+  let broken = false;
+  try {
+    await client.query('begin');
+    // Two attempts of one load (a retry racing a worker that is not dead after all) queue here.
+    await client.query('select pg_advisory_xact_lock(hashtextextended($1, 0))', [`sluice-load:${req.schema}:${req.loadId}`]);
+    const done = await client.query<{ rows_loaded: string; rows_rejected: string }>(
+      `select rows_loaded, rows_rejected from ${qualifiedName(req.schema, '_sluice_loads')} where load_id = $1 and status = 'completed'`,
+      [req.loadId],
+    );
+    if (done.rows[0]) {
+      await client.query('rollback');
+      return {
+        loadId: req.loadId,
+        rowsLoaded: Number(done.rows[0].rows_loaded),
+        rowsRejected: Number(done.rows[0].rows_rejected),
+        alreadyLoaded: true,
+        schemaChanges: [],
+      };
+    }
+    const staged = await stage(client, req);
+    const result = await finalize(client, req, staged);
+    await client.query('commit');
+    return result;
+  } catch (err) {
+    broken = true;
+    await client.query('rollback').catch(() => undefined);
+    await recordFailure(req, err).catch(() => undefined);
+    throw err;
+  } finally {
+    // A client that failed mid-COPY may be in an unknown protocol state: never reuse it.
+    client.release(broken);
+  }
+}
+
+async function recordFailure(req: LoadRequest, err: unknown): Promise<void> {
+  await getPool(req.url).query(
+    `update ${qualifiedName(req.schema, '_sluice_loads')}
+       set status = 'failed', finished_at = now(), error = $2, hint = $3
+     where load_id = $1 and status <> 'completed'`,
+    [req.loadId, errorMessage(err), hintFor(err, { disposition: req.resource.writeDisposition }) ?? null],
+  );
+}
+
+/** What staging learned about the incoming columns. */
+interface Staged {
+  /** Normalized column names in staging order. */
+  columns: string[];
+  /** Type each column's values suggest (declared, from the source, or inferred). */
+  incoming: Map<string, string | undefined>;
+  /** Columns whose values are known to be valid for their incoming type (a PostgreSQL source's own COPY output). */
+  exact: boolean;
+  rows: number;
+}
+
+async function stage(client: pg.PoolClient, req: LoadRequest): Promise<Staged> {
+  const declared = new Map<string, string>();
+  const namer = new ColumnNamer();
+  for (const [raw, type] of Object.entries(req.resource.columns ?? {})) declared.set(namer.name(raw), canonicalType(type));
+
+  if (req.data.kind === 'copy') {
+    const columns = req.data.columns.map((c) => namer.name(c.name));
+    const incoming = new Map<string, string | undefined>(
+      columns.map((name, i) => [name, declared.get(name) ?? canonicalType(req.data.kind === 'copy' ? req.data.columns[i]!.type : 'text')]),
+    );
+    await client.query(sql.createStagingSql(columns));
+    const sink = client.query(copyFrom(`copy ${quoteIdent(sql.STAGING_TABLE)} (${columns.map(quoteIdent).join(', ')}) from stdin`));
+    const counted = countingSink(sink, req.onProgress);
+    await req.data.copyTo(counted.writable);
+    if (!sink.writableFinished) await once(sink, 'finish');
+    // Declared types that differ from the source's must be checked value by value.
+    return { columns, incoming, exact: declared.size === 0, rows: Number(sink.rowCount ?? counted.lines()) };
+  }
+
+  const { rows, textValues = false, columnTypes = {} } = req.data;
+  const known = new Map<string, string>(declared);
+  for (const [raw, type] of Object.entries(columnTypes)) {
+    const name = namer.name(raw);
+    if (!known.has(name)) known.set(name, canonicalType(type));
+  }
+  const columns: string[] = [];
+  const indexOf = new Map<string, number>();
+  const inferred: (string | undefined)[] = [];
+  await client.query(sql.createStagingSql([]));
+
+  let sink: Writable = client.query(copyFrom(sql.copyIntoStagingSql(columns)));
+  let buffer = '';
+  let count = 0;
+  const flush = async () => {
+    if (buffer.length === 0) return;
+    const chunk = buffer;
+    buffer = '';
+    if (!sink.write(chunk)) await once(sink, 'drain');
+  };
+  const addColumn = async (name: string) => {
+    // COPY's column list is fixed, so a new column ends this COPY and starts another.
+    await flush();
+    sink.end();
+    await once(sink, 'finish');
+    await client.query(sql.addStagingColumnSql(name));
+    indexOf.set(name, columns.length);
+    columns.push(name);
+    inferred.push(undefined);
+    sink = client.query(copyFrom(sql.copyIntoStagingSql(columns)));
+  };
+
+  const rawToName = new Map<string, string>();
+  for await (const row of rows) {
+    let reject = row[ROW_REJECT];
+    const fields: string[] = new Array(columns.length).fill('\\N');
+    for (const raw in row) {
+      let name = rawToName.get(raw);
+      if (name === undefined) {
+        name = namer.name(raw);
+        rawToName.set(raw, name);
+      }
+      let index = indexOf.get(name);
+      if (index === undefined) {
+        await addColumn(name);
+        index = columns.length - 1;
+        fields.push('\\N');
+      }
+      const value = row[raw];
+      if (value === null || value === undefined || (textValues && value === '')) continue;
+      const text = valueToText(value)!;
+      if (text.includes('\u0000')) {
+        reject ??= `column "${name}" contains a NUL character, which PostgreSQL text cannot store`;
+        continue;
+      }
+      fields[index] = copyField(text);
+      if (!known.has(name)) inferred[index] = widenByValue(inferred[index], value, textValues);
+    }
+    buffer += `${copyField(row[ROW_SOURCE] ?? null)}\t${copyField(reject ?? null)}${fields.length ? '\t' : ''}${fields.join('\t')}\n`;
+    count++;
+    if (buffer.length >= FLUSH_BYTES) {
+      await flush();
+      req.onProgress?.(count);
+    }
+  }
+  await flush();
+  sink.end();
+  await once(sink, 'finish');
+  req.onProgress?.(count);
+  const incoming = new Map<string, string | undefined>(columns.map((name, i) => [name, known.get(name) ?? inferred[i]]));
+  // Declared columns absent from every row still belong in the table.
+  for (const [name, type] of declared) {
+    if (!incoming.has(name)) {
+      await client.query(sql.addStagingColumnSql(name));
+      columns.push(name);
+      incoming.set(name, type);
+    }
+  }
+  return { columns, incoming, exact: false, rows: count };
+}
+
+function countingSink(sink: Writable, onProgress?: (rows: number) => void): { writable: Writable; lines: () => number } {
+  let lines = 0;
+  let last = 0;
+  const originalWrite = sink.write.bind(sink);
+  sink.write = ((chunk: Buffer | string, ...rest: unknown[]) => {
+    const buf = typeof chunk === 'string' ? Buffer.from(chunk) : chunk;
+    for (let i = buf.indexOf(10); i !== -1; i = buf.indexOf(10, i + 1)) lines++;
+    if (onProgress && lines - last >= 10_000) {
+      last = lines;
+      onProgress(lines);
+    }
+    return (originalWrite as (...a: unknown[]) => boolean)(chunk, ...rest);
+  }) as Writable['write'];
+  return { writable: sink, lines: () => lines };
+}
+
+/** Decides how the incoming columns meet the target table, and says why in `changes`. */
+export interface SchemaPlan {
+  create: boolean;
+  add: sql.TargetColumn[];
+  widen: sql.TargetColumn[];
+  /** Incoming columns dropped by a `discard_value` contract. */
+  dropped: string[];
+  /** Incoming columns whose non-null values reject their row (`discard_row` on new columns). */
+  rejectIfPresent: string[];
+  /** Columns whose unparseable values become null (`discard_value` on data types). */
+  nullIfInvalid: string[];
+  /** Final type of every column that will be written. */
+  columns: sql.TargetColumn[];
+  changes: string[];
+}
+
+export function planSchema(args: {
+  table: string;
+  existing: sql.TargetColumn[] | undefined;
+  incoming: Map<string, string | undefined>;
+  declared: Set<string>;
+  contract: { tables: ContractMode; columns: ContractMode; dataTypes: ContractMode };
+}): SchemaPlan {
+  const { existing, incoming, contract, table } = args;
+  const plan: SchemaPlan = { create: false, add: [], widen: [], dropped: [], rejectIfPresent: [], nullIfInvalid: [], columns: [], changes: [] };
+  if (!existing) {
+    if (contract.tables === 'freeze') {
+      throw new PermanentError(
+        `table "${table}" does not exist and schemaContract.tables is "freeze"`,
+        'create the table first, or set schemaContract.tables to "evolve"',
+      );
+    }
+    plan.create = true;
+    for (const [name, type] of incoming) plan.columns.push({ name, type: type ?? 'text' });
+    plan.changes.push(`created table ${table} (${plan.columns.map((c) => `${c.name} ${c.type}`).join(', ')})`);
+    return plan;
+  }
+  const current = new Map(existing.map((c) => [c.name, c.type]));
+  for (const [name, type] of incoming) {
+    const have = current.get(name);
+    if (have === undefined) {
+      const newType = type ?? 'text';
+      switch (contract.columns) {
+        case 'freeze':
+          throw new PermanentError(
+            `new column "${name}" for table "${table}", whose schemaContract.columns is "freeze"`,
+            'add the column to the table, or set schemaContract.columns to "evolve", "discard_row" or "discard_value"',
+          );
+        case 'discard_value':
+          plan.dropped.push(name);
+          continue;
+        case 'discard_row':
+          plan.rejectIfPresent.push(name);
+          plan.dropped.push(name);
+          continue;
+        case 'evolve':
+          plan.add.push({ name, type: newType });
+          plan.columns.push({ name, type: newType });
+          plan.changes.push(`added column ${name} ${newType}`);
+          continue;
+      }
+    }
+    let target = have;
+    if (type !== undefined && !args.declared.has(name)) {
+      const widened = widenType(baseType(have), type);
+      const lossless = widened !== 'text' || baseType(have) === 'text';
+      if (widened !== baseType(have)) {
+        if (contract.dataTypes === 'freeze') {
+          throw new PermanentError(
+            `column "${name}" of "${table}" is ${have} but the load has ${type} values, and schemaContract.dataTypes is "freeze"`,
+            `declare the column type in resource.columns, or set schemaContract.dataTypes to "discard_row"`,
+          );
+        }
+        if (lossless || contract.dataTypes === 'evolve') {
+          plan.widen.push({ name, type: widened });
+          plan.changes.push(`widened column ${name} from ${have} to ${widened}`);
+          target = widened;
+        } else if (contract.dataTypes === 'discard_value') {
+          plan.nullIfInvalid.push(name);
+        }
+      }
+    }
+    plan.columns.push({ name, type: target });
+  }
+  return plan;
+}
+
+/** numeric(12,2) -> numeric: modifiers narrow a type but do not move it in the lattice. */
+function baseType(type: string): string {
+  return canonicalType(type).replace(/\(.*?\)/, '');
+}
+
+async function finalize(client: pg.PoolClient, req: LoadRequest, staged: Staged): Promise<LoadResult> {
+  const { schema, table, resource } = req;
+  const target = qualifiedName(schema, table);
+  // Serializes sluice's schema changes and writes to one table: loads stage in parallel and
+  // finish one at a time, so two loads never widen a column against each other.
+  await client.query('select pg_advisory_xact_lock(hashtextextended($1, 0))', [`sluice-table:${schema}.${table}`]);
+  const existingRows = await client.query<sql.TargetColumn>(sql.targetColumnsSql(), [target]);
+  const existing = existingRows.rows.length
+    ? existingRows.rows.filter((c) => c.name !== sql.LOAD_ID_COLUMN).map((c) => ({ name: c.name, type: canonicalType(c.type) }))
+    : undefined;
+  const namer = new ColumnNamer();
+  const norm = (names: string[] | undefined) => names?.map((n) => namer.name(n));
+  const primaryKey = norm(resource.primaryKey);
+  const mergeKey = norm(resource.mergeKey);
+  const hardDelete = resource.hardDelete ? namer.name(resource.hardDelete) : undefined;
+  const declared = new Set(Object.keys(resource.columns ?? {}).map((n) => namer.name(n)));
+
+  for (const key of [...(primaryKey ?? []), ...(mergeKey ?? [])]) {
+    if (!staged.incoming.has(key)) {
+      if (staged.rows === 0) staged.incoming.set(key, 'text');
+      else throw new PermanentError(`key column "${key}" of resource "${resource.name}" is not in the data`, 'check resource.primaryKey / resource.mergeKey against the source column names');
+    }
+  }
+  if (staged.rows === 0 && existing) {
+    // Nothing to write: skip schema work, still record the load and its state.
+    return record(client, req, { rowsLoaded: 0, rowsRejected: 0, changes: [] });
+  }
+
+  const plan = planSchema({
+    table,
+    existing,
+    incoming: staged.incoming,
+    declared,
+    contract: { ...CONTRACT_DEFAULTS, ...resource.schemaContract },
+  });
+  if (plan.create) {
+    await client.query(sql.createTableSql(schema, table, plan.columns, resource.writeDisposition === 'merge' ? primaryKey : undefined));
+  }
+  for (const column of plan.add) await client.query(sql.addColumnSql(schema, table, column));
+  for (const column of plan.widen) await client.query(sql.widenColumnSql(schema, table, column));
+  if (resource.writeDisposition === 'merge' && primaryKey && !plan.create) await ensureUniqueKey(client, schema, table, primaryKey);
+
+  for (const name of plan.nullIfInvalid) {
+    const type = plan.columns.find((c) => c.name === name)!.type;
+    await client.query(
+      `update ${quoteIdent(sql.STAGING_TABLE)} set ${quoteIdent(name)} = null where not pg_input_is_valid(${quoteIdent(name)}, $1)`,
+      [type],
+    );
+  }
+  const sourceTypes = staged.exact ? staged.incoming : new Map<string, string | undefined>();
+  const typed = plan.columns.filter((c) => c.type !== 'text' && canonicalType(sourceTypes.get(c.name) ?? '') !== c.type);
+  let reason = sql.rejectReasonSql({ keyColumns: primaryKey ?? [], typed });
+  if (plan.rejectIfPresent.length) {
+    const extra = plan.rejectIfPresent
+      .map((c) => `when s.${quoteIdent(c)} is not null then ${sql.literal(`column "${c}" is not in the schema of "${table}" and schemaContract.columns is "discard_row"`)}`)
+      .join(' ');
+    reason = reason.replace(/^case /, `case ${extra} `);
+  }
+  const rejected = await client.query<{ n: string }>(sql.moveRejectsSql(schema, reason), [req.loadId, resource.name]);
+  const rowsRejected = Number(rejected.rows[0]!.n);
+
+  const insertPlan: sql.InsertPlan = { schema, table, columns: plan.columns, primaryKey, hardDelete };
+  let rowsLoaded: number;
+  if (req.replaceRange) {
+    const column = namer.name(req.replaceRange.column);
+    await client.query(sql.deleteRangeSql(schema, table, column), [req.replaceRange.start, req.replaceRange.end]);
+  }
+  switch (resource.writeDisposition) {
+    case 'replace':
+      await client.query(sql.truncateSql(schema, table));
+      rowsLoaded = (await client.query(sql.appendSql(insertPlan), [req.loadId])).rowCount ?? 0;
+      break;
+    case 'append':
+      rowsLoaded = (await client.query(sql.appendSql(insertPlan), [req.loadId])).rowCount ?? 0;
+      break;
+    case 'merge': {
+      if (mergeKey) await client.query(sql.deleteByMergeKeySql(insertPlan, mergeKey));
+      if (primaryKey) {
+        const statements = sql.mergeSql({ ...insertPlan, primaryKey });
+        rowsLoaded = 0;
+        for (const statement of statements) {
+          const r = await client.query(statement, statement.startsWith('insert') ? [req.loadId] : []);
+          if (statement.startsWith('insert')) rowsLoaded = r.rowCount ?? 0;
+        }
+      } else {
+        rowsLoaded = (await client.query(sql.appendSql(insertPlan), [req.loadId])).rowCount ?? 0;
+      }
+      break;
+    }
+  }
+  return record(client, req, { rowsLoaded, rowsRejected, changes: plan.changes });
+}
+
+async function ensureUniqueKey(client: pg.PoolClient, schema: string, table: string, key: string[]): Promise<void> {
+  const found = await client.query(
+    `select 1 from pg_index i
+      where i.indrelid = to_regclass($1) and i.indisunique
+        and (select array_agg(a.attname::text order by a.attname) from pg_attribute a
+              where a.attrelid = i.indrelid and a.attnum = any(i.indkey)) = (select array_agg(k order by k) from unnest($2::text[]) k)`,
+    [qualifiedName(schema, table), key],
+  );
+  if (found.rowCount) return;
+  try {
+    await client.query(`create unique index ${quoteIdent(`${table.slice(0, 40)}_sluice_pk`)} on ${qualifiedName(schema, table)} (${key.map(quoteIdent).join(', ')})`);
+  } catch (err) {
+    throw new PermanentError(
+      `cannot merge into "${table}" on (${key.join(', ')}): ${errorMessage(err)}`,
+      'the table already holds duplicate keys (it was loaded with append?): deduplicate it or load into a new table',
+    );
+  }
+}
+
+async function record(
+  client: pg.PoolClient,
+  req: LoadRequest,
+  r: { rowsLoaded: number; rowsRejected: number; changes: string[] },
+): Promise<LoadResult> {
+  await client.query(
+    `update ${qualifiedName(req.schema, '_sluice_loads')}
+       set status = 'completed', rows_loaded = $2, rows_rejected = $3, finished_at = now(), error = null, hint = null
+     where load_id = $1`,
+    [req.loadId, r.rowsLoaded, r.rowsRejected],
+  );
+  if (req.state) {
+    await client.query(
+      `insert into ${qualifiedName(req.schema, '_sluice_state')} (resource, state, updated_at) values ($1, $2, now())
+       on conflict (resource) do update set state = excluded.state, updated_at = now()`,
+      [req.state.key, JSON.stringify(req.state.value)],
+    );
+  }
+  return { loadId: req.loadId, rowsLoaded: r.rowsLoaded, rowsRejected: r.rowsRejected, alreadyLoaded: false, schemaChanges: r.changes };
+}
+
+/** Reads a resource's saved state (cursor, loaded files) from _sluice_state. */
+export async function readState(url: string, schema: string, key: string): Promise<unknown> {
+  await ensureMetadata(url, schema);
+  const r = await getPool(url).query<{ state: unknown }>(`select state from ${qualifiedName(schema, '_sluice_state')} where resource = $1`, [key]);
+  return r.rows[0]?.state;
+}

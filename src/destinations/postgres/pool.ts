@@ -1,0 +1,21 @@
+import pg from 'pg';
+
+const pools = new Map<string, pg.Pool>();
+
+/** One pool per connection string per worker process; activities share it. */
+export function getPool(url: string): pg.Pool {
+  let pool = pools.get(url);
+  if (!pool) {
+    pool = new pg.Pool({ connectionString: url, max: 20, idleTimeoutMillis: 30_000, application_name: 'sluice' });
+    // An idle client losing its connection must not crash the worker; the next checkout reconnects.
+    pool.on('error', () => undefined);
+    pools.set(url, pool);
+  }
+  return pool;
+}
+
+export async function closePools(): Promise<void> {
+  const all = [...pools.values()];
+  pools.clear();
+  await Promise.all(all.map((p) => p.end()));
+}

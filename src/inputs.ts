@@ -1,0 +1,296 @@
+/**
+ * Workflow inputs as zod schemas: the one definition that workflows, the CLI, the tests and
+ * the docs share (CONTRACT.md). Types are inferred from these, never written twice.
+ *
+ * This module is bundled into workflow code, so it must stay deterministic and import nothing
+ * but zod.
+ */
+import { z } from 'zod';
+
+/** An environment variable name: connections are named, never inlined, so secrets stay out of history. */
+const envVarName = z
+  .string()
+  .regex(/^[A-Za-z_][A-Za-z0-9_]*$/, 'must be the NAME of an environment variable (like SOURCE_DATABASE_URL), not a connection string');
+
+const columnName = z.string().min(1, 'must be a non-empty column name');
+
+/**
+ * A PostgreSQL type name as written in DDL ("bigint", "numeric(12,2)", "timestamp with time zone",
+ * "text[]"). The pattern admits no quotes or semicolons because the name is placed in DDL as is.
+ */
+export const pgTypeName = z
+  .string()
+  .regex(
+    /^[A-Za-z][A-Za-z0-9_ ]*(\(\s*\d+\s*(,\s*\d+\s*)?\))?( with(out)? time zone)?(\[\])?$/,
+    'must be a PostgreSQL type name such as bigint, numeric(12,2), timestamptz, jsonb or text[]',
+  );
+
+const isoDateOrTimestamp = z
+  .string()
+  .regex(
+    /^\d{4}-\d{2}-\d{2}([T ]\d{2}(:\d{2}(:\d{2}(\.\d+)?)?)?(Z|[+-]\d{2}:?\d{2})?)?$/,
+    'must be a date like 2024-01-31 or a UTC timestamp like 2024-01-31T05:00:00Z',
+  );
+
+/** "30s", "5m", "1h", "1d": how long to sleep between syncs. */
+export const duration = z.string().regex(/^\d+(ms|s|m|h|d)$/, 'must be a duration like 30s, 5m, 1h or 1d');
+
+export const PostgresSource = z
+  .object({
+    kind: z.literal('postgres'),
+    connection: envVarName,
+    /** `schema.table` or `table`. */
+    table: z.string().min(1).optional(),
+    /** A SELECT whose result is the resource; partition and cursor filters are wrapped around it. */
+    query: z.string().min(1).optional(),
+  })
+  .refine((s) => (s.table === undefined) !== (s.query === undefined), {
+    message: 'give exactly one of "table" or "query"',
+    path: ['table'],
+  });
+
+export const FilesSource = z.object({
+  kind: z.literal('files'),
+  path: z.string().min(1, 'must be a directory'),
+  /** Glob relative to `path`; `**` descends into subdirectories. */
+  pattern: z.string().min(1).default('*'),
+  format: z.enum(['csv', 'jsonl']),
+  csv: z
+    .object({
+      delimiter: z.string().length(1).default(','),
+      /** false when the file has no header row; columns are then named column_1, column_2, ... */
+      header: z.boolean().default(true),
+    })
+    .optional(),
+});
+
+export const RegisteredSource = z.object({
+  kind: z.literal('registered'),
+  /** `source.resource`, as registered in the worker's source registry (e.g. "demo.events"). */
+  name: z.string().regex(/^[\w-]+\.[\w-]+$/, 'must be "source.resource", like demo.events'),
+  /** Free-form options handed to the resource's extract function. */
+  options: z.record(z.string(), z.unknown()).optional(),
+});
+
+export const Source = z.discriminatedUnion('kind', [PostgresSource, FilesSource, RegisteredSource]);
+
+export const ContractMode = z.enum(['evolve', 'freeze', 'discard_row', 'discard_value']);
+
+/**
+ * What may change in the destination schema, in the style of dlt's schema contracts.
+ * `dataTypes` governs values that do not fit an existing column: safe widening
+ * (integer -> bigint -> numeric, date -> timestamptz) always happens; `evolve` also allows
+ * widening to text, `discard_row` (the default) sends the row to _sluice_rejects.
+ */
+export const SchemaContract = z.object({
+  tables: ContractMode.default('evolve'),
+  columns: ContractMode.default('evolve'),
+  dataTypes: ContractMode.default('discard_row'),
+});
+
+const keyList = z
+  .union([columnName, z.array(columnName).min(1)])
+  .transform((k) => (typeof k === 'string' ? [k] : k));
+
+export const Resource = z
+  .object({
+    name: z.string().min(1),
+    /** Destination table; defaults to the normalized resource name. */
+    table: z.string().min(1).optional(),
+    writeDisposition: z.enum(['append', 'merge', 'replace']).default('append'),
+    primaryKey: keyList.optional(),
+    /** With merge: delete every destination row whose merge key occurs in the load, then insert. */
+    mergeKey: keyList.optional(),
+    /** With merge: rows whose value in this column is true are deleted from the destination. */
+    hardDelete: columnName.optional(),
+    columns: z.record(z.string(), pgTypeName).optional(),
+    schemaContract: SchemaContract.optional(),
+  })
+  .superRefine((r, ctx) => {
+    if (r.writeDisposition === 'merge' && !r.primaryKey && !r.mergeKey) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['primaryKey'],
+        message: 'writeDisposition "merge" needs a primaryKey (or a mergeKey); use "append" for immutable events',
+      });
+    }
+    if (r.hardDelete && r.writeDisposition !== 'merge') {
+      ctx.addIssue({ code: 'custom', path: ['hardDelete'], message: 'hardDelete only applies to writeDisposition "merge"' });
+    }
+  });
+
+export const Destination = z.object({
+  connection: envVarName.default('DATABASE_URL'),
+  schema: z.string().min(1).default('public'),
+});
+
+const defaultDestination = { connection: 'DATABASE_URL', schema: 'public' };
+
+const common = {
+  source: Source,
+  resource: Resource,
+  destination: Destination.default(defaultDestination),
+};
+
+export const Granularity = z.enum(['hour', 'day', 'month']);
+
+export const BackfillInput = z
+  .object({
+    ...common,
+    partitionColumn: columnName,
+    start: isoDateOrTimestamp,
+    /** Inclusive: the partition that contains `end` is the last one. */
+    end: isoDateOrTimestamp,
+    granularity: Granularity.default('day'),
+    parallel: z.number().int().min(1).max(500).default(4),
+    /** Re-run only these partition keys (e.g. the failed ones of an earlier run). */
+    onlyPartitions: z.array(z.string().min(1)).optional(),
+    /** Attempts per partition before it is recorded as failed. */
+    maxAttempts: z.number().int().min(1).max(100).default(5),
+    /** Internal: what a run hands to its continue-as-new successor. */
+    continuation: z
+      .object({
+        nextIndex: z.number().int().min(0),
+        succeeded: z.number().int().min(0),
+        rows: z.number().int().min(0),
+        rejected: z.number().int().min(0),
+        failed: z.array(z.object({ partition: z.string(), error: z.string() })),
+        paused: z.boolean(),
+        parallel: z.number().int().min(1),
+      })
+      .optional(),
+  })
+  .superRefine((b, ctx) => {
+    if (b.source.kind === 'files') {
+      ctx.addIssue({ code: 'custom', path: ['source', 'kind'], message: 'backfillWorkflow reads "postgres" or "registered" sources; use filesWorkflow for files' });
+    }
+    if (b.resource.writeDisposition === 'replace') {
+      ctx.addIssue({ code: 'custom', path: ['resource', 'writeDisposition'], message: 'a backfill loads partition by partition: use "append" (each partition\'s range is replaced) or "merge"; use fullRefreshWorkflow to replace a whole table' });
+    }
+    if (b.start > b.end) {
+      ctx.addIssue({ code: 'custom', path: ['end'], message: `end (${b.end}) is before start (${b.start})` });
+    }
+  });
+
+export const CursorSpec = z.object({
+  column: columnName,
+  initialValue: z.union([z.string(), z.number()]).optional(),
+  /** Start over from initialValue, ignoring the cursor saved in _sluice_state. */
+  reset: z.boolean().default(false),
+  /** Re-read this far behind the cursor, for sources that stamp rows before they commit. */
+  lag: duration.optional(),
+});
+
+const schedule = {
+  once: z.boolean().optional(),
+  every: duration.optional(),
+};
+
+function requireSchedule(s: { once?: boolean; every?: string }, ctx: z.RefinementCtx) {
+  if (!s.once && !s.every) {
+    ctx.addIssue({ code: 'custom', path: ['once'], message: 'give "once": true for one sync or "every": "5m" to keep syncing' });
+  }
+  if (s.once && s.every) {
+    ctx.addIssue({ code: 'custom', path: ['every'], message: 'give either "once" or "every", not both' });
+  }
+}
+
+export const IncrementalInput = z
+  .object({
+    ...common,
+    cursor: CursorSpec,
+    ...schedule,
+    /** Rows per page read from the source; each page is committed with its cursor. */
+    pageSize: z.number().int().min(1).max(1_000_000).default(50_000),
+    continuation: z.object({ cursor: z.unknown(), tiebreak: z.unknown().optional(), syncs: z.number().int(), rows: z.number().int() }).optional(),
+  })
+  .superRefine((s, ctx) => {
+    requireSchedule(s, ctx);
+    if (s.source.kind === 'files') {
+      ctx.addIssue({ code: 'custom', path: ['source', 'kind'], message: 'incrementalWorkflow reads "postgres" or "registered" sources; use filesWorkflow for files' });
+    }
+  });
+
+export const FilesInput = z
+  .object({
+    ...common,
+    source: FilesSource,
+    parallel: z.number().int().min(1).max(500).default(4),
+    ...schedule,
+  })
+  .superRefine(requireSchedule);
+
+export const FullRefreshInput = z.object({ ...common }).superRefine((s, ctx) => {
+  if (s.source.kind === 'files') {
+    ctx.addIssue({ code: 'custom', path: ['source', 'kind'], message: 'fullRefreshWorkflow reads "postgres" or "registered" sources' });
+  }
+});
+
+export const WorkflowType = z.enum([
+  'backfillWorkflow',
+  'incrementalWorkflow',
+  'filesWorkflow',
+  'fullRefreshWorkflow',
+  'pipelineWorkflow',
+]);
+
+export const PipelineStep = z.object({
+  name: z.string().min(1),
+  workflow: WorkflowType,
+  /** The child workflow's own input; validated by the child when it starts. */
+  input: z.record(z.string(), z.unknown()),
+  dependsOn: z.array(z.string().min(1)).default([]),
+});
+
+export const PipelineInput = z.object({
+  name: z.string().min(1),
+  steps: z.array(PipelineStep).min(1, 'a pipeline needs at least one step'),
+  parallel: z.number().int().min(1).max(100).default(2),
+  /** Re-run only these steps (and nothing else), e.g. the failed and skipped ones of an earlier run. */
+  onlySteps: z.array(z.string().min(1)).optional(),
+});
+
+export type Source = z.infer<typeof Source>;
+export type PostgresSource = z.infer<typeof PostgresSource>;
+export type FilesSource = z.infer<typeof FilesSource>;
+export type RegisteredSource = z.infer<typeof RegisteredSource>;
+export type Resource = z.infer<typeof Resource>;
+export type Destination = z.infer<typeof Destination>;
+export type SchemaContract = z.infer<typeof SchemaContract>;
+export type ContractMode = z.infer<typeof ContractMode>;
+export type Granularity = z.infer<typeof Granularity>;
+export type BackfillInput = z.infer<typeof BackfillInput>;
+export type IncrementalInput = z.infer<typeof IncrementalInput>;
+export type FilesInput = z.infer<typeof FilesInput>;
+export type FullRefreshInput = z.infer<typeof FullRefreshInput>;
+export type PipelineInput = z.infer<typeof PipelineInput>;
+export type PipelineStep = z.infer<typeof PipelineStep>;
+export type WorkflowType = z.infer<typeof WorkflowType>;
+
+/** The `progress` query answer every sluice workflow gives (CONTRACT.md). */
+export interface Progress {
+  done: number;
+  failed: number;
+  inFlight: number;
+  total: number | null;
+  rows: number;
+  [extra: string]: unknown;
+}
+
+/**
+ * Validates `raw` and names every bad field: `resource.writeDisposition: Invalid option ...`.
+ * Returns the parsed value or the message; callers decide how to fail (workflows fail
+ * non-retryably, the CLI prints and exits).
+ */
+export function parseInput<S extends z.ZodType>(
+  schema: S,
+  raw: unknown,
+): { ok: true; value: z.infer<S> } | { ok: false; message: string } {
+  const result = schema.safeParse(raw);
+  if (result.success) return { ok: true, value: result.data };
+  const lines = result.error.issues.map((issue) => {
+    const path = issue.path.map(String).join('.');
+    return `${path || '(input)'}: ${issue.message}`;
+  });
+  return { ok: false, message: lines.join('; ') };
+}

@@ -1,0 +1,111 @@
+/**
+ * The one place identifiers are normalized and quoted. Every table, column and schema name
+ * that reaches SQL goes through `quoteIdent`; names that come from data (CSV headers, JSON
+ * keys) go through `normalizeIdentifier` first.
+ */
+
+/** PostgreSQL truncates identifiers at NAMEDATALEN - 1 bytes. */
+export const MAX_IDENTIFIER_BYTES = 63;
+
+export function quoteIdent(name: string): string {
+  if (name.length === 0) throw new Error('an identifier cannot be empty');
+  if (name.includes('\u0000')) throw new Error(`identifier ${JSON.stringify(name)} contains a NUL character`);
+  if (Buffer.byteLength(name, 'utf8') > MAX_IDENTIFIER_BYTES) {
+    throw new Error(`identifier ${JSON.stringify(name)} is longer than ${MAX_IDENTIFIER_BYTES} bytes; normalize it first`);
+  }
+  return `"${name.replace(/"/g, '""')}"`;
+}
+
+export function qualifiedName(schema: string, table: string): string {
+  return `${quoteIdent(schema)}.${quoteIdent(table)}`;
+}
+
+/** 32-bit FNV-1a as 7 base-36 characters: a short, stable suffix for truncated names. */
+export function shortHash(text: string): string {
+  let hash = 0x811c9dc5;
+  for (let i = 0; i < text.length; i++) {
+    hash ^= text.charCodeAt(i);
+    hash = Math.imul(hash, 0x01000193) >>> 0;
+  }
+  return hash.toString(36).padStart(7, '0');
+}
+
+function truncateUtf8(text: string, maxBytes: number): string {
+  let out = '';
+  let bytes = 0;
+  for (const ch of text) {
+    const size = Buffer.byteLength(ch, 'utf8');
+    if (bytes + size > maxBytes) break;
+    out += ch;
+    bytes += size;
+  }
+  return out;
+}
+
+/**
+ * snake_case, lower case, letters (any script), digits and underscores only, never starting
+ * with a digit, at most 63 bytes (longer names keep a prefix plus a hash of the whole name,
+ * so two long names that share a prefix stay distinct).
+ */
+export function normalizeIdentifier(raw: string): string {
+  let name = raw
+    .normalize('NFC')
+    .replace(/([\p{Ll}\p{N}])(\p{Lu})/gu, '$1_$2')
+    .toLowerCase()
+    .replace(/[^\p{L}\p{N}_]+/gu, '_')
+    .replace(/_+/g, '_')
+    .replace(/^_+(?=.)|(?<=.)_+$/g, '');
+  if (name === '' || name === '_') name = '_empty';
+  if (/^\p{N}/u.test(name)) name = `_${name}`;
+  if (Buffer.byteLength(name, 'utf8') > MAX_IDENTIFIER_BYTES) {
+    const suffix = `_${shortHash(raw)}`;
+    name = truncateUtf8(name, MAX_IDENTIFIER_BYTES - suffix.length) + suffix;
+  }
+  return name;
+}
+
+/** Names sluice keeps for itself in every destination table. */
+export const RESERVED_COLUMNS = new Set(['_sluice_load_id']);
+
+/**
+ * Maps raw column names to distinct normalized names in order of first appearance:
+ * "Order ID" and "order_id" become order_id and order_id_2.
+ */
+export class ColumnNamer {
+  private readonly byRaw = new Map<string, string>();
+  private readonly taken = new Set<string>(RESERVED_COLUMNS);
+
+  constructor(existing: Iterable<[raw: string, normalized: string]> = []) {
+    for (const [raw, normalized] of existing) {
+      this.byRaw.set(raw, normalized);
+      this.taken.add(normalized);
+    }
+  }
+
+  name(raw: string): string {
+    const known = this.byRaw.get(raw);
+    if (known !== undefined) return known;
+    const base = normalizeIdentifier(raw);
+    let candidate = base;
+    for (let n = 2; this.taken.has(candidate); n++) {
+      const suffix = `_${n}`;
+      candidate = truncateUtf8(base, MAX_IDENTIFIER_BYTES - suffix.length) + suffix;
+    }
+    this.byRaw.set(raw, candidate);
+    this.taken.add(candidate);
+    return candidate;
+  }
+
+  entries(): [string, string][] {
+    return [...this.byRaw.entries()];
+  }
+}
+
+/** "public.orders" -> { schema: "public", table: "orders" }; "orders" -> schema undefined. */
+export function splitQualified(name: string): { schema: string | undefined; table: string } {
+  const match = /^(?:("(?:[^"]|"")+"|[^."]+)\.)?("(?:[^"]|"")+"|[^."]+)$/.exec(name.trim());
+  if (!match) throw new Error(`"${name}" is not a table name like public.orders`);
+  const unquote = (part: string | undefined) =>
+    part === undefined ? undefined : part.startsWith('"') ? part.slice(1, -1).replace(/""/g, '"') : part.toLowerCase();
+  return { schema: unquote(match[1]), table: unquote(match[2])! };
+}

@@ -1,0 +1,61 @@
+/** One entry point for every source kind, so all workflows share the same extractors. */
+import { resolveConnection } from '../config';
+import { PermanentError } from '../errors';
+import type { Source } from '../inputs';
+import { extractPostgres } from './postgres';
+import { registeredNames, registeredResource, type ExtractContext } from './registered';
+import { ROW_REJECT, type Extracted, type PartitionRange, type Row } from './types';
+
+export interface ExtractRequest {
+  source: Source;
+  partition?: { column: string; range: PartitionRange };
+  heartbeat: (details?: unknown) => void;
+  signal: AbortSignal;
+  log: (message: string) => void;
+}
+
+export async function extract(req: ExtractRequest): Promise<Extracted> {
+  const { source } = req;
+  switch (source.kind) {
+    case 'postgres': {
+      const url = resolveConnection(source.connection);
+      return extractPostgres(url, source, {
+        range: req.partition && { column: req.partition.column, start: req.partition.range.start, end: req.partition.range.end },
+      });
+    }
+    case 'registered': {
+      const definition = registeredResource(source.name);
+      if (!definition) {
+        throw new PermanentError(
+          `no registered resource "${source.name}" on this worker (registered: ${registeredNames().join(', ') || 'none'})`,
+          'register it with defineSource/registerSource in a module listed in SLUICE_SOURCES',
+        );
+      }
+      const ctx: ExtractContext = {
+        partition: req.partition?.range,
+        options: source.options ?? {},
+        log: req.log,
+        heartbeat: req.heartbeat,
+        signal: req.signal,
+      };
+      const schema = definition.schema;
+      async function* rows(): AsyncIterable<Row> {
+        for await (const row of definition!.extract(ctx)) {
+          if (!schema) {
+            yield row;
+            continue;
+          }
+          const parsed = schema.safeParse(row);
+          if (parsed.success) yield parsed.data as Row;
+          else {
+            const reason = parsed.error.issues.map((i) => `${i.path.join('.') || '(row)'}: ${i.message}`).join('; ');
+            yield { ...row, [ROW_REJECT]: reason };
+          }
+        }
+      }
+      return { kind: 'rows', rows: rows(), columnTypes: definition.columns };
+    }
+    case 'files':
+      throw new PermanentError('files sources are read by filesWorkflow, one activity per file');
+  }
+}

@@ -1,0 +1,42 @@
+import type { Writable } from 'node:stream';
+
+/** Where a row came from ("orders.csv:17"), kept with it if it is rejected. */
+export const ROW_SOURCE = Symbol('sluice.rowSource');
+/** Set by an extractor that already knows the row is bad (a zod schema said no); the loader rejects it. */
+export const ROW_REJECT = Symbol('sluice.rowReject');
+
+export type Row = Record<string, unknown> & { [ROW_SOURCE]?: string; [ROW_REJECT]?: string };
+
+export interface SourceColumn {
+  name: string;
+  /** PostgreSQL type as format_type() prints it. */
+  type: string;
+}
+
+/**
+ * What an extractor hands the loader. `rows` is the general path: JavaScript objects whose types
+ * are inferred. `copy` is the PostgreSQL fast path: the source's own COPY text, with exact types,
+ * streamed straight into staging without becoming objects.
+ */
+export type Extracted =
+  | {
+      kind: 'rows';
+      rows: AsyncIterable<Row>;
+      /** Every value arrives as a string (CSV): infer "42" as bigint rather than text. */
+      textValues?: boolean;
+      /** Types the source knows (by raw column name), used before inference. */
+      columnTypes?: Record<string, string>;
+    }
+  | {
+      kind: 'copy';
+      columns: SourceColumn[];
+      /** Writes the source's COPY text rows (columns in `columns` order) into `sink`, then ends it. */
+      copyTo(sink: Writable): Promise<void>;
+    };
+
+/** A partition of a backfill: rows with start <= partitionColumn < end (UTC instants). */
+export interface PartitionRange {
+  key: string;
+  start: string;
+  end: string;
+}

@@ -1,0 +1,2 @@
+/** Every workflow type the sluice worker serves (CONTRACT.md); the bundle entry point. */
+export { backfillWorkflow } from './backfill';

@@ -1,0 +1,80 @@
+/**
+ * `npm test`: one real Temporal dev server and one real PostgreSQL for the whole run, shared
+ * by every test file (each test isolates itself by schema, task queue and workflow ids), and
+ * the workflow bundle built once. Then node's test runner runs the files.
+ *
+ *   npm test                         every test file
+ *   npm test -- test/loader.test.ts  some of them
+ *   npm run test:replay              replay tests only (no servers needed)
+ */
+import { bundleWorkflowCode } from '@temporalio/worker';
+import { spawn } from 'node:child_process';
+import { chmod, mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { freePort } from '../src/dev/ports';
+import { startEmbeddedPostgres } from '../src/dev/postgres';
+import { startDevServer } from '../src/dev/temporal-server';
+
+async function main(): Promise<number> {
+  const args = process.argv.slice(2);
+  const replayOnly = args.includes('--replay-only');
+  const requested = args.filter((a) => !a.startsWith('--'));
+  const testDir = __dirname;
+  const files = requested.length
+    ? requested
+    : replayOnly
+      ? [join(testDir, 'replay.test.ts')]
+      : (await readdir(testDir)).filter((f) => f.endsWith('.test.ts')).sort().map((f) => join(testDir, f));
+
+  const scratch = await mkdtemp(join(tmpdir(), 'sluice-test-'));
+  // Under root, PostgreSQL runs as the postgres user, which must be able to enter this directory.
+  await chmod(scratch, 0o755);
+  const env: NodeJS.ProcessEnv = { ...process.env, SLUICE_TEST_SCRATCH: scratch };
+  const stops: (() => Promise<void>)[] = [];
+  try {
+    const started = Date.now();
+    const bundle = await bundleWorkflowCode({ workflowsPath: require.resolve('../src/workflows'), logger: quietLogger });
+    const bundlePath = join(scratch, 'workflow-bundle.js');
+    await writeFile(bundlePath, bundle.code);
+    env.SLUICE_WORKFLOW_BUNDLE = bundlePath;
+    if (!replayOnly) {
+      const [server, db] = await Promise.all([
+        startDevServer({ port: await freePort() }),
+        startEmbeddedPostgres({ dir: join(scratch, 'pg'), port: await freePort(), fast: true }),
+      ]);
+      stops.push(server.stop, db.stop);
+      env.TEMPORAL_ADDRESS = server.address;
+      env.DATABASE_URL = db.url;
+      console.log(`test stack: Temporal ${server.address}, PostgreSQL ${db.url} (ready in ${Date.now() - started} ms)`);
+    }
+    return await new Promise<number>((resolveCode) => {
+      const child = spawn(
+        process.execPath,
+        ['--import', 'tsx', '--test', '--test-concurrency=1', '--test-reporter=spec', ...files],
+        { env, stdio: 'inherit' },
+      );
+      child.on('exit', (code, signal) => resolveCode(code ?? (signal ? 1 : 0)));
+    });
+  } finally {
+    for (const stop of stops.reverse()) await stop().catch((err) => console.error('teardown:', err));
+    await rm(scratch, { recursive: true, force: true }).catch(() => undefined);
+  }
+}
+
+const quietLogger = {
+  log: () => undefined,
+  trace: () => undefined,
+  debug: () => undefined,
+  info: () => undefined,
+  warn: (m: string) => console.warn(m),
+  error: (m: string) => console.error(m),
+};
+
+main().then(
+  (code) => process.exit(code),
+  (err) => {
+    console.error(err);
+    process.exit(1);
+  },
+);
