@@ -195,6 +195,22 @@ function requireSchedule(s: { once?: boolean; every?: string }, ctx: z.Refinemen
   }
 }
 
+/**
+ * Where an incremental load stands: everything up to (cursor, tiebreak) in (cursor column,
+ * primary key) order is loaded. `tiebreak: null` means nothing AT `cursor` is loaded yet (the
+ * next rows are those with cursor >= `cursor`; `cursor: null` means from the beginning). `tie`
+ * summarizes the primary keys loaded at `cursor` (their count and the sum of their hashes), so
+ * the next sync can tell whether rows arrived at that value late without keeping the keys.
+ */
+export const CursorPosition = z.object({
+  cursor: z.union([z.string(), z.number()]).nullable(),
+  tiebreak: z.array(z.string()).nullable(),
+  tie: z.object({ count: z.number().int().min(0), hash: z.string().regex(/^-?\d+$/) }).optional(),
+});
+
+/** How a call of the sync activity starts: see src/activities/incremental.ts. */
+export const SyncMode = z.enum(['start', 'continue', 'restart']);
+
 export const IncrementalInput = z
   .object({
     ...common,
@@ -202,12 +218,39 @@ export const IncrementalInput = z
     ...schedule,
     /** Rows per page read from the source; each page is committed with its cursor. */
     pageSize: z.number().int().min(1).max(1_000_000).default(50_000),
-    continuation: z.object({ cursor: z.unknown(), tiebreak: z.unknown().optional(), syncs: z.number().int(), rows: z.number().int() }).optional(),
+    continuation: z
+      .object({
+        cursor: z.unknown(),
+        tiebreak: z.unknown().optional(),
+        syncs: z.number().int(),
+        rows: z.number().int(),
+        tie: CursorPosition.shape.tie,
+        pages: z.number().int().min(0).optional(),
+        rejected: z.number().int().min(0).optional(),
+        /** Syncs that failed (with `every`, a failed sync is retried at the next one). */
+        failed: z.number().int().min(0).optional(),
+        paused: z.boolean().optional(),
+        lastSyncAt: z.string().optional(),
+        lastError: z.string().optional(),
+        /** Present when the run continued as new in the middle of a sync: that sync's mode and counts so far. */
+        inSync: z
+          .object({
+            mode: SyncMode,
+            rows: z.number().int().min(0),
+            pages: z.number().int().min(0),
+            rejected: z.number().int().min(0),
+          })
+          .optional(),
+      })
+      .optional(),
   })
   .superRefine((s, ctx) => {
     requireSchedule(s, ctx);
     if (s.source.kind === 'files') {
       ctx.addIssue({ code: 'custom', path: ['source', 'kind'], message: 'incrementalWorkflow reads "postgres" or "registered" sources; use filesWorkflow for files' });
+    }
+    if (s.resource.writeDisposition === 'replace') {
+      ctx.addIssue({ code: 'custom', path: ['resource', 'writeDisposition'], message: 'an incremental load adds to the table: use "append" or "merge"; use fullRefreshWorkflow to replace a whole table' });
     }
   });
 
@@ -217,6 +260,31 @@ export const FilesInput = z
     source: FilesSource,
     parallel: z.number().int().min(1).max(500).default(4),
     ...schedule,
+    /** Attempts per file before it is recorded as failed (unreadable files and bad data fail at once). */
+    maxAttempts: z.number().int().min(1).max(100).default(5),
+    /** Internal: what a run hands to its continue-as-new successor. */
+    continuation: z
+      .object({
+        /** Every file loaded so far, as [path, fingerprint, version]: tuples keep large directories small in history. */
+        files: z.array(z.tuple([z.string(), z.string(), z.number().int().min(1)])),
+        /** Passes completed ("every"). */
+        passes: z.number().int().min(0),
+        /** Totals over all passes. */
+        rows: z.number().int().min(0),
+        rejected: z.number().int().min(0),
+        /** Present when the run continued as new in the middle of a pass: that pass's counts so far. */
+        pass: z
+          .object({
+            loaded: z.number().int().min(0),
+            rows: z.number().int().min(0),
+            rejected: z.number().int().min(0),
+            failed: z.array(z.object({ file: z.string(), error: z.string(), fingerprint: z.string() })),
+          })
+          .optional(),
+        paused: z.boolean(),
+        parallel: z.number().int().min(1),
+      })
+      .optional(),
   })
   .superRefine(requireSchedule);
 
@@ -261,6 +329,9 @@ export type ContractMode = z.infer<typeof ContractMode>;
 export type Granularity = z.infer<typeof Granularity>;
 export type BackfillInput = z.infer<typeof BackfillInput>;
 export type IncrementalInput = z.infer<typeof IncrementalInput>;
+export type CursorSpec = z.infer<typeof CursorSpec>;
+export type CursorPosition = z.infer<typeof CursorPosition>;
+export type SyncMode = z.infer<typeof SyncMode>;
 export type FilesInput = z.infer<typeof FilesInput>;
 export type FullRefreshInput = z.infer<typeof FullRefreshInput>;
 export type PipelineInput = z.infer<typeof PipelineInput>;

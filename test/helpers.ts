@@ -2,7 +2,11 @@
  * Shared test plumbing. test/run.ts starts one Temporal dev server and one PostgreSQL; each
  * test gets its own schema, task queue and workflow ids on them.
  */
-import { Client, Connection } from '@temporalio/client';
+import { Client, Connection, type WorkflowHandle } from '@temporalio/client';
+import { historyToJSON } from '@temporalio/common/lib/proto-utils';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
 import { DefaultLogger, NativeConnection, Runtime, type Worker } from '@temporalio/worker';
 import { randomBytes } from 'node:crypto';
 import pg from 'pg';
@@ -77,4 +81,57 @@ export async function testStack(name: string): Promise<TestStack> {
 export async function count(db: pg.Pool, table: string, where = 'true'): Promise<number> {
   const r = await db.query<{ n: string }>(`select count(*) as n from ${table} where ${where}`);
   return Number(r.rows[0]!.n);
+}
+
+/**
+ * With SLUICE_RECORD_HISTORIES=1 (`npm run record:histories`), writes the workflow's history to
+ * test/histories/<scenario>.json for the replay tests. Name the scenario after the workflow
+ * type and what it captures: backfill-partition-fails, pipeline-skips-downstream.
+ */
+export async function saveHistory(handle: WorkflowHandle, scenario: string): Promise<void> {
+  if (!process.env.SLUICE_RECORD_HISTORIES) return;
+  const history = await handle.fetchHistory();
+  // The workflow id is not part of a history, but replay needs it: child workflow ids derive from it.
+  const fixture = { workflowId: handle.workflowId, history: JSON.parse(historyToJSON(history)) as unknown };
+  await writeFile(join(__dirname, 'histories', `${scenario}.json`), JSON.stringify(fixture) + '\n');
+}
+
+/**
+ * A real worker process (`src/worker.ts`), for tests that SIGKILL it mid-run. Resolves once it
+ * polls the task queue.
+ */
+export async function spawnWorker(taskQueue: string, env: NodeJS.ProcessEnv = {}): Promise<ChildProcess> {
+  const child = spawn(process.execPath, ['--import', 'tsx', join(__dirname, '..', 'src', 'worker.ts')], {
+    env: { ...process.env, SLUICE_TASK_QUEUE: taskQueue, SLUICE_SOURCES: join(__dirname, 'fixtures', 'sources.ts'), ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let output = '';
+  await new Promise<void>((resolveReady, reject) => {
+    const onData = (d: Buffer) => {
+      output += d.toString();
+      if (output.includes('polling task queue')) resolveReady();
+    };
+    child.stdout!.on('data', onData);
+    child.stderr!.on('data', onData);
+    child.once('exit', (code) => reject(new Error(`worker exited with ${code}:\n${output}`)));
+  });
+  return child;
+}
+
+export function killHard(child: ChildProcess): Promise<void> {
+  return new Promise((resolveExit) => {
+    if (child.exitCode !== null || child.signalCode !== null) return resolveExit();
+    child.once('exit', () => resolveExit());
+    child.kill('SIGKILL');
+  });
+}
+
+export async function waitFor<T>(what: string, fn: () => Promise<T | undefined | false>, timeoutMs = 60_000): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const value = await fn();
+    if (value) return value;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 200));
+  }
 }

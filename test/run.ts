@@ -20,6 +20,7 @@ async function main(): Promise<number> {
   const args = process.argv.slice(2);
   const replayOnly = args.includes('--replay-only');
   const requested = args.filter((a) => !a.startsWith('--'));
+  const nodeTestFlags = args.filter((a) => a.startsWith('--test-'));
   const testDir = __dirname;
   const files = requested.length
     ? requested
@@ -40,7 +41,8 @@ async function main(): Promise<number> {
     env.SLUICE_WORKFLOW_BUNDLE = bundlePath;
     if (!replayOnly) {
       const [server, db] = await Promise.all([
-        startDevServer({ port: await freePort() }),
+        // Low enough that long tests continue as new, so every workflow's continue-as-new path runs.
+        startDevServer({ port: await freePort(), dynamicConfig: { 'limit.historyCount.suggestContinueAsNew': 400 } }),
         startEmbeddedPostgres({ dir: join(scratch, 'pg'), port: await freePort(), fast: true }),
       ]);
       stops.push(server.stop, db.stop);
@@ -51,7 +53,7 @@ async function main(): Promise<number> {
     return await new Promise<number>((resolveCode) => {
       const child = spawn(
         process.execPath,
-        ['--import', 'tsx', '--test', '--test-concurrency=1', '--test-reporter=spec', ...files],
+        ['--import', 'tsx', '--test', '--test-concurrency=1', '--test-reporter=spec', ...nodeTestFlags, ...files],
         { env, stdio: 'inherit' },
       );
       child.on('exit', (code, signal) => resolveCode(code ?? (signal ? 1 : 0)));

@@ -8,6 +8,8 @@ export interface DevServerOptions {
   port?: number;
   uiPort?: number;
   namespace?: string;
+  /** Dynamic config, e.g. { 'limit.historyCount.suggestContinueAsNew': 300 } to exercise continue-as-new in tests. */
+  dynamicConfig?: Record<string, string | number | boolean>;
 }
 
 export interface DevServer {
@@ -35,7 +37,11 @@ export async function startDevServer(options: DevServerOptions = {}): Promise<De
         uiPort: options.uiPort,
         namespace: options.namespace,
         searchAttributes: Object.values(SEARCH_ATTRIBUTES),
-        extraArgs: ['--log-level', 'error'],
+        extraArgs: [
+          '--log-level',
+          'error',
+          ...Object.entries(options.dynamicConfig ?? {}).flatMap(([k, v]) => ['--dynamic-config-value', `${k}=${JSON.stringify(v)}`]),
+        ],
       },
     });
   } catch (err) {

@@ -54,7 +54,9 @@ export function normalizeIdentifier(raw: string): string {
     .toLowerCase()
     .replace(/[^\p{L}\p{N}_]+/gu, '_')
     .replace(/_+/g, '_')
-    .replace(/^_+(?=.)|(?<=.)_+$/g, '');
+    .replace(/(?<=.)_+$/g, '');
+  // Separators that stood before the first letter go; a name that really starts with _ keeps it.
+  if (!raw.startsWith('_')) name = name.replace(/^_+(?=.)/, '');
   if (name === '' || name === '_') name = '_empty';
   if (/^\p{N}/u.test(name)) name = `_${name}`;
   if (Buffer.byteLength(name, 'utf8') > MAX_IDENTIFIER_BYTES) {

@@ -35,7 +35,7 @@ export function canonicalType(type: string): string {
     const [kind, ...zone] = name.split(' ');
     return `${kind}${modifier.replace(/\s+/g, '')} ${zone.join(' ')}${array}`;
   }
-  return `${name}${modifier.replace(/\s*,\s*/g, ',')}${array}`;
+  return `${name}${modifier.replace(/\s+/g, '')}${array}`;
 }
 
 /** Where each type sits: same family means lossless widening along `rank`. */

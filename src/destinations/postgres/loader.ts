@@ -8,6 +8,7 @@
  * all of a load or none of it, and a load_id that committed once is never applied again.
  */
 import { once } from 'node:events';
+import { finished } from 'node:stream/promises';
 import type { Writable } from 'node:stream';
 import type pg from 'pg';
 import { from as copyFrom } from 'pg-copy-streams';
@@ -33,6 +34,12 @@ export interface LoadRequest {
   data: Extracted;
   /** Backfill partitions: delete this [start, end) range of `column` before inserting, in the same transaction. */
   replaceRange?: { column: string; start: string; end: string };
+  /**
+   * Incremental loads that read a cursor value (or a lag window) again: delete the rows whose
+   * `column` is at or past `value` (every row when `value` is null) before inserting, in the same
+   * transaction, even when the load itself is empty.
+   */
+  replaceFrom?: { column: string; value: string | null };
   /** Written to _sluice_state in the same transaction as the rows. */
   state?: { key: string; value: unknown };
   /** Called as rows stream in (activities heartbeat from here). */
@@ -86,6 +93,10 @@ export async function loadResource(req: LoadRequest): Promise<LoadResult> {
     [req.loadId, req.workflowId ?? null, req.runId ?? null, req.resource.name, req.table, req.partition ?? null, req.resource.writeDisposition, req.attempt ?? null],
   );
   const client = await pool.connect();
+  // A backend killed mid-load surfaces as an 'error' event on the client; the failing query
+  // rejects too, so the event only needs a listener that keeps it from crashing the worker.
+  const onClientError = () => undefined;
+  client.on('error', onClientError);
   let broken = false;
   try {
     await client.query('begin');
@@ -115,6 +126,7 @@ export async function loadResource(req: LoadRequest): Promise<LoadResult> {
     await recordFailure(req, err).catch(() => undefined);
     throw err;
   } finally {
+    client.removeListener('error', onClientError);
     // A client that failed mid-COPY may be in an unknown protocol state: never reuse it.
     client.release(broken);
   }
@@ -154,7 +166,7 @@ async function stage(client: pg.PoolClient, req: LoadRequest): Promise<Staged> {
     const sink = client.query(copyFrom(`copy ${quoteIdent(sql.STAGING_TABLE)} (${columns.map(quoteIdent).join(', ')}) from stdin`));
     const counted = countingSink(sink, req.onProgress);
     await req.data.copyTo(counted.writable);
-    if (!sink.writableFinished) await once(sink, 'finish');
+    await finished(sink);
     // Declared types that differ from the source's must be checked value by value.
     return { columns, incoming, exact: declared.size === 0, rows: Number(sink.rowCount ?? counted.lines()) };
   }
@@ -170,63 +182,80 @@ async function stage(client: pg.PoolClient, req: LoadRequest): Promise<Staged> {
   const inferred: (string | undefined)[] = [];
   await client.query(sql.createStagingSql([]));
 
-  let sink: Writable = client.query(copyFrom(sql.copyIntoStagingSql(columns)));
+  let sinkError: Error | undefined;
+  const openSink = (): Writable => {
+    const stream = client.query(copyFrom(sql.copyIntoStagingSql(columns)));
+    stream.on('error', (err: Error) => (sinkError ??= err));
+    return stream;
+  };
+  const closeSink = async () => {
+    sink.end();
+    await finished(sink);
+  };
+  let sink = openSink();
   let buffer = '';
   let count = 0;
   const flush = async () => {
+    if (sinkError) throw sinkError;
     if (buffer.length === 0) return;
     const chunk = buffer;
     buffer = '';
-    if (!sink.write(chunk)) await once(sink, 'drain');
+    if (!sink.write(chunk)) await Promise.race([once(sink, 'drain'), finished(sink)]);
+    if (sinkError) throw sinkError;
   };
   const addColumn = async (name: string) => {
     // COPY's column list is fixed, so a new column ends this COPY and starts another.
     await flush();
-    sink.end();
-    await once(sink, 'finish');
+    await closeSink();
     await client.query(sql.addStagingColumnSql(name));
     indexOf.set(name, columns.length);
     columns.push(name);
     inferred.push(undefined);
-    sink = client.query(copyFrom(sql.copyIntoStagingSql(columns)));
+    sink = openSink();
   };
 
   const rawToName = new Map<string, string>();
-  for await (const row of rows) {
-    let reject = row[ROW_REJECT];
-    const fields: string[] = new Array(columns.length).fill('\\N');
-    for (const raw in row) {
-      let name = rawToName.get(raw);
-      if (name === undefined) {
-        name = namer.name(raw);
-        rawToName.set(raw, name);
+  try {
+    for await (const row of rows) {
+      let reject = row[ROW_REJECT];
+      const fields: string[] = new Array(columns.length).fill('\\N');
+      for (const raw in row) {
+        let name = rawToName.get(raw);
+        if (name === undefined) {
+          name = namer.name(raw);
+          rawToName.set(raw, name);
+        }
+        let index = indexOf.get(name);
+        if (index === undefined) {
+          await addColumn(name);
+          index = columns.length - 1;
+          fields.push('\\N');
+        }
+        const value = row[raw];
+        if (value === null || value === undefined || (textValues && value === '')) continue;
+        const text = valueToText(value)!;
+        if (text.includes('\u0000')) {
+          reject ??= `column "${name}" contains a NUL character, which PostgreSQL text cannot store`;
+          continue;
+        }
+        fields[index] = copyField(text);
+        if (!known.has(name)) inferred[index] = widenByValue(inferred[index], value, textValues);
       }
-      let index = indexOf.get(name);
-      if (index === undefined) {
-        await addColumn(name);
-        index = columns.length - 1;
-        fields.push('\\N');
+      buffer += `${copyField(row[ROW_SOURCE] ?? null)}\t${copyField(reject ?? null)}${fields.length ? '\t' : ''}${fields.join('\t')}\n`;
+      count++;
+      if (buffer.length >= FLUSH_BYTES) {
+        await flush();
+        req.onProgress?.(count);
       }
-      const value = row[raw];
-      if (value === null || value === undefined || (textValues && value === '')) continue;
-      const text = valueToText(value)!;
-      if (text.includes('\u0000')) {
-        reject ??= `column "${name}" contains a NUL character, which PostgreSQL text cannot store`;
-        continue;
-      }
-      fields[index] = copyField(text);
-      if (!known.has(name)) inferred[index] = widenByValue(inferred[index], value, textValues);
     }
-    buffer += `${copyField(row[ROW_SOURCE] ?? null)}\t${copyField(reject ?? null)}${fields.length ? '\t' : ''}${fields.join('\t')}\n`;
-    count++;
-    if (buffer.length >= FLUSH_BYTES) {
-      await flush();
-      req.onProgress?.(count);
-    }
+    await flush();
+    await closeSink();
+  } catch (err) {
+    // An open COPY holds the connection: abort it (CopyFail) so the rollback can run.
+    sink.destroy(err instanceof Error ? err : new Error(String(err)));
+    await finished(sink).catch(() => undefined);
+    throw err;
   }
-  await flush();
-  sink.end();
-  await once(sink, 'finish');
   req.onProgress?.(count);
   const incoming = new Map<string, string | undefined>(columns.map((name, i) => [name, known.get(name) ?? inferred[i]]));
   // Declared columns absent from every row still belong in the table.
@@ -373,6 +402,7 @@ async function finalize(client: pg.PoolClient, req: LoadRequest, staged: Staged)
   }
   if (staged.rows === 0 && existing) {
     // Nothing to write: skip schema work, still record the load and its state.
+    if (req.replaceFrom) await deleteFrom(client, req, namer);
     return record(client, req, { rowsLoaded: 0, rowsRejected: 0, changes: [] });
   }
 
@@ -415,6 +445,7 @@ async function finalize(client: pg.PoolClient, req: LoadRequest, staged: Staged)
     const column = namer.name(req.replaceRange.column);
     await client.query(sql.deleteRangeSql(schema, table, column), [req.replaceRange.start, req.replaceRange.end]);
   }
+  if (req.replaceFrom) await deleteFrom(client, req, namer);
   switch (resource.writeDisposition) {
     case 'replace':
       await client.query(sql.truncateSql(schema, table));
@@ -439,6 +470,12 @@ async function finalize(client: pg.PoolClient, req: LoadRequest, staged: Staged)
     }
   }
   return record(client, req, { rowsLoaded, rowsRejected, changes: plan.changes });
+}
+
+async function deleteFrom(client: pg.PoolClient, req: LoadRequest, namer: ColumnNamer): Promise<void> {
+  const { column, value } = req.replaceFrom!;
+  if (value === null) await client.query(sql.deleteAllSql(req.schema, req.table));
+  else await client.query(sql.deleteFromSql(req.schema, req.table, namer.name(column)), [value]);
 }
 
 async function ensureUniqueKey(client: pg.PoolClient, schema: string, table: string, key: string[]): Promise<void> {

@@ -1,0 +1,133 @@
+/**
+ * Copy-paste examples for every workflow type against the demo source that `npm start` seeds.
+ * `npm start` prints them; test/start.test.ts runs them exactly as printed.
+ */
+export interface Example {
+  title: string;
+  workflowType: string;
+  workflowId: string;
+  input: Record<string, unknown>;
+  /** SQL that shows the result in the destination. */
+  check: string;
+}
+
+const ordersSource = { kind: 'postgres', connection: 'SOURCE_DATABASE_URL', table: 'demo.orders' };
+const customersSource = { kind: 'postgres', connection: 'SOURCE_DATABASE_URL', table: 'demo.customers' };
+const destination = { connection: 'DATABASE_URL', schema: 'raw' };
+
+export const EXAMPLES: Example[] = [
+  {
+    title: 'Backfill 91 days of orders, one activity per day, 4 at a time',
+    workflowType: 'backfillWorkflow',
+    workflowId: 'demo-backfill-orders',
+    input: {
+      source: ordersSource,
+      resource: { name: 'orders', writeDisposition: 'merge', primaryKey: ['id'] },
+      destination,
+      partitionColumn: 'created_at',
+      start: '2024-01-01',
+      end: '2024-03-31',
+      granularity: 'day',
+      parallel: 4,
+    },
+    check: 'select count(*) from raw.orders',
+  },
+  {
+    title: 'Backfill synthetic events from the code-defined demo.events resource, hourly',
+    workflowType: 'backfillWorkflow',
+    workflowId: 'demo-backfill-events',
+    input: {
+      source: { kind: 'registered', name: 'demo.events', options: { perHour: 3 } },
+      resource: { name: 'events', writeDisposition: 'merge', primaryKey: ['id'] },
+      destination,
+      partitionColumn: 'occurred_at',
+      start: '2024-01-01T00',
+      end: '2024-01-01T23',
+      granularity: 'hour',
+      parallel: 4,
+    },
+    check: 'select count(*) from raw.events',
+  },
+  {
+    title: 'Keep customers in sync by updated_at, one sync now',
+    workflowType: 'incrementalWorkflow',
+    workflowId: 'demo-incremental-customers',
+    input: {
+      source: customersSource,
+      resource: { name: 'customers', writeDisposition: 'merge', primaryKey: ['id'] },
+      destination,
+      cursor: { column: 'updated_at', initialValue: '2024-01-01T00:00:00Z' },
+      once: true,
+    },
+    check: 'select count(*) from raw.customers',
+  },
+  {
+    title: 'Full refresh of customers with an atomic swap',
+    workflowType: 'fullRefreshWorkflow',
+    workflowId: 'demo-refresh-customers',
+    input: {
+      source: customersSource,
+      resource: { name: 'customers_snapshot', writeDisposition: 'replace' },
+      destination,
+    },
+    check: 'select count(*) from raw.customers_snapshot',
+  },
+  {
+    title: 'A pipeline: refresh customers, then backfill orders',
+    workflowType: 'pipelineWorkflow',
+    workflowId: 'demo-pipeline',
+    input: {
+      name: 'demo',
+      parallel: 2,
+      steps: [
+        {
+          name: 'customers',
+          workflow: 'fullRefreshWorkflow',
+          input: { source: customersSource, resource: { name: 'pipeline_customers', writeDisposition: 'replace' }, destination },
+        },
+        {
+          name: 'orders',
+          workflow: 'backfillWorkflow',
+          dependsOn: ['customers'],
+          input: {
+            source: ordersSource,
+            resource: { name: 'pipeline_orders', writeDisposition: 'merge', primaryKey: ['id'] },
+            destination,
+            partitionColumn: 'created_at',
+            start: '2024-01-01',
+            end: '2024-03-31',
+            granularity: 'month',
+            parallel: 3,
+          },
+        },
+      ],
+    },
+    check: 'select count(*) from raw.pipeline_orders',
+  },
+];
+
+export interface CommandContext {
+  temporalCli: string;
+  address: string;
+  namespace: string;
+  taskQueue: string;
+}
+
+function connectionFlags(ctx: CommandContext): string {
+  return `${ctx.address !== 'localhost:7233' ? ` --address ${ctx.address}` : ''}${ctx.namespace !== 'default' ? ` --namespace ${ctx.namespace}` : ''}`;
+}
+
+export function startCommand(example: Example, ctx: CommandContext): string {
+  return (
+    `${ctx.temporalCli} workflow start${connectionFlags(ctx)} --type ${example.workflowType} --task-queue ${ctx.taskQueue} ` +
+    `--workflow-id ${example.workflowId} --input '${JSON.stringify(example.input)}'`
+  );
+}
+
+export function queryCommand(workflowId: string, ctx: CommandContext): string {
+  return `${ctx.temporalCli} workflow query${connectionFlags(ctx)} --workflow-id ${workflowId} --name progress`;
+}
+
+export function resultCommand(workflowId: string, ctx: CommandContext): string {
+  return `${ctx.temporalCli} workflow result${connectionFlags(ctx)} --workflow-id ${workflowId}`;
+}

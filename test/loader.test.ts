@@ -1,0 +1,331 @@
+/**
+ * The load engine against a real PostgreSQL: dispositions, idempotency, schema evolution and
+ * contracts, rejects, hostile identifiers, and a connection killed in the middle of a COPY.
+ */
+import assert from 'node:assert/strict';
+import { after, before, describe, test } from 'node:test';
+import pg from 'pg';
+import { loadResource, type LoadRequest } from '../src/destinations/postgres/loader';
+import { closePools } from '../src/destinations/postgres/pool';
+import { PermanentError } from '../src/errors';
+import { Resource } from '../src/inputs';
+import { extractPostgres } from '../src/sources/postgres';
+import { ROW_REJECT, ROW_SOURCE, type Row } from '../src/sources/types';
+import { requireEnv, uniqueName } from './helpers';
+
+const url = requireEnv('DATABASE_URL');
+let db: pg.Pool;
+let schema: string;
+
+async function* from(rows: Row[]): AsyncIterable<Row> {
+  for (const row of rows) yield row;
+}
+
+function load(table: string, resource: Partial<Resource> & { name?: string }, rows: Row[], extra: Partial<LoadRequest> = {}) {
+  return loadResource({
+    url,
+    schema,
+    table,
+    resource: Resource.parse({ name: table, ...resource }),
+    loadId: extra.loadId ?? uniqueName('load'),
+    data: { kind: 'rows', rows: from(rows) },
+    ...extra,
+  });
+}
+
+async function select(sql: string, params: unknown[] = []) {
+  return (await db.query(sql, params)).rows;
+}
+
+describe('load engine', () => {
+  before(async () => {
+    db = new pg.Pool({ connectionString: url, max: 4 });
+    schema = uniqueName('t_loader');
+  });
+  after(async () => {
+    await db.end();
+    await closePools();
+  });
+
+  // 1.5 and 2 in one column meet at numeric: exact, where double precision would round large integers.
+  test('append infers types, stamps _sluice_load_id, records the load', async () => {
+    const r = await load('events', { writeDisposition: 'append' }, [
+      { id: 1, at: '2024-01-01T10:00:00Z', day: '2024-01-01', ok: true, score: 1.5, tags: { a: 1 }, note: 'x' },
+      { id: 2, at: '2024-01-02T10:00:00.123456Z', day: '2024-01-02', ok: false, score: 2, tags: [1, 2], note: null },
+    ], { loadId: 'append-1' });
+    assert.equal(r.rowsLoaded, 2);
+    const types = await select(
+      `select column_name, data_type from information_schema.columns where table_schema = $1 and table_name = 'events' order by ordinal_position`,
+      [schema],
+    );
+    assert.deepEqual(
+      Object.fromEntries(types.map((t) => [t.column_name, t.data_type])),
+      { id: 'bigint', at: 'timestamp with time zone', day: 'date', ok: 'boolean', score: 'numeric', tags: 'jsonb', note: 'text', _sluice_load_id: 'text' },
+    );
+    const rows = await select(`select id, at, tags, _sluice_load_id from ${schema}.events order by id`);
+    assert.equal(rows[1].at.toISOString(), '2024-01-02T10:00:00.123Z');
+    assert.deepEqual(rows[1].tags, [1, 2]);
+    assert.equal(rows[0]._sluice_load_id, 'append-1');
+    const loads = await select(`select status, rows_loaded, rows_rejected, finished_at from ${schema}._sluice_loads where load_id = 'append-1'`);
+    assert.equal(loads[0].status, 'completed');
+    assert.equal(Number(loads[0].rows_loaded), 2);
+    assert.ok(loads[0].finished_at);
+  });
+
+  test('loading the same load_id twice changes nothing, even for append', async () => {
+    const rows = [{ id: 1 }, { id: 2 }, { id: 3 }];
+    const first = await load('idem', { writeDisposition: 'append' }, rows, { loadId: 'same' });
+    const second = await load('idem', { writeDisposition: 'append' }, rows, { loadId: 'same' });
+    assert.equal(first.alreadyLoaded, false);
+    assert.equal(second.alreadyLoaded, true);
+    assert.equal(second.rowsLoaded, 3);
+    assert.equal((await select(`select count(*)::int as n from ${schema}.idem`))[0].n, 3);
+  });
+
+  test('two attempts of one load racing each other commit it once', async () => {
+    const rows = Array.from({ length: 2000 }, (_, i) => ({ id: i }));
+    const results = await Promise.all([
+      load('race', { writeDisposition: 'append' }, rows, { loadId: 'race-1' }),
+      load('race', { writeDisposition: 'append' }, rows, { loadId: 'race-1' }),
+    ]);
+    assert.deepEqual(results.map((r) => r.alreadyLoaded).sort(), [false, true]);
+    assert.equal((await select(`select count(*)::int as n from ${schema}.race`))[0].n, 2000);
+  });
+
+  test('merge upserts on a composite key; in-batch duplicates resolve to the last row', async () => {
+    const resource = { writeDisposition: 'merge' as const, primaryKey: ['day', 'shop'] };
+    await load('sales', resource, [
+      { day: '2024-01-01', shop: 'a', total: 1 },
+      { day: '2024-01-01', shop: 'b', total: 2 },
+      { day: '2024-01-01', shop: 'a', total: 3 },
+    ]);
+    await load('sales', resource, [
+      { day: '2024-01-01', shop: 'b', total: 20 },
+      { day: '2024-01-02', shop: 'a', total: 5 },
+    ]);
+    const rows = await select(`select day::text, shop, total::int from ${schema}.sales order by day, shop`);
+    assert.deepEqual(rows, [
+      { day: '2024-01-01', shop: 'a', total: 3 },
+      { day: '2024-01-01', shop: 'b', total: 20 },
+      { day: '2024-01-02', shop: 'a', total: 5 },
+    ]);
+  });
+
+  test('merge with hardDelete removes flagged rows; mergeKey replaces a whole partition', async () => {
+    await load('users', { writeDisposition: 'merge', primaryKey: ['id'], hardDelete: 'deleted' }, [
+      { id: 1, name: 'a', deleted: false },
+      { id: 2, name: 'b', deleted: false },
+      { id: 3, name: 'c', deleted: false },
+    ]);
+    await load('users', { writeDisposition: 'merge', primaryKey: ['id'], hardDelete: 'deleted' }, [
+      { id: 2, name: 'b', deleted: true },
+      { id: 4, name: 'd', deleted: true },
+      { id: 3, name: 'c2', deleted: false },
+    ]);
+    assert.deepEqual(await select(`select id::int, name from ${schema}.users order by id`), [
+      { id: 1, name: 'a' },
+      { id: 3, name: 'c2' },
+    ]);
+
+    await load('daily', { writeDisposition: 'merge', mergeKey: ['day'] }, [
+      { day: '2024-01-01', v: 1 },
+      { day: '2024-01-01', v: 2 },
+      { day: '2024-01-02', v: 3 },
+    ]);
+    await load('daily', { writeDisposition: 'merge', mergeKey: ['day'] }, [{ day: '2024-01-01', v: 9 }]);
+    assert.deepEqual(await select(`select day::text, v::int from ${schema}.daily order by day, v`), [
+      { day: '2024-01-01', v: 9 },
+      { day: '2024-01-02', v: 3 },
+    ]);
+  });
+
+  test('replace swaps the contents in one transaction; a view on the table keeps working', async () => {
+    await load('snapshot', { writeDisposition: 'replace' }, [{ id: 1 }, { id: 2 }]);
+    await db.query(`create view ${schema}.snapshot_view as select id from ${schema}.snapshot`);
+    await load('snapshot', { writeDisposition: 'replace' }, [{ id: 7 }, { id: 8 }, { id: 9 }]);
+    assert.deepEqual((await select(`select id::int from ${schema}.snapshot_view order by id`)).map((r) => r.id), [7, 8, 9]);
+  });
+
+  test('backfill partitions: replaceRange deletes the range before inserting, so re-runs never duplicate', async () => {
+    const rows = [
+      { id: 1, at: '2024-01-01T00:00:00Z' },
+      { id: 2, at: '2024-01-01T23:59:59.999999Z' },
+    ];
+    const range = { column: 'at', start: '2024-01-01T00:00:00.000Z', end: '2024-01-02T00:00:00.000Z' };
+    await load('parts', { writeDisposition: 'append' }, [...rows, { id: 3, at: '2024-01-02T00:00:00Z' }]);
+    await load('parts', { writeDisposition: 'append' }, rows, { replaceRange: range });
+    await load('parts', { writeDisposition: 'append' }, rows, { replaceRange: range });
+    assert.deepEqual((await select(`select id::int from ${schema}.parts order by id`)).map((r) => r.id), [1, 2, 3]);
+  });
+
+  test('schema evolution: new columns are added, numbers widen, the table never narrows', async () => {
+    await load('evolve', {}, [{ id: 1, n: 1 }]);
+    const r = await load('evolve', {}, [{ id: 2, n: 2.5, extra: 'new' }]);
+    assert.deepEqual(r.schemaChanges.sort(), ['added column extra text', 'widened column n from bigint to numeric']);
+    assert.deepEqual(await select(`select id::int, n::text, extra from ${schema}.evolve order by id`), [
+      { id: 1, n: '1', extra: null },
+      { id: 2, n: '2.5', extra: 'new' },
+    ]);
+  });
+
+  test('a value that does not fit its column is rejected by default, widened to text with evolve, nulled with discard_value', async () => {
+    await load('contract', {}, [{ id: 1, qty: 5 }]);
+    const rejected = await load('contract', {}, [{ id: 2, qty: 'lots' }, { id: 3, qty: 7 }], { loadId: 'contract-reject' });
+    assert.equal(rejected.rowsLoaded, 1);
+    assert.equal(rejected.rowsRejected, 1);
+    const reasons = await select(`select "row", reason from ${schema}._sluice_rejects where load_id = 'contract-reject'`);
+    assert.equal(reasons.length, 1);
+    assert.deepEqual(reasons[0].row, { id: '2', qty: 'lots' });
+    assert.match(reasons[0].reason, /column "qty" \(bigint\): invalid input syntax for type bigint: "lots"/);
+
+    await load('contract', { schemaContract: { tables: 'evolve', columns: 'evolve', dataTypes: 'discard_value' } }, [{ id: 4, qty: 'many' }]);
+    assert.equal((await select(`select qty from ${schema}.contract where id = 4`))[0].qty, null);
+
+    await load('contract', { schemaContract: { tables: 'evolve', columns: 'evolve', dataTypes: 'evolve' } }, [{ id: 5, qty: 'heaps' }]);
+    assert.equal((await select(`select qty from ${schema}.contract where id = 5`))[0].qty, 'heaps');
+  });
+
+  test('frozen contracts fail the load permanently and leave the table as it was', async () => {
+    await load('frozen', {}, [{ id: 1 }]);
+    const frozen = { schemaContract: { tables: 'freeze', columns: 'freeze', dataTypes: 'freeze' } } as const;
+    await assert.rejects(load('frozen', frozen, [{ id: 2, surprise: true }]), (err: unknown) => err instanceof PermanentError && /new column "surprise"/.test(err.message));
+    await assert.rejects(load('never_created', frozen, [{ id: 1 }]), (err: unknown) => err instanceof PermanentError && /does not exist/.test(err.message));
+    assert.equal((await select(`select count(*)::int as n from ${schema}.frozen`))[0].n, 1);
+    const failed = await select(`select status, error from ${schema}._sluice_loads where table_name = 'frozen' and status = 'failed'`);
+    assert.equal(failed.length, 1);
+    assert.match(failed[0].error, /surprise/);
+
+    await load('frozen', { schemaContract: { tables: 'evolve', columns: 'discard_row', dataTypes: 'discard_row' } }, [{ id: 3, surprise: true }, { id: 4 }]);
+    assert.deepEqual((await select(`select id::int from ${schema}.frozen order by id`)).map((r) => r.id), [1, 4]);
+  });
+
+  test('rejects: declared types, missing primary keys and extractor verdicts land in _sluice_rejects with their reason', async () => {
+    const r = await load(
+      'declared',
+      { writeDisposition: 'merge', primaryKey: ['id'], columns: { id: 'bigint', amount: 'numeric(6,2)', day: 'date' } },
+      [
+        { id: 1, amount: '12.50', day: '2024-01-01', [ROW_SOURCE]: 'a.csv:2' },
+        { id: 2, amount: 'twelve', day: '2024-01-01', [ROW_SOURCE]: 'a.csv:3' },
+        { id: 3, amount: '99999.99', day: '2024-01-01' },
+        { id: 4, amount: '1', day: '2024-02-30' },
+        { amount: '1', day: '2024-01-01' },
+        { id: 6, amount: '1', day: '2024-01-01', [ROW_REJECT]: 'amount: expected number' },
+      ],
+      { loadId: 'declared-1' },
+    );
+    assert.equal(r.rowsLoaded, 1);
+    assert.equal(r.rowsRejected, 5);
+    const rejects = await select(`select "row"->>'id' as id, reason, source from ${schema}._sluice_rejects where load_id = 'declared-1' order by "row"->>'id' nulls last`);
+    assert.deepEqual(
+      rejects.map((x) => [x.id, x.source]),
+      [['2', 'a.csv:3'], ['3', null], ['4', null], ['6', null], [null, null]],
+    );
+    assert.match(rejects[0].reason, /column "amount" \(numeric\(6,2\)\): invalid input syntax for type numeric: "twelve"/);
+    assert.match(rejects[1].reason, /numeric field overflow/);
+    assert.match(rejects[2].reason, /column "day" \(date\)/);
+    assert.equal(rejects[3].reason, 'amount: expected number');
+    assert.equal(rejects[4].reason, 'primary key column "id" is missing');
+    const types = await select(`select format_type(atttypid, atttypmod) as t from pg_attribute where attrelid = '${schema}.declared'::regclass and attname = 'amount'`);
+    assert.equal(types[0].t, 'numeric(6,2)');
+  });
+
+  test('hostile identifiers are normalized and quoted', async () => {
+    const hostile = {
+      'Robert"); DROP TABLE students;--': 1,
+      'select': 2,
+      'Ünïcödé Näme': 3,
+      ['x'.repeat(100)]: 4,
+      ['x'.repeat(99) + 'y']: 5,
+      'Order ID': 6,
+      'order_id': 7,
+      '': 8,
+      '123abc': 9,
+    };
+    await load('Weird "Table"; drop', {}, [hostile]);
+    const table = 'Weird "Table"; drop';
+    const cols = await select(
+      `select column_name from information_schema.columns where table_schema = $1 and table_name = $2 order by ordinal_position`,
+      [schema, table],
+    );
+    const names = cols.map((c) => c.column_name);
+    assert.equal(names.length, 10);
+    assert.ok(names.includes('robert_drop_table_students'));
+    assert.ok(names.includes('select'));
+    assert.ok(names.includes('ünïcödé_näme'));
+    assert.ok(names.includes('order_id') && names.includes('order_id_2'));
+    assert.ok(names.includes('_123abc'));
+    const long = names.filter((n) => n.startsWith('xxxx'));
+    assert.equal(long.length, 2, 'two long names that share a prefix stay distinct');
+    for (const n of long) assert.ok(Buffer.byteLength(n) <= 63);
+    assert.equal((await select(`select count(*)::int as n from ${schema}."Weird ""Table""; drop"`))[0].n, 1);
+  });
+
+  test('a connection killed in the middle of COPY leaves no partial data, and the retry loads exactly once', async () => {
+    let produced = 0;
+    let release!: () => void;
+    const paused = new Promise<void>((r) => (release = r));
+    let reachedPause!: () => void;
+    const atPause = new Promise<void>((r) => (reachedPause = r));
+    async function* rows(): AsyncIterable<Row> {
+      for (let i = 0; i < 50_000; i++) {
+        if (i === 30_000) {
+          reachedPause();
+          await paused;
+        }
+        produced++;
+        yield { id: i, payload: `row ${i}` };
+      }
+    }
+    const attempt = loadResource({
+      url,
+      schema,
+      table: 'crash',
+      resource: Resource.parse({ name: 'crash' }),
+      loadId: 'crash-1',
+      data: { kind: 'rows', rows: rows() },
+    });
+    await atPause;
+    // Kill the loader's backend while its COPY is open (it is the one running COPY into staging).
+    const killed = await select(`select pg_terminate_backend(pid) as ok from pg_stat_activity where query ilike 'copy%_sluice_stage%' and state <> 'idle'`);
+    assert.ok(killed.length >= 1, 'found the COPY backend');
+    release();
+    await assert.rejects(attempt);
+    assert.ok(produced >= 30_000);
+    assert.equal((await select(`select to_regclass($1) as t`, [`${schema}.crash`]))[0].t, null, 'no table, no rows');
+    assert.equal((await select(`select status from ${schema}._sluice_loads where load_id = 'crash-1'`))[0].status, 'failed');
+
+    const retry = await loadResource({
+      url,
+      schema,
+      table: 'crash',
+      resource: Resource.parse({ name: 'crash' }),
+      loadId: 'crash-1',
+      data: { kind: 'rows', rows: from(Array.from({ length: 50_000 }, (_, i) => ({ id: i, payload: `row ${i}` }))) },
+    });
+    assert.equal(retry.rowsLoaded, 50_000);
+    assert.equal((await select(`select count(*)::int as n, count(distinct id)::int as d from ${schema}.crash`))[0].d, 50_000);
+  });
+
+  test('a PostgreSQL source keeps its exact types through the COPY fast path', async () => {
+    const src = uniqueName('src_types');
+    await db.query(`create schema ${src};
+      create table ${src}.t (id bigint, amount numeric(12,2), at timestamptz, doc jsonb, tags text[], flag boolean, d date, f double precision, note text);
+      insert into ${src}.t values
+        (1, 12.34, '2024-01-01 12:00:00.123456+00', '{"a": [1, "x\\ty"]}', '{a,"b c"}', true, '2024-01-01', 1.0000000000000002, e'line1\\nline2\\ttab \\\\ back'),
+        (2, null, null, null, null, null, null, null, null)`);
+    const data = await extractPostgres(url, { kind: 'postgres', connection: 'X', table: `${src}.t` });
+    const r = await loadResource({ url, schema, table: 'typed', resource: Resource.parse({ name: 'typed' }), loadId: 'typed-1', data });
+    assert.equal(r.rowsLoaded, 2);
+    const types = await select(
+      `select attname, format_type(atttypid, atttypmod) as t from pg_attribute where attrelid = '${schema}.typed'::regclass and attnum > 0 order by attnum`,
+    );
+    assert.deepEqual(types.map((t) => `${t.attname} ${t.t}`), [
+      'id bigint', 'amount numeric(12,2)', 'at timestamp with time zone', 'doc jsonb', 'tags text[]', 'flag boolean', 'd date', 'f double precision', 'note text', '_sluice_load_id text',
+    ]);
+    const diff = await select(`select count(*)::int as n from (
+      (select id, amount, at, doc, tags, flag, d, f, note from ${src}.t except all select id, amount, at, doc, tags, flag, d, f, note from ${schema}.typed)
+      union all
+      (select id, amount, at, doc, tags, flag, d, f, note from ${schema}.typed except all select id, amount, at, doc, tags, flag, d, f, note from ${src}.t)) x`);
+    assert.equal(diff[0].n, 0);
+  });
+});
