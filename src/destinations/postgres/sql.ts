@@ -189,6 +189,16 @@ export function deleteRangeSql(schema: string, table: string, column: string): s
   return `delete from ${qualifiedName(schema, table)} where ${c} >= $1::timestamptz and ${c} < $2::timestamptz`;
 }
 
+/** Rows at or past a cursor value ($1, typed by the column), for incremental loads that read it again. */
+export function deleteFromSql(schema: string, table: string, column: string): string {
+  return `delete from ${qualifiedName(schema, table)} where ${quoteIdent(column)} >= $1`;
+}
+
+/** Every row, inside the load's transaction (TRUNCATE would take an exclusive lock and is not MVCC-safe). */
+export function deleteAllSql(schema: string, table: string): string {
+  return `delete from ${qualifiedName(schema, table)}`;
+}
+
 export function truncateSql(schema: string, table: string): string {
   return `truncate table ${qualifiedName(schema, table)}`;
 }
