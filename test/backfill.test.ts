@@ -72,6 +72,11 @@ describe('backfillWorkflow', () => {
     assert.equal(types.rows[2].numeric_scale, 2, 'numeric(12,2) keeps its scale');
     const loads = await stack.db.query(`select status, count(*)::int as n from ${stack.schema}._sluice_loads group by status`);
     assert.deepEqual(loads.rows, [{ status: 'completed', n: 30 }]);
+    const listed = await waitFor('the run in the visibility store', async () => {
+      for await (const w of stack.client.workflow.list({ query: `SluiceResource = 'orders' AND SluiceStatus = 'completed' AND WorkflowId = '${handle.workflowId}'` })) return w;
+      return undefined;
+    });
+    assert.equal(listed.workflowId, handle.workflowId, 'searchable by resource and status');
     await saveHistory(handle, 'backfill-postgres-30-days');
 
     // Re-running the same range (a new workflow) replaces each partition: no duplicates.
@@ -156,6 +161,7 @@ describe('backfillWorkflow', () => {
 
   test('pause, resume and a parallelism change while running', async () => {
     probe.max = 0;
+    let details = '';
     const handle = await stack.client.workflow.start('backfillWorkflow', {
       taskQueue: stack.taskQueue,
       workflowId: `backfill-steer-${stack.schema}`,
@@ -178,12 +184,14 @@ describe('backfillWorkflow', () => {
       assert.equal(probe.max, 1);
       await handle.signal('setParallel', 4);
       await handle.signal('resume');
-      return handle.result();
+      const done = await handle.result();
+      details = (await handle.query<{ currentDetails: string }>('__temporal_workflow_metadata')).currentDetails;
+      return done;
     })) as BackfillResult;
     assert.equal(result.succeeded, 20);
     assert.equal(probe.max, 4, 'the new parallelism took effect');
-    const details = (await handle.describe()).raw.executionConfig?.userMetadata;
-    void details;
+    assert.match(details, /backfill \*\*steer\*\* \(merge\) from test\.probe, 2024-01-01 \.\. 2024-01-20 by day/);
+    assert.match(details, /20\/20 partitions, 480 rows, 0 failed, parallel 4/);
     await saveHistory(handle, 'backfill-pause-resume-parallel');
   });
 
@@ -216,6 +224,31 @@ describe('backfillWorkflow', () => {
     }
     const rows = await stack.db.query(`select count(*)::int as n, count(distinct id)::int as d from ${stack.schema}.killed`);
     assert.deepEqual(rows.rows[0], { n: 30 * 24 * 40, d: 30 * 24 * 40 }, 'nothing lost, nothing duplicated');
+  });
+
+  test('two worker processes on one task queue share the partitions', async () => {
+    const taskQueue = `${stack.taskQueue}-scale`;
+    const workers = await Promise.all([spawnWorker(taskQueue), spawnWorker(taskQueue)]);
+    try {
+      const handle = await stack.client.workflow.start('backfillWorkflow', {
+        taskQueue,
+        workflowId: `backfill-scale-${stack.schema}`,
+        args: [{
+          source: { kind: 'registered', name: 'test.slow', options: { delayMs: 200, perHour: 2 } },
+          resource: { name: 'scaled', writeDisposition: 'append' },
+          destination: { connection: 'DATABASE_URL', schema: stack.schema },
+          partitionColumn: 'at', start: '2024-01-01', end: '2024-01-16', parallel: 8,
+        }],
+      });
+      const result = (await handle.result()) as BackfillResult;
+      assert.equal(result.succeeded, 16);
+      const history = await handle.fetchHistory();
+      const identities = new Set(history.events!.flatMap((e) => e.activityTaskStartedEventAttributes?.identity ?? []));
+      assert.equal(identities.size, 2, `activities ran on both workers: ${[...identities].join(', ')}`);
+    } finally {
+      await Promise.all(workers.map(killHard));
+    }
+    assert.equal(await count(stack.db, `${stack.schema}.scaled`), 16 * 24 * 2);
   });
 
   test('invalid input fails at once, non-retryably, naming the field', async () => {

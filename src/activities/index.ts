@@ -11,6 +11,7 @@ import { errorMessage, hintFor, isTransient } from '../errors';
 import type { Destination, Resource, Source } from '../inputs';
 import { normalizeIdentifier } from '../schema/identifiers';
 import { extract } from '../sources';
+import { createFullRefreshActivities } from './full-refresh';
 import type { PartitionRange } from '../sources/types';
 
 export interface ActivityDeps {
@@ -37,7 +38,7 @@ export interface LoadSummary {
 }
 
 /** Heartbeats on a timer for as long as the activity runs: a dead worker is noticed in one heartbeat timeout. */
-async function withHeartbeat<T>(fn: (progress: (details: unknown) => void) => Promise<T>): Promise<T> {
+export async function withHeartbeat<T>(fn: (progress: (details: unknown) => void) => Promise<T>): Promise<T> {
   const ctx = Context.current();
   let details: unknown;
   const timer = setInterval(() => ctx.heartbeat(details), 1_000);
@@ -65,7 +66,7 @@ export function toFailure(err: unknown, context: { disposition?: string; connect
     : ApplicationFailure.nonRetryable(text, type, { hint });
 }
 
-function workflowOf(ctx: Context): { workflowId: string; runId: string } {
+export function workflowOf(ctx: Context): { workflowId: string; runId: string } {
   const execution = ctx.info.workflowExecution;
   if (!execution) throw ApplicationFailure.nonRetryable('sluice activities run inside workflows: load ids derive from the workflow id');
   return execution;
@@ -77,6 +78,8 @@ export function destinationTable(resource: Resource): string {
 
 export function createActivities(deps: ActivityDeps) {
   return {
+    ...createFullRefreshActivities(),
+
     async sluiceEnvironment(): Promise<{ searchAttributes: boolean }> {
       return { searchAttributes: deps.searchAttributesRegistered };
     },

@@ -66,9 +66,15 @@ export async function backfillWorkflow(rawInput: unknown): Promise<BackfillResul
     parallel,
     inFlightPartitions: [...inFlight],
   });
+  const source =
+    input.source.kind === 'postgres' ? `postgres ${input.source.table ?? 'query'}` : input.source.kind === 'registered' ? input.source.name : input.source.path;
+  const what = input.onlyPartitions
+    ? `${input.onlyPartitions.length} chosen ${input.granularity} partitions`
+    : `${input.start} .. ${input.end} by ${input.granularity}`;
   const showProgress = () => {
     const p = progress();
     const lines = [
+      `backfill **${input.resource.name}** (${input.resource.writeDisposition}) from ${source}, ${what}, into ${input.destination.schema}`,
       `**${paused ? 'paused' : 'backfilling'}** ${input.resource.name}: ${p.done}/${total} partitions, ${formatCount(rows)} rows` +
         `${rejected ? `, ${formatCount(rejected)} rejected` : ''}, ${failed.length} failed, parallel ${parallel}`,
     ];

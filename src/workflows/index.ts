@@ -1,2 +1,4 @@
 /** Every workflow type the sluice worker serves (CONTRACT.md); the bundle entry point. */
 export { backfillWorkflow } from './backfill';
+export { fullRefreshWorkflow } from './full-refresh';
+export { pipelineWorkflow } from './pipeline';

@@ -403,6 +403,8 @@ async function finalize(client: pg.PoolClient, req: LoadRequest, staged: Staged)
   if (staged.rows === 0 && existing) {
     // Nothing to write: skip schema work, still record the load and its state.
     if (req.replaceFrom) await deleteFrom(client, req, namer);
+    // "replace" with no rows still replaces: the table becomes as empty as its source.
+    if (resource.writeDisposition === 'replace') await client.query(sql.deleteAllSql(schema, table));
     return record(client, req, { rowsLoaded: 0, rowsRejected: 0, changes: [] });
   }
 
@@ -436,6 +438,8 @@ async function finalize(client: pg.PoolClient, req: LoadRequest, staged: Staged)
       .join(' ');
     reason = reason.replace(/^case /, `case ${extra} `);
   }
+  // Temp tables have no statistics; without them the planner guesses row counts and picks poor joins.
+  if (staged.rows >= 1_000) await client.query(`analyze ${quoteIdent(sql.STAGING_TABLE)}`);
   const rejected = await client.query<{ n: string }>(sql.moveRejectsSql(schema, reason), [req.loadId, resource.name]);
   const rowsRejected = Number(rejected.rows[0]!.n);
 
@@ -448,7 +452,9 @@ async function finalize(client: pg.PoolClient, req: LoadRequest, staged: Staged)
   if (req.replaceFrom) await deleteFrom(client, req, namer);
   switch (resource.writeDisposition) {
     case 'replace':
-      await client.query(sql.truncateSql(schema, table));
+      // DELETE, not TRUNCATE: TRUNCATE is not MVCC-safe (a REPEATABLE READ reader such as pg_dump
+      // would see an empty table) and its ACCESS EXCLUSIVE lock would block every reader until commit.
+      await client.query(sql.deleteAllSql(schema, table));
       rowsLoaded = (await client.query(sql.appendSql(insertPlan), [req.loadId])).rowCount ?? 0;
       break;
     case 'append':
@@ -457,12 +463,20 @@ async function finalize(client: pg.PoolClient, req: LoadRequest, staged: Staged)
     case 'merge': {
       if (mergeKey) await client.query(sql.deleteByMergeKeySql(insertPlan, mergeKey));
       if (primaryKey) {
-        const statements = sql.mergeSql({ ...insertPlan, primaryKey });
-        rowsLoaded = 0;
-        for (const statement of statements) {
-          const r = await client.query(statement, statement.startsWith('insert') ? [req.loadId] : []);
-          if (statement.startsWith('insert')) rowsLoaded = r.rowCount ?? 0;
+        const merge = sql.mergeSql({ ...insertPlan, primaryKey });
+        const duplicates = (await client.query(merge.dedupe)).rowCount ?? 0;
+        let flagged = 0;
+        if (merge.hardDelete && hardDelete) {
+          await client.query(merge.hardDelete);
+          const r = await client.query<{ n: string }>(
+            `select count(*) as n from ${quoteIdent(sql.STAGING_TABLE)} where ${quoteIdent(hardDelete)}::boolean is true`,
+          );
+          flagged = Number(r.rows[0]!.n);
         }
+        if (merge.update) await client.query(merge.update, [req.loadId]);
+        await client.query(merge.insert, [req.loadId]);
+        // Rows delivered: every surviving key, whether it was inserted, changed or already equal.
+        rowsLoaded = staged.rows - rowsRejected - duplicates - flagged;
       } else {
         rowsLoaded = (await client.query(sql.appendSql(insertPlan), [req.loadId])).rowCount ?? 0;
       }

@@ -144,34 +144,63 @@ export interface InsertPlan {
 
 export function appendSql(p: InsertPlan): string {
   const cols = [...p.columns.map((c) => quoteIdent(c.name)), quoteIdent(LOAD_ID_COLUMN)].join(', ');
+  // No ORDER BY: staging is scanned in arrival order anyway, and sorting a big load costs more than the insert.
   return `insert into ${qualifiedName(p.schema, p.table)} (${cols})
-    select ${[castList(p.columns, 's'), '$1'].filter(Boolean).join(', ')} from ${quoteIdent(STAGING_TABLE)} s order by s.${quoteIdent(SEQ)}`;
+    select ${[castList(p.columns, 's'), '$1'].filter(Boolean).join(', ')} from ${quoteIdent(STAGING_TABLE)} s`;
 }
 
-/** Newest staged row per key: in-batch duplicates resolve to the last one loaded. */
-function latestPerKeySql(p: InsertPlan & { primaryKey: string[] }): string {
-  const keys = p.primaryKey.map((k) => `s.${quoteIdent(k)}`).join(', ');
-  return `select distinct on (${keys}) s.* from ${quoteIdent(STAGING_TABLE)} s order by ${keys}, s.${quoteIdent(SEQ)} desc`;
+/** Types without an equality operator: compared as text when deciding whether a merged row changed. */
+const NO_EQUALITY = /^(json|xml|point|line|lseg|box|path|polygon|circle)(\[\])?$/;
+
+function keyMatch(keys: string[], types: Map<string, string>, left: string, right: string, castLeft: boolean): string {
+  return keys
+    .map((k) => `${left}.${quoteIdent(k)}${castLeft ? `::${types.get(k)}` : ''} = ${right}.${quoteIdent(k)}::${types.get(k)}`)
+    .join(' and ');
 }
 
-export function mergeSql(p: InsertPlan & { primaryKey: string[] }): string[] {
+export interface MergeStatements {
+  /** Deletes all but the last staged row of each key; its row count is the number of in-batch duplicates. */
+  dedupe: string;
+  /** With hardDelete: removes target rows whose latest staged row is flagged. */
+  hardDelete?: string;
+  /** Updates target rows whose values differ ($1 = load id). Absent when every column is a key column. */
+  update?: string;
+  /** Inserts keys the target does not have yet ($1 = load id). */
+  insert: string;
+}
+
+/**
+ * Merge as set operations the planner runs as hash joins, not one speculative insert per row:
+ * drop in-batch duplicates (last one wins), update rows that changed (unchanged rows are not
+ * rewritten and keep their _sluice_load_id), insert new keys. The per-table lock taken by the
+ * loader keeps other sluice loads of the table out between the update and the insert.
+ */
+export function mergeSql(p: InsertPlan & { primaryKey: string[] }): MergeStatements {
   const target = qualifiedName(p.schema, p.table);
-  const keys = p.primaryKey.map(quoteIdent);
+  const stage = quoteIdent(STAGING_TABLE);
   const types = new Map(p.columns.map((c) => [c.name, c.type]));
-  const statements: string[] = [];
-  const latest = latestPerKeySql(p);
-  const deleted = p.hardDelete ? `l.${quoteIdent(p.hardDelete)}::boolean is true` : undefined;
-  if (deleted) {
-    const match = p.primaryKey.map((k) => `t.${quoteIdent(k)} = l.${quoteIdent(k)}::${types.get(k)}`).join(' and ');
-    statements.push(`delete from ${target} t using (${latest}) l where ${match} and ${deleted}`);
+  const flagged = p.hardDelete ? `l.${quoteIdent(p.hardDelete)}::boolean is true` : undefined;
+  const live = flagged ? ` and not coalesce(${flagged}, false)` : '';
+  const statements: MergeStatements = {
+    dedupe: `delete from ${stage} s using ${stage} d where ${keyMatch(p.primaryKey, types, 'd', 's', true)} and d.${quoteIdent(SEQ)} > s.${quoteIdent(SEQ)}`,
+    insert: `insert into ${target} (${[...p.columns.map((c) => quoteIdent(c.name)), quoteIdent(LOAD_ID_COLUMN)].join(', ')})
+    select ${castList(p.columns, 'l')}, $1 from ${stage} l
+    where not exists (select 1 from ${target} t where ${keyMatch(p.primaryKey, types, 't', 'l', false)})${live}`,
+  };
+  if (flagged) {
+    statements.hardDelete = `delete from ${target} t using ${stage} l where ${keyMatch(p.primaryKey, types, 't', 'l', false)} and ${flagged}`;
   }
-  const cols = [...p.columns.map((c) => quoteIdent(c.name)), quoteIdent(LOAD_ID_COLUMN)];
-  const updates = [...p.columns.filter((c) => !p.primaryKey.includes(c.name)).map((c) => quoteIdent(c.name)), quoteIdent(LOAD_ID_COLUMN)]
-    .map((c) => `${c} = excluded.${c}`)
-    .join(', ');
-  statements.push(`insert into ${target} (${cols.join(', ')})
-    select ${castList(p.columns, 'l')}, $1 from (${latest}) l${deleted ? ` where not (${deleted})` : ''}
-    on conflict (${keys.join(', ')}) do update set ${updates}`);
+  const values = p.columns.filter((c) => !p.primaryKey.includes(c.name));
+  if (values.length) {
+    const cmp = (alias: string, c: TargetColumn, cast: boolean) => {
+      const v = `${alias}.${quoteIdent(c.name)}${cast ? `::${c.type}` : ''}`;
+      return NO_EQUALITY.test(c.type) ? `(${v})::text` : v;
+    };
+    statements.update = `update ${target} t set ${[...values.map((c) => `${quoteIdent(c.name)} = l.${quoteIdent(c.name)}::${c.type}`), `${quoteIdent(LOAD_ID_COLUMN)} = $1`].join(', ')}
+    from ${stage} l
+    where ${keyMatch(p.primaryKey, types, 't', 'l', false)}${live}
+      and (${values.map((c) => cmp('t', c, false)).join(', ')}) is distinct from (${values.map((c) => cmp('l', c, true)).join(', ')})`;
+  }
   return statements;
 }
 
@@ -197,10 +226,6 @@ export function deleteFromSql(schema: string, table: string, column: string): st
 /** Every row, inside the load's transaction (TRUNCATE would take an exclusive lock and is not MVCC-safe). */
 export function deleteAllSql(schema: string, table: string): string {
   return `delete from ${qualifiedName(schema, table)}`;
-}
-
-export function truncateSql(schema: string, table: string): string {
-  return `truncate table ${qualifiedName(schema, table)}`;
 }
 
 export function targetColumnsSql(): string {

@@ -1,0 +1,108 @@
+import * as wf from '@temporalio/workflow';
+import type { Activities } from '../activities';
+import type { RefreshSummary } from '../activities/full-refresh';
+import { FullRefreshInput, type Progress } from '../inputs';
+import { SEARCH_ATTRIBUTES } from '../search-attributes';
+import { formatCount, progressQuery, rootMessage, validateInput } from './shared';
+
+const { sluiceEnvironment } = wf.proxyLocalActivities<Activities>({ startToCloseTimeout: '10s' });
+const { refreshTable } = wf.proxyActivities<Activities>({
+  startToCloseTimeout: '6h',
+  // The activity heartbeats every second while it runs: a killed worker is noticed in 15 s.
+  heartbeatTimeout: '15s',
+  // Permanent errors (a missing table, a bad column) are non-retryable and fail at once.
+  retry: { initialInterval: '1s', backoffCoefficient: 2, maximumInterval: '1m', maximumAttempts: 5 },
+});
+
+export interface FullRefreshResult {
+  /** `schema.table` of the refreshed live table. */
+  table: string;
+  rows: number;
+  rejected: number;
+  loadId: string;
+  schemaChanges: string[];
+}
+
+/**
+ * Reloads a whole table: one `refreshTable` activity extracts the source and loads it with
+ * writeDisposition "replace" (whatever the input says), which stages every row and then swaps
+ * them in within one transaction. A reader sees the old rows or the new ones, never an empty or
+ * partial table; a failure before the swap leaves the live table as it was. Nothing is carried
+ * across runs: every run is a complete refresh.
+ */
+export async function fullRefreshWorkflow(rawInput: unknown): Promise<FullRefreshResult> {
+  const input = validateInput('fullRefreshWorkflow', FullRefreshInput, rawInput);
+  const resource = { ...input.resource, writeDisposition: 'replace' as const };
+
+  let state: 'refreshing' | 'completed' | 'failed' = 'refreshing';
+  let summary: RefreshSummary | undefined;
+  let error: string | undefined;
+
+  const progress = (): Progress => ({
+    done: state === 'completed' ? 1 : 0,
+    failed: state === 'failed' ? 1 : 0,
+    inFlight: state === 'refreshing' ? 1 : 0,
+    total: 1,
+    rows: summary?.rows ?? 0,
+    rejected: summary?.rejected ?? 0,
+    state,
+    ...(summary ? { table: summary.table } : {}),
+    ...(error ? { error } : {}),
+  });
+  const showProgress = () => {
+    const target = `${input.destination.schema}.${resource.table ?? resource.name}`;
+    const lines = [`**${state}** ${target} from ${describeSource(input.source)}`];
+    if (summary) {
+      lines.push(
+        `${formatCount(summary.rows)} rows swapped in${summary.rejected ? `, ${formatCount(summary.rejected)} rejected (see _sluice_rejects)` : ''}`,
+      );
+      if (summary.schemaChanges.length) lines.push(`schema: ${summary.schemaChanges.join('; ')}`);
+    }
+    if (error) lines.push(`failed before the swap, the live table is unchanged: ${error}`);
+    wf.setCurrentDetails(lines.join('\n\n'));
+  };
+  wf.setHandler(progressQuery, progress);
+
+  const env = await sluiceEnvironment();
+  const setStatus = (status: string) => {
+    if (env.searchAttributes) {
+      wf.upsertSearchAttributes([
+        { key: SEARCH_ATTRIBUTES.resource, value: resource.name },
+        { key: SEARCH_ATTRIBUTES.status, value: status },
+      ]);
+    }
+  };
+  setStatus('running');
+  showProgress();
+
+  try {
+    summary = await refreshTable({ source: input.source, resource, destination: input.destination });
+  } catch (err) {
+    state = 'failed';
+    error = rootMessage(err);
+    setStatus('failed');
+    showProgress();
+    throw err;
+  }
+  state = 'completed';
+  setStatus('completed');
+  showProgress();
+  return {
+    table: summary.table,
+    rows: summary.rows,
+    rejected: summary.rejected,
+    loadId: summary.loadId,
+    schemaChanges: summary.schemaChanges,
+  };
+}
+
+function describeSource(source: FullRefreshInput['source']): string {
+  switch (source.kind) {
+    case 'postgres':
+      return source.table ?? 'a source query';
+    case 'registered':
+      return source.name;
+    case 'files':
+      return source.path;
+  }
+}
