@@ -12,6 +12,7 @@ import type { Destination, Resource, Source } from '../inputs';
 import { normalizeIdentifier } from '../schema/identifiers';
 import { extract } from '../sources';
 import { createFullRefreshActivities } from './full-refresh';
+import { createFileActivities } from './files';
 import type { PartitionRange } from '../sources/types';
 
 export interface ActivityDeps {
@@ -79,6 +80,7 @@ export function destinationTable(resource: Resource): string {
 export function createActivities(deps: ActivityDeps) {
   return {
     ...createFullRefreshActivities(),
+    ...createFileActivities(deps),
 
     async sluiceEnvironment(): Promise<{ searchAttributes: boolean }> {
       return { searchAttributes: deps.searchAttributesRegistered };

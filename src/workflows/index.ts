@@ -2,3 +2,4 @@
 export { backfillWorkflow } from './backfill';
 export { fullRefreshWorkflow } from './full-refresh';
 export { pipelineWorkflow } from './pipeline';
+export { filesWorkflow } from './files';

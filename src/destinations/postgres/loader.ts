@@ -40,6 +40,8 @@ export interface LoadRequest {
    * transaction, even when the load itself is empty.
    */
   replaceFrom?: { column: string; value: string | null };
+  /** Rows an earlier load wrote that this load supersedes (a file reloaded after it changed): deleted in the same transaction. */
+  replaceLoadId?: string;
   /** Written to _sluice_state in the same transaction as the rows. */
   state?: { key: string; value: unknown };
   /** Called as rows stream in (activities heartbeat from here). */
@@ -239,7 +241,8 @@ async function stage(client: pg.PoolClient, req: LoadRequest): Promise<Staged> {
           continue;
         }
         fields[index] = copyField(text);
-        if (!known.has(name)) inferred[index] = widenByValue(inferred[index], value, textValues);
+        // A row the extractor rejected keeps its values for _sluice_rejects but must not shape the table.
+        if (!known.has(name) && row[ROW_REJECT] === undefined) inferred[index] = widenByValue(inferred[index], value, textValues);
       }
       buffer += `${copyField(row[ROW_SOURCE] ?? null)}\t${copyField(reject ?? null)}${fields.length ? '\t' : ''}${fields.join('\t')}\n`;
       count++;
@@ -403,6 +406,7 @@ async function finalize(client: pg.PoolClient, req: LoadRequest, staged: Staged)
   if (staged.rows === 0 && existing) {
     // Nothing to write: skip schema work, still record the load and its state.
     if (req.replaceFrom) await deleteFrom(client, req, namer);
+    if (req.replaceLoadId) await client.query(sql.deleteLoadSql(schema, table), [req.replaceLoadId]);
     // "replace" with no rows still replaces: the table becomes as empty as its source.
     if (resource.writeDisposition === 'replace') await client.query(sql.deleteAllSql(schema, table));
     return record(client, req, { rowsLoaded: 0, rowsRejected: 0, changes: [] });
@@ -445,6 +449,7 @@ async function finalize(client: pg.PoolClient, req: LoadRequest, staged: Staged)
 
   const insertPlan: sql.InsertPlan = { schema, table, columns: plan.columns, primaryKey, hardDelete };
   let rowsLoaded: number;
+  if (req.replaceLoadId) await client.query(sql.deleteLoadSql(schema, table), [req.replaceLoadId]);
   if (req.replaceRange) {
     const column = namer.name(req.replaceRange.column);
     await client.query(sql.deleteRangeSql(schema, table, column), [req.replaceRange.start, req.replaceRange.end]);

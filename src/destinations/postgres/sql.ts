@@ -218,6 +218,11 @@ export function deleteRangeSql(schema: string, table: string, column: string): s
   return `delete from ${qualifiedName(schema, table)} where ${c} >= $1::timestamptz and ${c} < $2::timestamptz`;
 }
 
+/** The rows one earlier load wrote ($1 = its load id). */
+export function deleteLoadSql(schema: string, table: string): string {
+  return `delete from ${qualifiedName(schema, table)} where ${quoteIdent(LOAD_ID_COLUMN)} = $1`;
+}
+
 /** Rows at or past a cursor value ($1, typed by the column), for incremental loads that read it again. */
 export function deleteFromSql(schema: string, table: string, column: string): string {
   return `delete from ${qualifiedName(schema, table)} where ${quoteIdent(column)} >= $1`;

@@ -1,0 +1,168 @@
+/**
+ * Activities of filesWorkflow: list a directory (metadata and fingerprints, never rows), load one
+ * file in one transaction, and read which files earlier runs loaded.
+ *
+ * Loaded files are mirrored to _sluice_state as ONE ROW PER FILE, key
+ * `files:<resource>:<path>`, written by the load that loaded the file in the same transaction
+ * as its rows. Parallel loads of different files therefore never touch the same state row, so
+ * none can overwrite another's entry (a single map per resource would need every load to
+ * read-modify-write it, serialized by a lock, or would lose entries to the last writer), and a
+ * file is recorded as loaded exactly when its rows are committed. The workflow's own map
+ * (path -> fingerprint) is the authoritative copy while it runs; _sluice_state is what a new
+ * run starts from.
+ */
+import { Context } from '@temporalio/activity';
+import { ApplicationFailure } from '@temporalio/common';
+import { resolveConnection } from '../config';
+import { ensureMetadata, loadResource, readState, type LoadResult } from '../destinations/postgres/loader';
+import { getPool } from '../destinations/postgres/pool';
+import type { Destination, FilesSource, Resource } from '../inputs';
+import { qualifiedName } from '../schema/identifiers';
+import { extractFile, listFiles, type ListedFile } from '../sources/files';
+import { destinationTable, withHeartbeat, workflowOf, type ActivityDeps, type LoadSummary } from './index';
+
+export interface LoadFileRequest {
+  source: FilesSource;
+  resource: Resource;
+  destination: Destination;
+  file: ListedFile;
+  /**
+   * 1 for a path never loaded before, one more than its previous load for changed content. Part
+   * of the load id, so content that changes back to an earlier version is loaded again instead
+   * of being taken for that version's finished load.
+   */
+  version: number;
+}
+
+export interface FileLoadSummary extends LoadSummary {
+  path: string;
+  fingerprint: string;
+  version: number;
+}
+
+/** A file an earlier run loaded, as _sluice_state remembers it. */
+export interface LoadedFile {
+  path: string;
+  fingerprint: string;
+  version: number;
+}
+
+/** What _sluice_state holds for one loaded file. */
+interface FileStateValue extends LoadedFile {
+  resource: string;
+  size: number;
+  mtimeMs: number;
+  loadId: string;
+}
+
+/** The resource name is URI-encoded so that a ":" in it cannot make two resources' keys meet. */
+function fileStatePrefix(resource: string): string {
+  return `files:${encodeURIComponent(resource)}:`;
+}
+
+export function fileStateKey(resource: string, path: string): string {
+  return `${fileStatePrefix(resource)}${path}`;
+}
+
+export function fileLoadId(workflowId: string, file: { path: string; fingerprint: string }, version: number): string {
+  return `${workflowId}/file:${file.path}#${version}@${file.fingerprint}`;
+}
+
+function isLoadedFile(value: unknown): value is LoadedFile {
+  const v = value as Partial<LoadedFile> | null;
+  return typeof v?.path === 'string' && typeof v.fingerprint === 'string' && typeof v.version === 'number';
+}
+
+export function createFileActivities(_deps: ActivityDeps) {
+  return {
+    /** The files the source's directory and pattern select, with their fingerprints (this reads every new or touched file once). */
+    async listSourceFiles(source: FilesSource): Promise<ListedFile[]> {
+      return withHeartbeat((progress) => listFiles(source.path, source.pattern, (p) => progress({ ...p })));
+    },
+
+    /** Files that earlier runs loaded for this resource, so a new run skips them. */
+    async readFilesState(destination: Destination, resource: Resource): Promise<LoadedFile[]> {
+      return withHeartbeat(async () => {
+        const url = resolveConnection(destination.connection);
+        await ensureMetadata(url, destination.schema);
+        const prefix = fileStatePrefix(resource.name);
+        const result = await getPool(url).query<{ state: unknown }>(
+          `select state from ${qualifiedName(destination.schema, '_sluice_state')}
+            where left(resource, length($1)) = $1 order by resource`,
+          [prefix],
+        );
+        return result.rows
+          .map((r) => r.state)
+          .filter(isLoadedFile)
+          .map(({ path, fingerprint, version }) => ({ path, fingerprint, version }));
+      });
+    },
+
+    /**
+     * Loads one file in one transaction, recording it in _sluice_state in that same transaction.
+     * The load id names the workflow, the path, the version and the fingerprint: a retried
+     * attempt (or a replayed workflow) finds the committed load and writes nothing twice.
+     */
+    async loadFile(req: LoadFileRequest): Promise<FileLoadSummary> {
+      const ctx = Context.current();
+      const { workflowId, runId } = workflowOf(ctx);
+      const { file, version } = req;
+      const loadId = fileLoadId(workflowId, file, version);
+      const state: FileStateValue = {
+        resource: req.resource.name,
+        path: file.path,
+        fingerprint: file.fingerprint,
+        version,
+        size: file.size,
+        mtimeMs: file.mtimeMs,
+        loadId,
+      };
+      return withHeartbeat(async (progress) => {
+        let result: LoadResult;
+        const url = resolveConnection(req.destination.connection);
+        // A changed file replaces what its previous version loaded, whatever the disposition:
+        // with append its old rows would otherwise stay beside the new ones.
+        const previous = version > 1 ? await previousLoadId(url, req.destination.schema, fileStateKey(req.resource.name, file.path)) : undefined;
+        try {
+          result = await loadResource({
+            replaceLoadId: previous,
+            url,
+            schema: req.destination.schema,
+            table: destinationTable(req.resource),
+            resource: req.resource,
+            loadId,
+            workflowId,
+            runId,
+            partition: file.path,
+            attempt: ctx.info.attempt,
+            data: extractFile(req.source, file, { signal: ctx.cancellationSignal }),
+            state: { key: fileStateKey(req.resource.name, file.path), value: state },
+            onProgress: (rows) => progress({ file: file.path, rows }),
+          });
+        } catch (err) {
+          // Cancelled, timed out or shutting down: the file is fine and the rollback left nothing
+          // behind, so another attempt (on another worker) may load it.
+          if (ctx.cancellationSignal.aborted) {
+            throw ApplicationFailure.retryable(`loading ${file.path} was interrupted: ${String(ctx.cancellationSignal.reason)}`, 'LoadInterrupted');
+          }
+          throw err;
+        }
+        return {
+          loadId: result.loadId,
+          rows: result.rowsLoaded,
+          rejected: result.rowsRejected,
+          alreadyLoaded: result.alreadyLoaded,
+          schemaChanges: result.schemaChanges,
+          path: file.path,
+          fingerprint: file.fingerprint,
+          version,
+        };
+      });
+    },
+  };
+}
+
+async function previousLoadId(url: string, schema: string, key: string): Promise<string | undefined> {
+  const state = (await readState(url, schema, key)) as Partial<FileStateValue> | undefined;
+  return typeof state?.loadId === 'string' ? state.loadId : undefined;
+}

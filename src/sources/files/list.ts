@@ -1,0 +1,141 @@
+/**
+ * Which files a `files` source holds, and what each one contains, without reading any rows.
+ *
+ * A file's fingerprint is the SHA-256 of its bytes as stored (before gunzip): "sha256:<hex>".
+ * Size and modification time alone would miss a rewrite that keeps both (an editor that saves
+ * within the same second, `cp -p`, a sync tool that restores mtimes), and a file whose content
+ * changed under the same name must be loaded again. Hashing costs one sequential read per file;
+ * a process-local cache keyed by (device, inode, size, mtime, ctime) avoids re-reading files
+ * that have not been touched since the last listing on this worker (ctime cannot be set from
+ * user space, so a rewrite always invalidates the entry, as in git's index).
+ */
+import { createHash } from 'node:crypto';
+import { createReadStream, type Dirent, type Stats } from 'node:fs';
+import { readdir, stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import picomatch from 'picomatch';
+import { errorMessage, PermanentError } from '../../errors';
+
+export interface ListedFile {
+  /** Relative to the source directory, with "/" separators. */
+  path: string;
+  size: number;
+  mtimeMs: number;
+  /** "sha256:<hex>" of the stored bytes; "unreadable:<size>:<mtime>" when they could not be read (see `error`). */
+  fingerprint: string;
+  /** Why the file could not be hashed (permission denied, ...): loading it will fail, and only it. */
+  error?: string;
+}
+
+export interface ListProgress {
+  files: number;
+  bytesHashed: number;
+}
+
+const UNLIMITED_DEPTH = Number.POSITIVE_INFINITY;
+
+/**
+ * Files under `dir` whose relative path matches `pattern` (picomatch syntax: `*.csv` matches
+ * only the top level, `**\/*.csv` any depth; dotfiles never match), sorted by path in code-unit
+ * order so every listing of the same directory is in the same order.
+ */
+export async function listFiles(dir: string, pattern: string, onProgress?: (p: ListProgress) => void): Promise<ListedFile[]> {
+  const isMatch = picomatch(pattern, { dot: false });
+  // `*` never crosses a "/", so only a pattern with `**` needs to descend without limit.
+  const maxDepth = pattern.includes('**') ? UNLIMITED_DEPTH : pattern.split('/').length - 1;
+  let rootStats: Stats;
+  try {
+    rootStats = await stat(dir);
+  } catch (err) {
+    throw new PermanentError(
+      `cannot read source directory ${dir}: ${errorMessage(err)}`,
+      'check source.path: it must be a directory that every worker on the task queue can read',
+    );
+  }
+  if (!rootStats.isDirectory()) {
+    throw new PermanentError(`source.path ${dir} is not a directory`, 'point source.path at a directory and select files with source.pattern');
+  }
+
+  const found: { path: string; stats: Stats }[] = [];
+  const walk = async (relativeDir: string, depth: number): Promise<void> => {
+    let entries: Dirent[];
+    try {
+      entries = await readdir(join(dir, relativeDir), { withFileTypes: true });
+    } catch (err) {
+      // The root was readable; a subdirectory that is not only hides its own files.
+      if (relativeDir === '') throw new PermanentError(`cannot list ${dir}: ${errorMessage(err)}`, 'check the permissions of source.path');
+      return;
+    }
+    for (const entry of entries) {
+      if (entry.name.startsWith('.')) continue;
+      const path = relativeDir === '' ? entry.name : `${relativeDir}/${entry.name}`;
+      let isFile = entry.isFile();
+      let isDir = entry.isDirectory();
+      if (entry.isSymbolicLink()) {
+        // Follow links to files; links to directories are not descended (they can form cycles).
+        const target = await stat(join(dir, path)).catch(() => undefined);
+        isFile = target?.isFile() ?? false;
+        isDir = false;
+      }
+      if (isDir && depth < maxDepth) await walk(path, depth + 1);
+      else if (isFile && isMatch(path)) {
+        const stats = await stat(join(dir, path)).catch(() => undefined);
+        if (stats) found.push({ path, stats });
+      }
+    }
+  };
+  await walk('', 0);
+  found.sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0));
+
+  const listed: ListedFile[] = [];
+  const progress: ListProgress = { files: 0, bytesHashed: 0 };
+  for (const { path, stats } of found) {
+    const base = { path, size: stats.size, mtimeMs: stats.mtimeMs };
+    try {
+      listed.push({ ...base, fingerprint: await fingerprintOf(join(dir, path), stats, progress, onProgress) });
+    } catch (err) {
+      listed.push({ ...base, fingerprint: `unreadable:${stats.size}:${stats.mtimeMs}`, error: errorMessage(err) });
+    }
+    progress.files++;
+    onProgress?.(progress);
+  }
+  return listed;
+}
+
+interface CachedFingerprint {
+  key: string;
+  fingerprint: string;
+}
+
+const MAX_CACHED = 100_000;
+const fingerprintCache = new Map<string, CachedFingerprint>();
+
+function statKey(stats: Stats): string {
+  return `${stats.dev}:${stats.ino}:${stats.size}:${stats.mtimeMs}:${stats.ctimeMs}`;
+}
+
+async function fingerprintOf(absPath: string, stats: Stats, progress: ListProgress, onProgress?: (p: ListProgress) => void): Promise<string> {
+  const key = statKey(stats);
+  const cached = fingerprintCache.get(absPath);
+  if (cached?.key === key) return cached.fingerprint;
+  const hash = createHash('sha256');
+  let sinceReport = 0;
+  for await (const chunk of createReadStream(absPath) as AsyncIterable<Buffer>) {
+    hash.update(chunk);
+    progress.bytesHashed += chunk.length;
+    sinceReport += chunk.length;
+    if (sinceReport >= 64 * 1024 * 1024) {
+      sinceReport = 0;
+      onProgress?.(progress);
+    }
+  }
+  const fingerprint = `sha256:${hash.digest('hex')}`;
+  // The file may have been rewritten while it was hashed: only cache what a second stat confirms.
+  const after = await stat(absPath).catch(() => undefined);
+  if (after && statKey(after) === key) {
+    fingerprintCache.delete(absPath);
+    fingerprintCache.set(absPath, { key, fingerprint });
+    if (fingerprintCache.size > MAX_CACHED) fingerprintCache.delete(fingerprintCache.keys().next().value!);
+  }
+  return fingerprint;
+}

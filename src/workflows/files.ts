@@ -1,0 +1,280 @@
+import * as wf from '@temporalio/workflow';
+import type { Activities, LoadSummary } from '../activities';
+import { FilesInput, type Progress } from '../inputs';
+import { SEARCH_ATTRIBUTES } from '../search-attributes';
+import type { ListedFile } from '../sources/files';
+import { formatCount, pauseSignal, progressQuery, resumeSignal, rootMessage, setParallelSignal, validateInput } from './shared';
+
+const { sluiceEnvironment } = wf.proxyLocalActivities<Activities>({ startToCloseTimeout: '10s' });
+const { readFilesState, listSourceFiles } = wf.proxyActivities<Activities>({
+  // Listing hashes new and touched files, which takes as long as reading them once.
+  startToCloseTimeout: '2h',
+  heartbeatTimeout: '30s',
+  retry: { initialInterval: '1s', backoffCoefficient: 2, maximumInterval: '1m', maximumAttempts: 10 },
+});
+const { loadFile } = wf.proxyActivities<Activities>({
+  startToCloseTimeout: '6h',
+  // The activity heartbeats every second while it runs: a killed worker is noticed in 15 s.
+  heartbeatTimeout: '15s',
+});
+
+/** Starts the next pass of an `every` workflow now instead of at the end of its sleep. */
+export const syncNowSignal = wf.defineSignal('syncNow');
+
+export interface FilesResult {
+  /** Files the pattern matched. */
+  files: number;
+  loaded: number;
+  /** Already loaded with the same content (by this workflow or, per _sluice_state, an earlier one). */
+  skipped: number;
+  failed: { file: string; error: string }[];
+  rows: number;
+  rejected: number;
+}
+
+interface FileState {
+  fingerprint: string;
+  /** How many times this path has been loaded (a changed file is loaded again as the next version). */
+  version: number;
+}
+
+interface PassState {
+  /** Files the listing matched; null until the pass has listed them. */
+  listed: number | null;
+  loaded: number;
+  skipped: number;
+  rows: number;
+  rejected: number;
+  failed: { file: string; error: string; fingerprint: string }[];
+}
+
+const UNIT_MS = { ms: 1, s: 1_000, m: 60_000, h: 3_600_000, d: 86_400_000 } as const;
+
+/** "5m" -> 300000. The input schema has already checked the shape. */
+export function durationMs(text: string): number {
+  const match = /^(\d+)(ms|s|m|h|d)$/.exec(text);
+  if (!match) throw new Error(`"${text}" is not a duration like 30s, 5m, 1h or 1d`);
+  return Number(match[1]) * UNIT_MS[match[2] as keyof typeof UNIT_MS];
+}
+
+/**
+ * Loads the files of a directory: lists them (path, size, modification time and a content hash),
+ * then runs one `loadFile` activity per new or changed file, at most `parallel` in flight. A file
+ * that fails for good is recorded and the others carry on. The set of loaded files
+ * (path -> fingerprint) is workflow state, and each load also writes its file to _sluice_state
+ * in its own transaction, so a new run skips what earlier runs loaded.
+ *
+ * `once` runs one pass and returns what it did. `every` sleeps between passes (the `syncNow`
+ * signal cuts the sleep short) and tries each pass's failed files again in the next one; both
+ * obey pause, resume and setParallel, and continue as new when history grows long, even in the
+ * middle of a pass, carrying the loaded files (as [path, fingerprint, version]) and the counts.
+ */
+export async function filesWorkflow(rawInput: unknown): Promise<FilesResult> {
+  const input = validateInput('filesWorkflow', FilesInput, rawInput);
+  const everyMs = input.every ? durationMs(input.every) : undefined;
+  const carried = input.continuation;
+
+  const known = new Map<string, FileState>((carried?.files ?? []).map(([path, fingerprint, version]) => [path, { fingerprint, version }]));
+  let passes = carried?.passes ?? 0;
+  let rows = carried?.rows ?? 0;
+  let rejected = carried?.rejected ?? 0;
+  let paused = carried?.paused ?? false;
+  let parallel = carried?.parallel ?? input.parallel;
+  let pass: PassState = { listed: null, skipped: 0, ...(carried?.pass ?? { loaded: 0, rows: 0, rejected: 0, failed: [] }) };
+  let phase: 'starting' | 'listing' | 'loading' | 'waiting' | 'done' = 'starting';
+  let syncRequested = false;
+  let nextPassAt: number | undefined;
+  let lastPassAt: number | undefined;
+  let listError: string | undefined;
+  const inFlight = new Set<string>();
+
+  const progress = (): Progress => ({
+    done: pass.loaded + pass.skipped + pass.failed.length,
+    failed: pass.failed.length,
+    inFlight: inFlight.size,
+    total: pass.listed,
+    rows,
+    rejected,
+    loaded: pass.loaded,
+    skipped: pass.skipped,
+    failedFiles: pass.failed.map(({ file, error }) => ({ file, error })),
+    inFlightFiles: [...inFlight],
+    knownFiles: known.size,
+    passes,
+    phase,
+    paused,
+    parallel,
+    ...(listError ? { listError } : {}),
+    ...(lastPassAt !== undefined ? { lastPassAt: new Date(lastPassAt).toISOString() } : {}),
+    ...(nextPassAt !== undefined ? { nextPassAt: new Date(nextPassAt).toISOString() } : {}),
+  });
+  const showProgress = () => {
+    const p = progress();
+    const what = paused ? 'paused' : phase === 'loading' ? 'loading files' : phase;
+    const counts =
+      pass.listed === null
+        ? `${known.size} files loaded so far`
+        : `${p.done}/${pass.listed} files (${pass.loaded} loaded, ${pass.skipped} unchanged)`;
+    const lines = [
+      `**${what}** ${input.resource.name} from ${input.source.path}/${input.source.pattern}: ${counts}, ` +
+        `${formatCount(rows)} rows${rejected ? `, ${formatCount(rejected)} rejected` : ''}, ${pass.failed.length} failed, parallel ${parallel}`,
+    ];
+    if (everyMs !== undefined) {
+      lines.push(
+        `every ${input.every}: ${passes} passes done` +
+          (phase === 'waiting' && nextPassAt !== undefined ? `, next at ${new Date(nextPassAt).toISOString()} (signal syncNow to start it now)` : ''),
+      );
+    }
+    if (listError) lines.push(`listing failed: ${listError}`);
+    if (inFlight.size) lines.push(`in flight: ${[...inFlight].join(', ')}`);
+    if (pass.failed.length) lines.push(`failed: ${pass.failed.slice(-5).map((f) => `${f.file} (${f.error})`).join('; ')}`);
+    wf.setCurrentDetails(lines.join('\n\n'));
+  };
+  wf.setHandler(progressQuery, progress);
+  wf.setHandler(pauseSignal, () => {
+    paused = true;
+    showProgress();
+  });
+  wf.setHandler(resumeSignal, () => {
+    paused = false;
+    showProgress();
+  });
+  wf.setHandler(setParallelSignal, (n: number) => {
+    if (Number.isInteger(n) && n >= 1) parallel = n;
+    showProgress();
+  });
+  wf.setHandler(syncNowSignal, () => {
+    syncRequested = true;
+  });
+
+  const env = await sluiceEnvironment();
+  const setStatus = (status: string) => {
+    if (env.searchAttributes) {
+      wf.upsertSearchAttributes([
+        { key: SEARCH_ATTRIBUTES.resource, value: input.resource.name },
+        { key: SEARCH_ATTRIBUTES.status, value: status },
+      ]);
+    }
+  };
+  setStatus('running');
+  showProgress();
+
+  if (!carried) {
+    // A new run starts from what earlier runs committed; continued runs carry the map instead.
+    for (const file of await readFilesState(input.destination, input.resource)) {
+      known.set(file.path, { fingerprint: file.fingerprint, version: file.version });
+    }
+  }
+
+  const runFile = async (file: ListedFile) => {
+    inFlight.add(file.path);
+    showProgress();
+    const version = (known.get(file.path)?.version ?? 0) + 1;
+    try {
+      const summary: LoadSummary = await loadFile.executeWithOptions(
+        {
+          startToCloseTimeout: '6h',
+          heartbeatTimeout: '15s',
+          summary: `file ${file.path}`,
+          retry: { initialInterval: '1s', backoffCoefficient: 2, maximumInterval: '1m', maximumAttempts: input.maxAttempts },
+        },
+        [{ source: input.source, resource: input.resource, destination: input.destination, file, version }],
+      );
+      known.set(file.path, { fingerprint: file.fingerprint, version });
+      pass.loaded++;
+      pass.rows += summary.rows;
+      pass.rejected += summary.rejected;
+      rows += summary.rows;
+      rejected += summary.rejected;
+    } catch (err) {
+      // A cancelled workflow cancels its loads: that is not the file's failure.
+      if (!wf.isCancellation(err)) pass.failed.push({ file: file.path, error: rootMessage(err), fingerprint: file.fingerprint });
+    } finally {
+      inFlight.delete(file.path);
+      showProgress();
+    }
+  };
+
+  const continueAsNew = async (midPass: boolean): Promise<never> => {
+    await wf.condition(wf.allHandlersFinished);
+    return wf.continueAsNew<typeof filesWorkflow>({
+      ...(rawInput as object),
+      continuation: {
+        files: [...known].map(([path, f]) => [path, f.fingerprint, f.version] as [string, string, number]),
+        passes,
+        rows,
+        rejected,
+        pass: midPass ? { loaded: pass.loaded, rows: pass.rows, rejected: pass.rejected, failed: pass.failed } : undefined,
+        paused,
+        parallel,
+      },
+    });
+  };
+
+  for (;;) {
+    await wf.condition(() => !paused);
+    syncRequested = false;
+    phase = 'listing';
+    nextPassAt = undefined;
+    showProgress();
+    let listing: ListedFile[];
+    try {
+      listing = await listSourceFiles(input.source);
+      listError = undefined;
+    } catch (err) {
+      if (wf.isCancellation(err)) throw err;
+      listError = rootMessage(err);
+      if (everyMs === undefined) {
+        setStatus('failed');
+        showProgress();
+        throw wf.ApplicationFailure.nonRetryable(`cannot list ${input.source.path}/${input.source.pattern}: ${listError}`, 'ListFailed');
+      }
+      // A long-running sync outlives a directory that is briefly unavailable: try again next pass.
+      listing = [];
+    }
+
+    // A pass resumed after continue-as-new does not retry what already failed in it.
+    const failedEarlier = new Map(pass.failed.map((f) => [f.file, f.fingerprint]));
+    const todo = listing.filter((f) => known.get(f.path)?.fingerprint !== f.fingerprint && failedEarlier.get(f.path) !== f.fingerprint);
+    pass.listed = listing.length;
+    pass.skipped = Math.max(0, listing.length - todo.length - pass.loaded - pass.failed.length);
+    phase = 'loading';
+    showProgress();
+
+    let cut = false;
+    for (const file of todo) {
+      await wf.condition(() => !paused && inFlight.size < parallel);
+      if (wf.workflowInfo().continueAsNewSuggested) {
+        cut = true;
+        break;
+      }
+      void runFile(file);
+    }
+    await wf.condition(() => inFlight.size === 0);
+    if (cut) await continueAsNew(true);
+
+    passes++;
+    lastPassAt = Date.now();
+    if (everyMs === undefined) {
+      setStatus(pass.failed.length ? 'failed' : 'completed');
+      phase = 'done';
+      showProgress();
+      return {
+        files: pass.listed,
+        loaded: pass.loaded,
+        skipped: pass.skipped,
+        failed: pass.failed.map(({ file, error }) => ({ file, error })),
+        rows: pass.rows,
+        rejected: pass.rejected,
+      };
+    }
+
+    phase = 'waiting';
+    nextPassAt = Date.now() + everyMs;
+    showProgress();
+    await wf.condition(() => syncRequested, everyMs);
+    await wf.condition(() => !paused);
+    if (wf.workflowInfo().continueAsNewSuggested) await continueAsNew(false);
+    pass = { listed: null, loaded: 0, skipped: 0, rows: 0, rejected: 0, failed: [] };
+  }
+}
