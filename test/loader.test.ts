@@ -72,6 +72,24 @@ describe('load engine', () => {
     assert.ok(loads[0].finished_at);
   });
 
+  test('twenty loads racing into a new schema and a new table all commit (no deadlock on first use)', async () => {
+    const fresh = uniqueName('t_race');
+    const results = await Promise.all(
+      Array.from({ length: 20 }, (_, i) =>
+        loadResource({
+          url,
+          schema: fresh,
+          table: 'crowd',
+          resource: Resource.parse({ name: 'crowd' }),
+          loadId: `crowd-${i}`,
+          data: { kind: 'rows', rows: from([{ id: i, at: '2024-01-01T00:00:00Z', flag: i % 2 === 0 }]) },
+        }),
+      ),
+    );
+    assert.equal(results.filter((r) => r.rowsLoaded === 1).length, 20);
+    assert.equal((await select(`select count(*)::int as n from ${fresh}.crowd`))[0].n, 20);
+  });
+
   test('loading the same load_id twice changes nothing, even for append', async () => {
     const rows = [{ id: 1 }, { id: 2 }, { id: 3 }];
     const first = await load('idem', { writeDisposition: 'append' }, rows, { loadId: 'same' });

@@ -60,20 +60,42 @@ export interface LoadResult {
 const CONTRACT_DEFAULTS = { tables: 'evolve', columns: 'evolve', dataTypes: 'discard_row' } as const;
 const FLUSH_BYTES = 256 * 1024;
 
-const metadataReady = new Set<string>();
+const metadataReady = new Map<string, Promise<void>>();
 
-/** Creates the schema and the _sluice_* tables once per process and destination. */
-export async function ensureMetadata(url: string, schema: string): Promise<void> {
+/**
+ * Creates the schema and the _sluice_* tables once per process and destination. Concurrent
+ * callers share one attempt, and metadata that exists already is seen from the catalog without
+ * DDL: `CREATE INDEX IF NOT EXISTS` takes a SHARE lock even when the index exists, which would
+ * deadlock against loads writing to these tables.
+ */
+export function ensureMetadata(url: string, schema: string): Promise<void> {
   const key = `${url}\u0000${schema}`;
-  if (metadataReady.has(key)) return;
-  const client = await getPool(url).connect();
+  let ready = metadataReady.get(key);
+  if (!ready) {
+    ready = createMetadata(url, schema).catch((err: unknown) => {
+      metadataReady.delete(key);
+      throw err;
+    });
+    metadataReady.set(key, ready);
+  }
+  return ready;
+}
+
+async function createMetadata(url: string, schema: string): Promise<void> {
+  const pool = getPool(url);
+  const objects = sql.METADATA_OBJECTS.map((name) => qualifiedName(schema, name));
+  const present = async (q: pg.Pool | pg.PoolClient) =>
+    (await q.query<{ n: number }>('select count(to_regclass(o))::int as n from unnest($1::text[]) o', [objects])).rows[0]!.n === objects.length;
+  if (await present(pool)) return;
+  const client = await pool.connect();
   try {
     await client.query('begin');
-    // Concurrent first loads would race on CREATE ... IF NOT EXISTS (it is not concurrency-safe).
+    // Concurrent first loads (other workers too) would race on CREATE ... IF NOT EXISTS.
     await client.query('select pg_advisory_xact_lock(hashtextextended($1, 0))', [`sluice-metadata:${schema}`]);
-    for (const statement of sql.metadataDdl(schema)) await client.query(statement);
+    if (!(await present(client))) {
+      for (const statement of sql.metadataDdl(schema)) await client.query(statement);
+    }
     await client.query('commit');
-    metadataReady.add(key);
   } catch (err) {
     await client.query('rollback').catch(() => undefined);
     throw err;

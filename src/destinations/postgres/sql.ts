@@ -17,6 +17,9 @@ export interface TargetColumn {
   type: string;
 }
 
+/** Every relation metadataDdl creates: when all exist, nothing needs creating. */
+export const METADATA_OBJECTS = ['_sluice_loads', '_sluice_loads_resource_idx', '_sluice_state', '_sluice_rejects', '_sluice_rejects_load_idx'];
+
 export function metadataDdl(schema: string): string[] {
   const q = (t: string) => qualifiedName(schema, t);
   return [
