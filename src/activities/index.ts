@@ -13,6 +13,7 @@ import { normalizeIdentifier } from '../schema/identifiers';
 import { extract } from '../sources';
 import { createFullRefreshActivities } from './full-refresh';
 import { createFileActivities } from './files';
+import { createIncrementalActivities } from './incremental';
 import type { PartitionRange } from '../sources/types';
 
 export interface ActivityDeps {
@@ -81,6 +82,7 @@ export function createActivities(deps: ActivityDeps) {
   return {
     ...createFullRefreshActivities(),
     ...createFileActivities(deps),
+    ...createIncrementalActivities(),
 
     async sluiceEnvironment(): Promise<{ searchAttributes: boolean }> {
       return { searchAttributes: deps.searchAttributesRegistered };

@@ -9,6 +9,8 @@ import { ROW_REJECT, type Extracted, type PartitionRange, type Row } from './typ
 export interface ExtractRequest {
   source: Source;
   partition?: { column: string; range: PartitionRange };
+  /** Incremental loads: handed to registered extractors as ctx.cursor. */
+  cursor?: { column: string; value: unknown };
   heartbeat: (details?: unknown) => void;
   signal: AbortSignal;
   log: (message: string) => void;
@@ -33,6 +35,7 @@ export async function extract(req: ExtractRequest): Promise<Extracted> {
       }
       const ctx: ExtractContext = {
         partition: req.partition?.range,
+        cursor: req.cursor,
         options: source.options ?? {},
         log: req.log,
         heartbeat: req.heartbeat,

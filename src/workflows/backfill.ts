@@ -2,11 +2,9 @@ import * as wf from '@temporalio/workflow';
 import type { Activities, LoadSummary } from '../activities';
 import { BackfillInput, type Progress } from '../inputs';
 import { partitionAt, partitionCount, partitionFromKey } from '../plan/partitions';
-import { SEARCH_ATTRIBUTES } from '../search-attributes';
 import type { PartitionRange } from '../sources/types';
-import { formatCount, pauseSignal, progressQuery, resumeSignal, rootMessage, setParallelSignal, validateInput } from './shared';
+import { formatCount, handlePauseResume, progressQuery, rootMessage, searchStatus, setParallelSignal, validateInput } from './shared';
 
-const { sluiceEnvironment } = wf.proxyLocalActivities<Activities>({ startToCloseTimeout: '10s' });
 const { loadPartition } = wf.proxyActivities<Activities>({
   startToCloseTimeout: '6h',
   // The activity heartbeats every second while it runs: a killed worker is noticed in 15 s.
@@ -83,12 +81,8 @@ export async function backfillWorkflow(rawInput: unknown): Promise<BackfillResul
     wf.setCurrentDetails(lines.join('\n\n'));
   };
   wf.setHandler(progressQuery, progress);
-  wf.setHandler(pauseSignal, () => {
-    paused = true;
-    showProgress();
-  });
-  wf.setHandler(resumeSignal, () => {
-    paused = false;
+  handlePauseResume((p) => {
+    paused = p;
     showProgress();
   });
   wf.setHandler(setParallelSignal, (n: number) => {
@@ -96,15 +90,7 @@ export async function backfillWorkflow(rawInput: unknown): Promise<BackfillResul
     showProgress();
   });
 
-  const env = await sluiceEnvironment();
-  const setStatus = (status: string) => {
-    if (env.searchAttributes) {
-      wf.upsertSearchAttributes([
-        { key: SEARCH_ATTRIBUTES.resource, value: input.resource.name },
-        { key: SEARCH_ATTRIBUTES.status, value: status },
-      ]);
-    }
-  };
+  const setStatus = await searchStatus(input.resource.name);
   setStatus('running');
   showProgress();
 

@@ -1,11 +1,10 @@
 import * as wf from '@temporalio/workflow';
 import type { Activities, LoadSummary } from '../activities';
 import { FilesInput, type Progress } from '../inputs';
-import { SEARCH_ATTRIBUTES } from '../search-attributes';
 import type { ListedFile } from '../sources/files';
-import { formatCount, pauseSignal, progressQuery, resumeSignal, rootMessage, setParallelSignal, validateInput } from './shared';
+import { formatCount, handlePauseResume, progressQuery, rootMessage, searchStatus, setParallelSignal, syncNowSignal, validateInput } from './shared';
+import { durationMs } from '../plan/duration';
 
-const { sluiceEnvironment } = wf.proxyLocalActivities<Activities>({ startToCloseTimeout: '10s' });
 const { readFilesState, listSourceFiles } = wf.proxyActivities<Activities>({
   // Listing hashes new and touched files, which takes as long as reading them once.
   startToCloseTimeout: '2h',
@@ -19,7 +18,6 @@ const { loadFile } = wf.proxyActivities<Activities>({
 });
 
 /** Starts the next pass of an `every` workflow now instead of at the end of its sleep. */
-export const syncNowSignal = wf.defineSignal('syncNow');
 
 export interface FilesResult {
   /** Files the pattern matched. */
@@ -48,14 +46,7 @@ interface PassState {
   failed: { file: string; error: string; fingerprint: string }[];
 }
 
-const UNIT_MS = { ms: 1, s: 1_000, m: 60_000, h: 3_600_000, d: 86_400_000 } as const;
 
-/** "5m" -> 300000. The input schema has already checked the shape. */
-export function durationMs(text: string): number {
-  const match = /^(\d+)(ms|s|m|h|d)$/.exec(text);
-  if (!match) throw new Error(`"${text}" is not a duration like 30s, 5m, 1h or 1d`);
-  return Number(match[1]) * UNIT_MS[match[2] as keyof typeof UNIT_MS];
-}
 
 /**
  * Loads the files of a directory: lists them (path, size, modification time and a content hash),
@@ -131,12 +122,8 @@ export async function filesWorkflow(rawInput: unknown): Promise<FilesResult> {
     wf.setCurrentDetails(lines.join('\n\n'));
   };
   wf.setHandler(progressQuery, progress);
-  wf.setHandler(pauseSignal, () => {
-    paused = true;
-    showProgress();
-  });
-  wf.setHandler(resumeSignal, () => {
-    paused = false;
+  handlePauseResume((p) => {
+    paused = p;
     showProgress();
   });
   wf.setHandler(setParallelSignal, (n: number) => {
@@ -147,15 +134,7 @@ export async function filesWorkflow(rawInput: unknown): Promise<FilesResult> {
     syncRequested = true;
   });
 
-  const env = await sluiceEnvironment();
-  const setStatus = (status: string) => {
-    if (env.searchAttributes) {
-      wf.upsertSearchAttributes([
-        { key: SEARCH_ATTRIBUTES.resource, value: input.resource.name },
-        { key: SEARCH_ATTRIBUTES.status, value: status },
-      ]);
-    }
-  };
+  const setStatus = await searchStatus(input.resource.name);
   setStatus('running');
   showProgress();
 

@@ -2,10 +2,8 @@ import * as wf from '@temporalio/workflow';
 import type { Activities } from '../activities';
 import type { RefreshSummary } from '../activities/full-refresh';
 import { FullRefreshInput, type Progress } from '../inputs';
-import { SEARCH_ATTRIBUTES } from '../search-attributes';
-import { formatCount, progressQuery, rootMessage, validateInput } from './shared';
+import { formatCount, progressQuery, rootMessage, searchStatus, validateInput } from './shared';
 
-const { sluiceEnvironment } = wf.proxyLocalActivities<Activities>({ startToCloseTimeout: '10s' });
 const { refreshTable } = wf.proxyActivities<Activities>({
   startToCloseTimeout: '6h',
   // The activity heartbeats every second while it runs: a killed worker is noticed in 15 s.
@@ -63,15 +61,7 @@ export async function fullRefreshWorkflow(rawInput: unknown): Promise<FullRefres
   };
   wf.setHandler(progressQuery, progress);
 
-  const env = await sluiceEnvironment();
-  const setStatus = (status: string) => {
-    if (env.searchAttributes) {
-      wf.upsertSearchAttributes([
-        { key: SEARCH_ATTRIBUTES.resource, value: resource.name },
-        { key: SEARCH_ATTRIBUTES.status, value: status },
-      ]);
-    }
-  };
+  const setStatus = await searchStatus(resource.name);
   setStatus('running');
   showProgress();
 

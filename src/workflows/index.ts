@@ -3,3 +3,4 @@ export { backfillWorkflow } from './backfill';
 export { fullRefreshWorkflow } from './full-refresh';
 export { pipelineWorkflow } from './pipeline';
 export { filesWorkflow } from './files';
+export { incrementalWorkflow } from './incremental';

@@ -3,14 +3,42 @@
  * input validation that fails the workflow at once (no workflow-task retry loop) naming the
  * bad field.
  */
-import { ApplicationFailure, defineQuery, defineSignal } from '@temporalio/workflow';
+import { ApplicationFailure, defineQuery, defineSignal, proxyLocalActivities, setHandler, upsertSearchAttributes } from '@temporalio/workflow';
 import type { z } from 'zod';
+import type { Activities } from '../activities';
 import { parseInput, type Progress } from '../inputs';
+import { SEARCH_ATTRIBUTES } from '../search-attributes';
 
 export const progressQuery = defineQuery<Progress>('progress');
 export const pauseSignal = defineSignal('pause');
 export const resumeSignal = defineSignal('resume');
 export const setParallelSignal = defineSignal<[number]>('setParallel');
+/** Installs the pause and resume signals; `setPaused` updates the workflow's own flag (and its progress line). */
+export function handlePauseResume(setPaused: (paused: boolean) => void): void {
+  setHandler(pauseSignal, () => setPaused(true));
+  setHandler(resumeSignal, () => setPaused(false));
+}
+
+/** Workflows that run `every` N: start the next pass or sync now instead of after the sleep. */
+export const syncNowSignal = defineSignal('syncNow');
+
+const { sluiceEnvironment } = proxyLocalActivities<Activities>({ startToCloseTimeout: '10s' });
+
+/**
+ * Returns a function that sets the run's SluiceResource / SluiceStatus search attributes, or
+ * does nothing when the namespace lacks them (upserting an unregistered attribute would fail
+ * the workflow task). Whether they exist is asked once, through a local activity.
+ */
+export async function searchStatus(resource: string): Promise<(status: string) => void> {
+  const env = await sluiceEnvironment();
+  return (status) => {
+    if (!env.searchAttributes) return;
+    upsertSearchAttributes([
+      { key: SEARCH_ATTRIBUTES.resource, value: resource },
+      { key: SEARCH_ATTRIBUTES.status, value: status },
+    ]);
+  };
+}
 
 export function validateInput<S extends z.ZodType>(workflowType: string, schema: S, raw: unknown): z.infer<S> {
   const parsed = parseInput(schema, raw);

@@ -115,14 +115,16 @@ export function rejectReasonSql(checks: { keyColumns: string[]; typed: TargetCol
   return `case ${whens.join('\n  ')} end`;
 }
 
-/** Moves rejected rows from staging to _sluice_rejects in one statement; returns their count as `n`. */
+/**
+ * Moves rejected rows from staging to _sluice_rejects in one statement and one scan of staging
+ * (no self-join, so it needs no statistics); returns their count as `n`. The reason is
+ * evaluated for every row in WHERE and again only for the rejected ones in RETURNING.
+ */
 export function moveRejectsSql(schema: string, reasonSql: string): string {
   const stage = quoteIdent(STAGING_TABLE);
-  return `with bad as (
-    select s.${quoteIdent(SEQ)} as seq, ${reasonSql} as reason from ${stage} s
-  ), gone as (
-    delete from ${stage} s using bad where s.${quoteIdent(SEQ)} = bad.seq and bad.reason is not null
-    returning s.*, bad.reason
+  return `with gone as (
+    delete from ${stage} s where (${reasonSql}) is not null
+    returning s.*, ${reasonSql} as reason
   ), kept as (
     insert into ${qualifiedName(schema, '_sluice_rejects')} (load_id, resource, "row", reason, source)
     select $1, $2, to_jsonb(gone) - ${literal(SEQ)} - ${literal(SRC)} - ${literal(EXTRACT_REJECT)} - 'reason', gone.reason, gone.${quoteIdent(SRC)}

@@ -15,7 +15,7 @@ import { literal } from '../../destinations/postgres/sql';
 import type { Extracted, SourceColumn } from '../types';
 
 /** Session settings that make COPY text portable between servers: UTC, ISO dates, exact floats. */
-const PORTABLE_SESSION = `set timezone = 'UTC'; set datestyle = 'ISO, YMD'; set intervalstyle = 'postgres'; set extra_float_digits = 3`;
+export const PORTABLE_SESSION = `set timezone = 'UTC'; set datestyle = 'ISO, YMD'; set intervalstyle = 'postgres'; set extra_float_digits = 3`;
 
 export interface SourceFilter {
   /** rows with start <= column < end */
@@ -24,7 +24,8 @@ export interface SourceFilter {
   after?: { column: string; value: unknown };
 }
 
-function relation(source: PostgresSource): string {
+/** The source as a FROM item: its table, or its query as a subquery. */
+export function relation(source: PostgresSource): string {
   if (source.query) return `(${source.query}) as q`;
   const { schema, table } = splitQualified(source.table!);
   return schema ? qualifiedName(schema, table) : quoteIdent(table);

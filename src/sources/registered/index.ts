@@ -11,7 +11,10 @@ import type { PartitionRange } from '../types';
 export interface ExtractContext {
   /** Set for backfill partitions: yield rows with start <= t < end. */
   partition?: PartitionRange;
-  /** Set for incremental loads: yield rows whose cursor column is past `value`. */
+  /**
+   * Set for incremental loads: yield rows whose cursor column is at or past `value` (yielding
+   * more is harmless: the engine skips rows before it, and reads the rows at it again exactly once).
+   */
   cursor?: { column: string; value: unknown };
   /** `source.options` from the workflow input. */
   options: Record<string, unknown>;
