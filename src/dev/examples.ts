@@ -120,7 +120,7 @@ function connectionFlags(ctx: CommandContext): string {
 export function startCommand(example: Example, ctx: CommandContext): string {
   return (
     `${ctx.temporalCli} workflow start${connectionFlags(ctx)} --type ${example.workflowType} --task-queue ${ctx.taskQueue} ` +
-    `--workflow-id ${example.workflowId} --input '${JSON.stringify(example.input)}'`
+    `--workflow-id ${example.workflowId} --static-summary '${example.title.replace(/'/g, '')}' --input '${JSON.stringify(example.input)}'`
   );
 }
 

@@ -113,6 +113,7 @@ export async function pipelineWorkflow(rawInput: unknown): Promise<PipelineResul
       const result = await wf.executeChild<(input: unknown) => Promise<unknown>>(step.workflow, {
         workflowId: step.workflowId,
         taskQueue: info.taskQueue,
+        staticSummary: `step "${step.name}" of pipeline "${input.name}"`,
         args: [childInput],
       });
       step.result = result;
