@@ -19,7 +19,7 @@ import { getPool } from '../destinations/postgres/pool';
 import type { Destination, FilesSource, Resource } from '../inputs';
 import { qualifiedName } from '../schema/identifiers';
 import { extractFile, listFiles, type ListedFile } from '../sources/files';
-import { destinationTable, withHeartbeat, workflowOf, type ActivityDeps, type LoadSummary } from './index';
+import { destinationTable, summarize, withHeartbeat, workflowOf, type ActivityDeps, type LoadSummary } from './index';
 
 export interface LoadFileRequest {
   source: FilesSource;
@@ -148,11 +148,7 @@ export function createFileActivities(_deps: ActivityDeps) {
           throw err;
         }
         return {
-          loadId: result.loadId,
-          rows: result.rowsLoaded,
-          rejected: result.rowsRejected,
-          alreadyLoaded: result.alreadyLoaded,
-          schemaChanges: result.schemaChanges,
+          ...summarize(result),
           path: file.path,
           fingerprint: file.fingerprint,
           version,

@@ -9,7 +9,7 @@ import { resolveConnection } from '../config';
 import { loadResource } from '../destinations/postgres/loader';
 import type { Destination, Resource, Source } from '../inputs';
 import { extract } from '../sources';
-import { destinationTable, withHeartbeat, workflowOf } from './index';
+import { destinationTable, summarize, withHeartbeat, workflowOf } from './index';
 
 export interface RefreshTableRequest {
   source: Source;
@@ -56,14 +56,7 @@ export function createFullRefreshActivities() {
           data,
           onProgress: (rows) => progress({ rows }),
         });
-        return {
-          loadId: result.loadId,
-          table: `${req.destination.schema}.${table}`,
-          rows: result.rowsLoaded,
-          rejected: result.rowsRejected,
-          alreadyLoaded: result.alreadyLoaded,
-          schemaChanges: result.schemaChanges,
-        };
+        return { ...summarize(result), table: `${req.destination.schema}.${table}` };
       });
     },
   };

@@ -6,7 +6,7 @@
 import { Context } from '@temporalio/activity';
 import { ApplicationFailure } from '@temporalio/common';
 import { resolveConnection } from '../config';
-import { loadResource } from '../destinations/postgres/loader';
+import { loadResource, type LoadResult } from '../destinations/postgres/loader';
 import { errorMessage, hintFor, isTransient } from '../errors';
 import type { Destination, Resource, Source } from '../inputs';
 import { normalizeIdentifier } from '../schema/identifiers';
@@ -74,6 +74,17 @@ export function workflowOf(ctx: Context): { workflowId: string; runId: string } 
   return execution;
 }
 
+/** What an activity reports of a load: counts only, never rows (row data stays out of history). */
+export function summarize(result: LoadResult): LoadSummary {
+  return {
+    loadId: result.loadId,
+    rows: result.rowsLoaded,
+    rejected: result.rowsRejected,
+    alreadyLoaded: result.alreadyLoaded,
+    schemaChanges: result.schemaChanges,
+  };
+}
+
 export function destinationTable(resource: Resource): string {
   return normalizeIdentifier(resource.table ?? resource.name);
 }
@@ -116,13 +127,7 @@ export function createActivities(deps: ActivityDeps) {
             : undefined,
           onProgress: (rows) => progress({ partition: req.partition.key, rows }),
         });
-        return {
-          loadId: result.loadId,
-          rows: result.rowsLoaded,
-          rejected: result.rowsRejected,
-          alreadyLoaded: result.alreadyLoaded,
-          schemaChanges: result.schemaChanges,
-        };
+        return summarize(result);
       });
     },
   };
