@@ -73,7 +73,7 @@ export async function backfillWorkflow(rawInput: unknown): Promise<BackfillResul
     const p = progress();
     const lines = [
       `backfill **${input.resource.name}** (${input.resource.writeDisposition}) from ${source}, ${what}, into ${input.destination.schema}`,
-      `**${paused ? 'paused' : 'backfilling'}** ${input.resource.name}: ${p.done}/${total} partitions, ${formatCount(rows)} rows` +
+      `**${paused ? 'paused' : p.done === total && !inFlight.size ? 'done' : 'backfilling'}** ${input.resource.name}: ${p.done}/${total} partitions, ${formatCount(rows)} rows` +
         `${rejected ? `, ${formatCount(rejected)} rejected` : ''}, ${failed.length} failed, parallel ${parallel}`,
     ];
     if (inFlight.size) lines.push(`in flight: ${[...inFlight].join(', ')}`);
