@@ -247,6 +247,27 @@ describe('load engine', () => {
     assert.equal(types[0].t, 'numeric(6,2)');
   });
 
+  test('on a server whose default zone is not UTC, naive timestamps and date partitions are still UTC', async () => {
+    const database = uniqueName('tz');
+    await db.query(`create database ${database}`);
+    await db.query(`alter database ${database} set timezone = 'America/New_York'`);
+    const tzUrl = url.replace(/\/[^/]+$/, `/${database}`);
+    const base = { url: tzUrl, schema: 'public', table: 'events', resource: Resource.parse({ name: 'events', columns: { at: 'timestamptz', day: 'date' } }) };
+    const rows = () => from([{ id: 1, at: '2024-01-01 23:30:00', day: '2024-01-01' }]);
+    const range = { column: 'day', start: '2024-01-01T00:00:00.000Z', end: '2024-01-02T00:00:00.000Z' };
+    await loadResource({ ...base, loadId: 'tz-1', data: { kind: 'rows', rows: rows() }, replaceRange: range });
+    await loadResource({ ...base, loadId: 'tz-2', data: { kind: 'rows', rows: rows() }, replaceRange: range });
+    const check = new pg.Client({ connectionString: tzUrl });
+    await check.connect();
+    try {
+      const r = await check.query(`select count(*)::int as n, min(at) as at from events`);
+      assert.equal(r.rows[0].n, 1, 're-running the date partition replaced it');
+      assert.equal((r.rows[0].at as Date).toISOString(), '2024-01-01T23:30:00.000Z', 'a naive timestamp is read as UTC');
+    } finally {
+      await check.end();
+    }
+  });
+
   test('hostile identifiers are normalized and quoted', async () => {
     const hostile = {
       'Robert"); DROP TABLE students;--': 1,

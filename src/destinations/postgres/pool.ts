@@ -9,6 +9,12 @@ export function getPool(url: string): pg.Pool {
     pool = new pg.Pool({ connectionString: url, max: 20, idleTimeoutMillis: 30_000, application_name: 'sluice' });
     // An idle client losing its connection must not crash the worker; the next checkout reconnects.
     pool.on('error', () => undefined);
+    // Dates and partition boundaries are UTC (CONTRACT.md) whatever the server's default zone:
+    // a naive timestamp or a date compared with a UTC boundary must not shift by the server's offset.
+    // A SET (not the `options` startup parameter) also works through PgBouncer.
+    pool.on('connect', (client) => {
+      client.query(`set timezone = 'UTC'; set datestyle = 'ISO, YMD'`).catch(() => undefined);
+    });
     pools.set(url, pool);
   }
   return pool;
