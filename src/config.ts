@@ -8,6 +8,8 @@ export interface SluiceConfig {
   taskQueue: string;
   /** Set when the destination is configured; `npm start` fills it in with the embedded database. */
   databaseUrl: string | undefined;
+  /** Activities one worker runs at once (SLUICE_MAX_ACTIVITIES): bounds the load one process puts on the databases. */
+  maxActivities: number;
 }
 
 export function readConfig(env: NodeJS.ProcessEnv = process.env): SluiceConfig {
@@ -16,7 +18,15 @@ export function readConfig(env: NodeJS.ProcessEnv = process.env): SluiceConfig {
     namespace: env.TEMPORAL_NAMESPACE || 'default',
     taskQueue: env.SLUICE_TASK_QUEUE || 'sluice',
     databaseUrl: env.DATABASE_URL || undefined,
+    maxActivities: positiveInt('SLUICE_MAX_ACTIVITIES', env.SLUICE_MAX_ACTIVITIES, 100),
   };
+}
+
+function positiveInt(name: string, text: string | undefined, fallback: number): number {
+  if (!text) return fallback;
+  const n = Number(text);
+  if (!Number.isInteger(n) || n < 1) throw new Error(`${name}=${text} must be a whole number of at least 1`);
+  return n;
 }
 
 /**

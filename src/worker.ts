@@ -55,7 +55,7 @@ export async function createSluiceWorker(options: SluiceWorkerOptions = {}): Pro
     taskQueue: config.taskQueue,
     ...(bundlePath ? { workflowBundle: { codePath: bundlePath } } : { workflowsPath: require.resolve('./workflows') }),
     activities: createActivities({ searchAttributesRegistered: await searchAttributesRegistered(connection, config.namespace) }),
-    maxConcurrentActivityTaskExecutions: 100,
+    maxConcurrentActivityTaskExecutions: config.maxActivities,
     shutdownGraceTime: '10s',
     ...options.overrides,
   });

@@ -224,11 +224,13 @@ describe('backfillWorkflow', () => {
     }
     const rows = await stack.db.query(`select count(*)::int as n, count(distinct id)::int as d from ${stack.schema}.killed`);
     assert.deepEqual(rows.rows[0], { n: 30 * 24 * 40, d: 30 * 24 * 40 }, 'nothing lost, nothing duplicated');
+    await saveHistory(handle, 'backfill-worker-killed');
   });
 
   test('two worker processes on one task queue share the partitions', async () => {
     const taskQueue = `${stack.taskQueue}-scale`;
-    const workers = await Promise.all([spawnWorker(taskQueue), spawnWorker(taskQueue)]);
+    // Two activity slots each: a single worker cannot take all eight partitions in flight.
+    const workers = await Promise.all([spawnWorker(taskQueue, { SLUICE_MAX_ACTIVITIES: '2' }), spawnWorker(taskQueue, { SLUICE_MAX_ACTIVITIES: '2' })]);
     try {
       const handle = await stack.client.workflow.start('backfillWorkflow', {
         taskQueue,
@@ -245,6 +247,7 @@ describe('backfillWorkflow', () => {
       const history = await handle.fetchHistory();
       const identities = new Set(history.events!.flatMap((e) => e.activityTaskStartedEventAttributes?.identity ?? []));
       assert.equal(identities.size, 2, `activities ran on both workers: ${[...identities].join(', ')}`);
+      await saveHistory(handle, 'backfill-two-workers');
     } finally {
       await Promise.all(workers.map(killHard));
     }

@@ -63,7 +63,7 @@ export async function testStack(name: string): Promise<TestStack> {
       const native = await NativeConnection.connect({ address });
       const { worker } = await createSluiceWorker({
         connection: native,
-        config: { temporalAddress: address, namespace: 'default', taskQueue, databaseUrl },
+        config: { temporalAddress: address, namespace: 'default', taskQueue, databaseUrl, maxActivities: 100 },
       });
       try {
         return await worker.runUntil(() => fn(worker));
