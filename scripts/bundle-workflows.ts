@@ -7,9 +7,9 @@
  * Dockerfile builds it at image build time; test/run.ts builds the same bundle in-process.
  * Rebuild it whenever src/workflows changes: a stale bundle runs yesterday's workflow code.
  */
-import { bundleWorkflowCode } from '@temporalio/worker';
 import { mkdir, writeFile } from 'node:fs/promises';
 import { dirname, resolve } from 'node:path';
+import { bundleWorkflows } from '../src/dev/bundle';
 
 async function main(): Promise<void> {
   const out = process.argv[2];
@@ -17,21 +17,11 @@ async function main(): Promise<void> {
     throw new Error('usage: tsx scripts/bundle-workflows.ts <output .js path>');
   }
   const path = resolve(out);
-  const { code } = await bundleWorkflowCode({ workflowsPath: require.resolve('../src/workflows'), logger: quietLogger });
+  const code = await bundleWorkflows();
   await mkdir(dirname(path), { recursive: true });
   await writeFile(path, code);
   console.log(`workflow bundle written to ${path} (${Math.round(code.length / 1024)} KiB)`);
 }
-
-/** webpack's per-module report is noise in a build log; warnings and errors still show. */
-const quietLogger = {
-  log: () => undefined,
-  trace: () => undefined,
-  debug: () => undefined,
-  info: () => undefined,
-  warn: (message: string) => console.warn(message),
-  error: (message: string) => console.error(message),
-};
 
 main().catch((err: unknown) => {
   console.error(err);

@@ -174,6 +174,9 @@ describe('load engine', () => {
     await load('parts', { writeDisposition: 'append' }, rows, { replaceRange: range });
     await load('parts', { writeDisposition: 'append' }, rows, { replaceRange: range });
     assert.deepEqual((await select(`select id::int from ${schema}.parts order by id`)).map((r) => r.id), [1, 2, 3]);
+    // The source's rows for the day were deleted: re-running the partition empties it.
+    await load('parts', { writeDisposition: 'append' }, [], { replaceRange: range });
+    assert.deepEqual((await select(`select id::int from ${schema}.parts order by id`)).map((r) => r.id), [3]);
   });
 
   test('schema evolution: new columns are added, numbers widen, the table never narrows', async () => {

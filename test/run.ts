@@ -7,11 +7,11 @@
  *   npm test -- test/loader.test.ts  some of them
  *   npm run test:replay              replay tests only (no servers needed)
  */
-import { bundleWorkflowCode } from '@temporalio/worker';
 import { spawn } from 'node:child_process';
 import { chmod, mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { bundleWorkflows } from '../src/dev/bundle';
 import { freePort } from '../src/dev/ports';
 import { startEmbeddedPostgres } from '../src/dev/postgres';
 import { startDevServer } from '../src/dev/temporal-server';
@@ -35,9 +35,9 @@ async function main(): Promise<number> {
   const stops: (() => Promise<void>)[] = [];
   try {
     const started = Date.now();
-    const bundle = await bundleWorkflowCode({ workflowsPath: require.resolve('../src/workflows'), logger: quietLogger });
+    const bundle = await bundleWorkflows();
     const bundlePath = join(scratch, 'workflow-bundle.js');
-    await writeFile(bundlePath, bundle.code);
+    await writeFile(bundlePath, bundle);
     env.SLUICE_WORKFLOW_BUNDLE = bundlePath;
     if (!replayOnly) {
       const [server, db] = await Promise.all([
@@ -63,15 +63,6 @@ async function main(): Promise<number> {
     await rm(scratch, { recursive: true, force: true }).catch(() => undefined);
   }
 }
-
-const quietLogger = {
-  log: () => undefined,
-  trace: () => undefined,
-  debug: () => undefined,
-  info: () => undefined,
-  warn: (m: string) => console.warn(m),
-  error: (m: string) => console.error(m),
-};
 
 main().then(
   (code) => process.exit(code),

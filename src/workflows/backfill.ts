@@ -3,7 +3,7 @@ import type { Activities, LoadSummary } from '../activities';
 import { BackfillInput, type Progress } from '../inputs';
 import { partitionAt, partitionCount, partitionFromKey } from '../plan/partitions';
 import type { PartitionRange } from '../sources/types';
-import { formatCount, handlePauseResume, progressQuery, rootMessage, searchStatus, setParallelSignal, validateInput } from './shared';
+import { formatCount, handlePauseResume, handleSetParallel, progressQuery, rootMessage, searchStatus, validateInput } from './shared';
 
 const { loadPartition } = wf.proxyActivities<Activities>({
   startToCloseTimeout: '6h',
@@ -85,8 +85,8 @@ export async function backfillWorkflow(rawInput: unknown): Promise<BackfillResul
     paused = p;
     showProgress();
   });
-  wf.setHandler(setParallelSignal, (n: number) => {
-    if (Number.isInteger(n) && n >= 1) parallel = n;
+  handleSetParallel((n) => {
+    parallel = n;
     showProgress();
   });
 

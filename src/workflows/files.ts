@@ -2,7 +2,7 @@ import * as wf from '@temporalio/workflow';
 import type { Activities, LoadSummary } from '../activities';
 import { FilesInput, type Progress } from '../inputs';
 import type { ListedFile } from '../sources/files';
-import { formatCount, handlePauseResume, progressQuery, rootMessage, searchStatus, setParallelSignal, syncNowSignal, validateInput } from './shared';
+import { formatCount, handlePauseResume, handleSetParallel, progressQuery, rootMessage, searchStatus, syncNowSignal, validateInput } from './shared';
 import { durationMs } from '../plan/duration';
 
 const { readFilesState, listSourceFiles } = wf.proxyActivities<Activities>({
@@ -126,8 +126,8 @@ export async function filesWorkflow(rawInput: unknown): Promise<FilesResult> {
     paused = p;
     showProgress();
   });
-  wf.setHandler(setParallelSignal, (n: number) => {
-    if (Number.isInteger(n) && n >= 1) parallel = n;
+  handleSetParallel((n) => {
+    parallel = n;
     showProgress();
   });
   wf.setHandler(syncNowSignal, () => {

@@ -1,11 +1,8 @@
 import * as wf from '@temporalio/workflow';
-import type { Activities } from '../activities';
 import { PipelineInput, type Progress, type WorkflowType } from '../inputs';
 import { blockedSteps, pipelineProblems, readySteps, type StepStatus } from '../plan/dag';
-import { SEARCH_ATTRIBUTES } from '../search-attributes';
-import { formatCount, progressQuery, rootMessage, setParallelSignal, validateInput } from './shared';
+import { formatCount, handleSetParallel, progressQuery, rootMessage, searchStatus, validateInput } from './shared';
 
-const { sluiceEnvironment } = wf.proxyLocalActivities<Activities>({ startToCloseTimeout: '10s' });
 
 export interface StepReport {
   name: string;
@@ -86,21 +83,13 @@ export async function pipelineWorkflow(rawInput: unknown): Promise<PipelineResul
   });
   const showProgress = () => wf.setCurrentDetails(stepTable(input.name, steps, parallel));
   wf.setHandler(progressQuery, progress);
-  wf.setHandler(setParallelSignal, (n: number) => {
-    if (Number.isInteger(n) && n >= 1) parallel = n;
+  handleSetParallel((n) => {
+    parallel = n;
     changes++;
     showProgress();
   });
 
-  const env = await sluiceEnvironment();
-  const setStatus = (status: string) => {
-    if (env.searchAttributes) {
-      wf.upsertSearchAttributes([
-        { key: SEARCH_ATTRIBUTES.resource, value: input.name },
-        { key: SEARCH_ATTRIBUTES.status, value: status },
-      ]);
-    }
-  };
+  const setStatus = await searchStatus(input.name);
   setStatus('running');
   showProgress();
 

@@ -19,6 +19,13 @@ export function handlePauseResume(setPaused: (paused: boolean) => void): void {
   setHandler(resumeSignal, () => setPaused(false));
 }
 
+/** Installs the setParallel signal; `setParallel` gets only whole numbers of at least 1. */
+export function handleSetParallel(setParallel: (n: number) => void): void {
+  setHandler(setParallelSignal, (n: number) => {
+    if (Number.isInteger(n) && n >= 1) setParallel(n);
+  });
+}
+
 /** Workflows that run `every` N: start the next pass or sync now instead of after the sleep. */
 export const syncNowSignal = defineSignal('syncNow');
 

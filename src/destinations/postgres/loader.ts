@@ -8,8 +8,8 @@
  * all of a load or none of it, and a load_id that committed once is never applied again.
  */
 import { once } from 'node:events';
-import { finished } from 'node:stream/promises';
-import type { Writable } from 'node:stream';
+import { Transform, type Writable } from 'node:stream';
+import { finished, pipeline } from 'node:stream/promises';
 import type pg from 'pg';
 import { from as copyFrom } from 'pg-copy-streams';
 import { errorMessage, hintFor, PermanentError } from '../../errors';
@@ -182,17 +182,17 @@ async function stage(client: pg.PoolClient, req: LoadRequest): Promise<Staged> {
   for (const [raw, type] of Object.entries(req.resource.columns ?? {})) declared.set(namer.name(raw), canonicalType(type));
 
   if (req.data.kind === 'copy') {
-    const columns = req.data.columns.map((c) => namer.name(c.name));
-    const incoming = new Map<string, string | undefined>(
-      columns.map((name, i) => [name, declared.get(name) ?? canonicalType(req.data.kind === 'copy' ? req.data.columns[i]!.type : 'text')]),
-    );
+    const source = req.data;
+    const columns = source.columns.map((c) => namer.name(c.name));
+    const incoming = new Map<string, string | undefined>(columns.map((name, i) => [name, declared.get(name) ?? canonicalType(source.columns[i]!.type)]));
     await client.query(sql.createStagingSql(columns));
     const sink = client.query(copyFrom(`copy ${quoteIdent(sql.STAGING_TABLE)} (${columns.map(quoteIdent).join(', ')}) from stdin`));
-    const counted = countingSink(sink, req.onProgress);
-    await req.data.copyTo(counted.writable);
-    await finished(sink);
+    const counter = lineCounter(req.onProgress);
+    // Both awaited together: if the source fails mid-copy, the COPY is aborted (CopyFail) and
+    // neither rejection goes unobserved.
+    await Promise.all([source.copyTo(counter), pipeline(counter, sink)]);
     // Declared types that differ from the source's must be checked value by value.
-    return { columns, incoming, exact: declared.size === 0, rows: Number(sink.rowCount ?? counted.lines()) };
+    return { columns, incoming, exact: declared.size === 0, rows: sink.rowCount };
   }
 
   const { rows, textValues = false, columnTypes = {} } = req.data;
@@ -294,20 +294,20 @@ async function stage(client: pg.PoolClient, req: LoadRequest): Promise<Staged> {
   return { columns, incoming, exact: false, rows: count };
 }
 
-function countingSink(sink: Writable, onProgress?: (rows: number) => void): { writable: Writable; lines: () => number } {
+/** Passes COPY text through, counting lines (rows) per chunk to report progress every 10,000. */
+function lineCounter(onProgress?: (rows: number) => void): Transform {
   let lines = 0;
-  let last = 0;
-  const originalWrite = sink.write.bind(sink);
-  sink.write = ((chunk: Buffer | string, ...rest: unknown[]) => {
-    const buf = typeof chunk === 'string' ? Buffer.from(chunk) : chunk;
-    for (let i = buf.indexOf(10); i !== -1; i = buf.indexOf(10, i + 1)) lines++;
-    if (onProgress && lines - last >= 10_000) {
-      last = lines;
-      onProgress(lines);
-    }
-    return (originalWrite as (...a: unknown[]) => boolean)(chunk, ...rest);
-  }) as Writable['write'];
-  return { writable: sink, lines: () => lines };
+  let reported = 0;
+  return new Transform({
+    transform(chunk: Buffer, _encoding, done) {
+      for (let i = chunk.indexOf(10); i !== -1; i = chunk.indexOf(10, i + 1)) lines++;
+      if (onProgress && lines - reported >= 10_000) {
+        reported = lines;
+        onProgress(lines);
+      }
+      done(null, chunk);
+    },
+  });
 }
 
 /** Decides how the incoming columns meet the target table, and says why in `changes`. */
@@ -426,11 +426,9 @@ async function finalize(client: pg.PoolClient, req: LoadRequest, staged: Staged)
     }
   }
   if (staged.rows === 0 && existing) {
-    // Nothing to write: skip schema work, still record the load and its state.
-    if (req.replaceFrom) await deleteFrom(client, req, namer);
-    if (req.replaceLoadId) await client.query(sql.deleteLoadSql(schema, table), [req.replaceLoadId]);
-    // "replace" with no rows still replaces: the table becomes as empty as its source.
-    if (resource.writeDisposition === 'replace') await client.query(sql.deleteAllSql(schema, table));
+    // Nothing to write: skip schema work, but what this load supersedes still goes (a partition
+    // or table whose source became empty becomes empty too), and the load and its state are recorded.
+    await deleteSuperseded(client, req, namer);
     return record(client, req, { rowsLoaded: 0, rowsRejected: 0, changes: [] });
   }
 
@@ -469,19 +467,9 @@ async function finalize(client: pg.PoolClient, req: LoadRequest, staged: Staged)
 
   const insertPlan: sql.InsertPlan = { schema, table, columns: plan.columns, primaryKey, hardDelete };
   let rowsLoaded: number;
-  if (req.replaceLoadId) await client.query(sql.deleteLoadSql(schema, table), [req.replaceLoadId]);
-  if (req.replaceRange) {
-    const column = namer.name(req.replaceRange.column);
-    await client.query(sql.deleteRangeSql(schema, table, column), [req.replaceRange.start, req.replaceRange.end]);
-  }
-  if (req.replaceFrom) await deleteFrom(client, req, namer);
+  await deleteSuperseded(client, req, namer);
   switch (resource.writeDisposition) {
     case 'replace':
-      // DELETE, not TRUNCATE: TRUNCATE is not MVCC-safe (a REPEATABLE READ reader such as pg_dump
-      // would see an empty table) and its ACCESS EXCLUSIVE lock would block every reader until commit.
-      await client.query(sql.deleteAllSql(schema, table));
-      rowsLoaded = (await client.query(sql.appendSql(insertPlan), [req.loadId])).rowCount ?? 0;
-      break;
     case 'append':
       rowsLoaded = (await client.query(sql.appendSql(insertPlan), [req.loadId])).rowCount ?? 0;
       break;
@@ -514,10 +502,29 @@ async function finalize(client: pg.PoolClient, req: LoadRequest, staged: Staged)
   return record(client, req, { rowsLoaded, rowsRejected, changes: plan.changes });
 }
 
-async function deleteFrom(client: pg.PoolClient, req: LoadRequest, namer: ColumnNamer): Promise<void> {
-  const { column, value } = req.replaceFrom!;
-  if (value === null) await client.query(sql.deleteAllSql(req.schema, req.table));
-  else await client.query(sql.deleteFromSql(req.schema, req.table, namer.name(column)), [value]);
+/**
+ * Deletes what this load supersedes, in its transaction and before it writes: the whole table
+ * for `replace`, and otherwise a backfill partition's range, the rows from a re-read cursor
+ * value on, or an earlier load of the same file. Readers see the old rows until commit.
+ */
+async function deleteSuperseded(client: pg.PoolClient, req: LoadRequest, namer: ColumnNamer): Promise<void> {
+  const { schema, table } = req;
+  if (req.resource.writeDisposition === 'replace') {
+    // DELETE, not TRUNCATE: TRUNCATE is not MVCC-safe (a REPEATABLE READ reader such as pg_dump
+    // would see an empty table) and its ACCESS EXCLUSIVE lock would block every reader until commit.
+    await client.query(sql.deleteAllSql(schema, table));
+    return;
+  }
+  if (req.replaceLoadId) await client.query(sql.deleteLoadSql(schema, table), [req.replaceLoadId]);
+  if (req.replaceRange) {
+    const { column, start, end } = req.replaceRange;
+    await client.query(sql.deleteRangeSql(schema, table, namer.name(column)), [start, end]);
+  }
+  if (req.replaceFrom) {
+    const { column, value } = req.replaceFrom;
+    if (value === null) await client.query(sql.deleteAllSql(schema, table));
+    else await client.query(sql.deleteFromSql(schema, table, namer.name(column)), [value]);
+  }
 }
 
 async function ensureUniqueKey(client: pg.PoolClient, schema: string, table: string, key: string[]): Promise<void> {
