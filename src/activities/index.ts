@@ -14,6 +14,7 @@ import { extract } from '../sources';
 import { createFullRefreshActivities } from './full-refresh';
 import { createFileActivities } from './files';
 import { createIncrementalActivities } from './incremental';
+import { createPreflightActivities } from './preflight';
 import type { PartitionRange } from '../sources/types';
 
 export interface ActivityDeps {
@@ -94,6 +95,7 @@ export function createActivities(deps: ActivityDeps) {
     ...createFullRefreshActivities(),
     ...createFileActivities(deps),
     ...createIncrementalActivities(),
+    ...createPreflightActivities(),
 
     async sluiceEnvironment(): Promise<{ searchAttributes: boolean }> {
       return { searchAttributes: deps.searchAttributesRegistered };
