@@ -15,6 +15,21 @@ export class PermanentError extends Error {
   }
 }
 
+/**
+ * Work this worker cannot do but another one on the task queue may (a registered source it does
+ * not load): retried, so Temporal can hand it to a worker that has it, and the message says
+ * which worker to start.
+ */
+export class WrongWorkerError extends Error {
+  constructor(
+    message: string,
+    readonly hint?: string,
+  ) {
+    super(message);
+    this.name = 'WrongWorkerError';
+  }
+}
+
 interface PgLikeError {
   code?: string;
   message?: string;
@@ -28,6 +43,7 @@ const TRANSIENT_NODE_CODES = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT',
 
 export function isTransient(err: unknown): boolean {
   if (err instanceof PermanentError) return false;
+  if (err instanceof WrongWorkerError) return true;
   const code = (err as PgLikeError | undefined)?.code;
   if (typeof code !== 'string') {
     // Errors without a code are lost connections and the like ("Connection terminated unexpectedly").
@@ -41,7 +57,7 @@ export function isTransient(err: unknown): boolean {
 
 /** A sentence that tells the user what to change, for the common ways a load fails. */
 export function hintFor(err: unknown, context: { disposition?: string; connectionVariable?: string } = {}): string | undefined {
-  if (err instanceof PermanentError && err.hint) return err.hint;
+  if ((err instanceof PermanentError || err instanceof WrongWorkerError) && err.hint) return err.hint;
   const e = (err ?? {}) as PgLikeError;
   switch (e.code) {
     case '23505':

@@ -7,6 +7,8 @@ import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { WorkflowFailedError, type WorkflowHandle } from '@temporalio/client';
 import { temporal } from '@temporalio/proto';
+import { isTransient, WrongWorkerError } from '../src/errors';
+import { extract } from '../src/sources';
 import { testStack, type TestStack } from './helpers';
 
 const EventType = temporal.api.enums.v1.EventType;
@@ -159,5 +161,20 @@ describe('preflight: setup errors fail once, before fan-out', () => {
     assert.deepEqual(result.failed, []);
     assert.equal(result.rows, 71);
     assert.equal((await activityCounts(handle)).scheduled.preflight, 1);
+  });
+});
+
+describe('a registered source this worker lacks', () => {
+  test('is retried (another worker may have it) and says which worker to start', async () => {
+    const err = await extract({
+      source: { kind: 'registered', name: 'crm.contacts' },
+      heartbeat: () => undefined,
+      signal: new AbortController().signal,
+      log: () => undefined,
+    }).catch((e: unknown) => e);
+    assert.ok(err instanceof WrongWorkerError, `got ${err}`);
+    assert.equal(isTransient(err), true);
+    assert.match(err.message, /no registered resource "crm\.contacts" on this worker \(pid \d+, SLUICE_SOURCES=/);
+    assert.match(err.hint ?? '', /SLUICE_SOURCES=\.\/sources\/crm\.ts npm start/);
   });
 });

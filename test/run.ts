@@ -42,7 +42,7 @@ async function main(): Promise<number> {
     if (!replayOnly) {
       const [server, db] = await Promise.all([
         // Low enough that long tests continue as new, so every workflow's continue-as-new path runs.
-        startDevServer({ port: await freePort(), dynamicConfig: { 'limit.historyCount.suggestContinueAsNew': 400 } }),
+        startDevServer({ port: await freePort(), dynamicConfig: { 'limit.historyCount.suggestContinueAsNew': 400 }, temporalBinDir: join(testDir, '..', '.sluice', 'temporal-bin') }),
         startEmbeddedPostgres({ dir: join(scratch, 'pg'), port: await freePort(), fast: true }),
       ]);
       stops.push(server.stop, db.stop);

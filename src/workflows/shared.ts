@@ -101,6 +101,4 @@ export function rootMessage(err: unknown): string {
   return current?.message ?? String(err);
 }
 
-export function formatCount(n: number): string {
-  return String(n).replace(/\B(?=(\d{3})+(?!\d))/g, ',');
-}
+export { formatCount } from '../plan/format';

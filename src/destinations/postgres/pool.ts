@@ -6,15 +6,23 @@ const pools = new Map<string, pg.Pool>();
 export function getPool(url: string): pg.Pool {
   let pool = pools.get(url);
   if (!pool) {
-    pool = new pg.Pool({ connectionString: url, max: 20, idleTimeoutMillis: 30_000, application_name: 'sluice' });
+    pool = new pg.Pool({
+      connectionString: url,
+      max: 20,
+      idleTimeoutMillis: 30_000,
+      application_name: 'sluice',
+      // Dates and partition boundaries are UTC (CONTRACT.md) whatever the server's default zone:
+      // a naive timestamp or a date compared with a UTC boundary must not shift by the server's offset.
+      // A SET (not the `options` startup parameter) also works through PgBouncer. pg-pool awaits
+      // onConnect before it hands the client out; a 'connect' listener is not awaited, so the
+      // caller's first query ran while the SET was still executing (pg's "already executing a
+      // query" DeprecationWarning) and could even run before the zone was set.
+      onConnect: async (client) => {
+        await client.query(`set timezone = 'UTC'; set datestyle = 'ISO, YMD'`);
+      },
+    });
     // An idle client losing its connection must not crash the worker; the next checkout reconnects.
     pool.on('error', () => undefined);
-    // Dates and partition boundaries are UTC (CONTRACT.md) whatever the server's default zone:
-    // a naive timestamp or a date compared with a UTC boundary must not shift by the server's offset.
-    // A SET (not the `options` startup parameter) also works through PgBouncer.
-    pool.on('connect', (client) => {
-      client.query(`set timezone = 'UTC'; set datestyle = 'ISO, YMD'`).catch(() => undefined);
-    });
     pools.set(url, pool);
   }
   return pool;
