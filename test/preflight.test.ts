@@ -9,7 +9,7 @@ import { WorkflowFailedError, type WorkflowHandle } from '@temporalio/client';
 import { temporal } from '@temporalio/proto';
 import { isTransient, WrongWorkerError } from '../src/errors';
 import { extract } from '../src/sources';
-import { testStack, type TestStack } from './helpers';
+import { saveHistory, testStack, type TestStack } from './helpers';
 
 const EventType = temporal.api.enums.v1.EventType;
 
@@ -62,9 +62,10 @@ describe('preflight: setup errors fail once, before fan-out', () => {
   });
 
   /** Starts the workflow, expects it to fail, and returns the failure message and what ran. */
-  async function failure(workflowType: string, input: unknown, id: string): Promise<{ message: string; type?: string; nonRetryable?: boolean; counts: ActivityCounts }> {
+  async function failure(workflowType: string, input: unknown, id: string, scenario?: string): Promise<{ message: string; type?: string; nonRetryable?: boolean; counts: ActivityCounts }> {
     const handle = await stack.client.workflow.start(workflowType, { taskQueue: stack.taskQueue, workflowId: `${id}-${stack.schema}`, args: [input] });
     const err = await stack.withWorker(() => handle.result().catch((e: unknown) => e));
+    if (scenario) await saveHistory(handle, scenario);
     assert.ok(err instanceof WorkflowFailedError, `expected the run to fail, got ${JSON.stringify(err)}`);
     const cause = err.cause as Error & { type?: string; nonRetryable?: boolean };
     return { message: cause.message, type: cause.type, nonRetryable: cause.nonRetryable, counts: await activityCounts(handle) };
@@ -75,6 +76,7 @@ describe('preflight: setup errors fail once, before fan-out', () => {
       'backfillWorkflow',
       backfill({ source: { kind: 'postgres', connection: 'SOURCE_DATABASE_URL', table: `${stack.sourceSchema}.ordres` } }),
       'preflight-table',
+      'newcomer-backfill-preflight-wrong-table',
     );
     assert.equal(type, 'PreflightFailed');
     assert.equal(nonRetryable, true);
@@ -147,7 +149,7 @@ describe('preflight: setup errors fail once, before fan-out', () => {
 
   test('a misspelled key fails at once through the client, non-retryably, with the path and the key meant', async () => {
     const input = backfill({ resource: { name: 'orders', writeDispositon: 'merge', primaryKey: ['id'] } });
-    const { message, type, nonRetryable, counts } = await failure('backfillWorkflow', input, 'strict-input');
+    const { message, type, nonRetryable, counts } = await failure('backfillWorkflow', input, 'strict-input', 'newcomer-backfill-misspelled-key');
     assert.equal(message, 'invalid backfillWorkflow input: resource.writeDispositon: unknown field, did you mean writeDisposition?');
     assert.equal(type, 'InvalidInput');
     assert.equal(nonRetryable, true);
@@ -161,6 +163,24 @@ describe('preflight: setup errors fail once, before fan-out', () => {
     assert.deepEqual(result.failed, []);
     assert.equal(result.rows, 71);
     assert.equal((await activityCounts(handle)).scheduled.preflight, 1);
+    await saveHistory(handle, 'newcomer-backfill-preflight-passes');
+  });
+
+  test('the other workflow types pass their preflight too', async () => {
+    const refresh = await stack.client.workflow.start('fullRefreshWorkflow', {
+      taskQueue: stack.taskQueue,
+      workflowId: `preflight-refresh-${stack.schema}`,
+      args: [{ source: backfill().source, resource: { name: 'orders_snapshot' }, destination: backfill().destination }],
+    });
+    const incremental = await stack.client.workflow.start('incrementalWorkflow', {
+      taskQueue: stack.taskQueue,
+      workflowId: `preflight-incremental-${stack.schema}`,
+      args: [{ source: backfill().source, resource: { name: 'orders_inc_ok', writeDisposition: 'merge', primaryKey: ['id'] }, destination: backfill().destination, cursor: { column: 'updated_at' }, once: true }],
+    });
+    const results = (await stack.withWorker(() => Promise.all([refresh.result(), incremental.result()]))) as { rows: number }[];
+    assert.deepEqual(results.map((r) => r.rows), [100, 100]);
+    await saveHistory(refresh, 'newcomer-full-refresh-preflight-passes');
+    await saveHistory(incremental, 'newcomer-incremental-preflight-passes');
   });
 });
 

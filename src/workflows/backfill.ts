@@ -3,7 +3,7 @@ import type { Activities, LoadSummary } from '../activities';
 import { BackfillInput, type Progress } from '../inputs';
 import { partitionAt, partitionCount, partitionFromKey } from '../plan/partitions';
 import type { PartitionRange } from '../sources/types';
-import { checkBeforeFanOut, formatCount, handlePauseResume, handleSetParallel, preflightCheck, progressQuery, rootMessage, searchStatus, validateInput } from './shared';
+import { checkBeforeFanOut, preflightPatched, formatCount, handlePauseResume, handleSetParallel, preflightCheck, progressQuery, rootMessage, searchStatus, validateInput } from './shared';
 
 const { loadPartition } = wf.proxyActivities<Activities>({
   startToCloseTimeout: '6h',
@@ -28,6 +28,7 @@ export interface BackfillResult {
  */
 export async function backfillWorkflow(rawInput: unknown): Promise<BackfillResult> {
   const input = validateInput('backfillWorkflow', BackfillInput, rawInput);
+  const preflightOn = preflightPatched();
   let partitions: (index: number) => PartitionRange;
   let total: number;
   try {
@@ -93,7 +94,7 @@ export async function backfillWorkflow(rawInput: unknown): Promise<BackfillResul
   const setStatus = await searchStatus(input.resource.name);
   setStatus('running');
   showProgress();
-  if (!carried) await checkBeforeFanOut('backfillWorkflow', [preflightCheck(input)], () => setStatus('failed'));
+  if (!carried) await checkBeforeFanOut(preflightOn, 'backfillWorkflow', [preflightCheck(input)], () => setStatus('failed'));
 
   const runPartition = async (partition: PartitionRange) => {
     inFlight.add(partition.key);

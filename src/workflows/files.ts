@@ -2,7 +2,7 @@ import * as wf from '@temporalio/workflow';
 import type { Activities, LoadSummary } from '../activities';
 import { FilesInput, type Progress } from '../inputs';
 import type { ListedFile } from '../sources/files';
-import { checkBeforeFanOut, formatCount, handlePauseResume, handleSetParallel, preflightCheck, progressQuery, rootMessage, searchStatus, syncNowSignal, validateInput } from './shared';
+import { checkBeforeFanOut, preflightPatched, formatCount, handlePauseResume, handleSetParallel, preflightCheck, progressQuery, rootMessage, searchStatus, syncNowSignal, validateInput } from './shared';
 import { durationMs } from '../plan/duration';
 
 const { readFilesState, listSourceFiles } = wf.proxyActivities<Activities>({
@@ -62,6 +62,7 @@ interface PassState {
  */
 export async function filesWorkflow(rawInput: unknown): Promise<FilesResult> {
   const input = validateInput('filesWorkflow', FilesInput, rawInput);
+  const preflightOn = preflightPatched();
   const everyMs = input.every ? durationMs(input.every) : undefined;
   const carried = input.continuation;
 
@@ -137,7 +138,7 @@ export async function filesWorkflow(rawInput: unknown): Promise<FilesResult> {
   const setStatus = await searchStatus(input.resource.name);
   setStatus('running');
   showProgress();
-  if (!carried) await checkBeforeFanOut('filesWorkflow', [preflightCheck(input)], () => setStatus('failed'));
+  if (!carried) await checkBeforeFanOut(preflightOn, 'filesWorkflow', [preflightCheck(input)], () => setStatus('failed'));
 
   if (!carried) {
     // A new run starts from what earlier runs committed; continued runs carry the map instead.

@@ -4,7 +4,7 @@ import type { SyncCounts, SyncResult } from '../activities/incremental';
 import { CursorPosition, IncrementalInput, type Progress, type SyncMode } from '../inputs';
 import { describePosition, initialPosition } from '../plan/cursor';
 import { durationMs } from '../plan/duration';
-import { checkBeforeFanOut, formatCount, handlePauseResume, preflightCheck, progressQuery, rootMessage, searchStatus, syncNowSignal, validateInput } from './shared';
+import { checkBeforeFanOut, preflightPatched, formatCount, handlePauseResume, preflightCheck, progressQuery, rootMessage, searchStatus, syncNowSignal, validateInput } from './shared';
 
 const { readIncrementalState } = wf.proxyActivities<Activities>({
   startToCloseTimeout: '1m',
@@ -46,6 +46,7 @@ export interface IncrementalResult {
  */
 export async function incrementalWorkflow(rawInput: unknown): Promise<IncrementalResult> {
   const input = validateInput('incrementalWorkflow', IncrementalInput, rawInput);
+  const preflightOn = preflightPatched();
   const source = input.source;
   if (source.kind === 'files') throw wf.ApplicationFailure.nonRetryable('incrementalWorkflow reads "postgres" or "registered" sources', 'InvalidInput');
   const everyMs = input.every ? durationMs(input.every) : undefined;
@@ -116,7 +117,7 @@ export async function incrementalWorkflow(rawInput: unknown): Promise<Incrementa
   const setStatus = await searchStatus(input.resource.name);
   setStatus('running');
   showProgress();
-  if (!carried) await checkBeforeFanOut('incrementalWorkflow', [preflightCheck(input)], () => setStatus('failed'));
+  if (!carried) await checkBeforeFanOut(preflightOn, 'incrementalWorkflow', [preflightCheck(input)], () => setStatus('failed'));
 
   // A first sync from saved state checks the tie group ('start'); one from nothing just reads
   // ('continue'); a reset reads from initialValue and replaces what the destination has from there.

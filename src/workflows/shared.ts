@@ -67,6 +67,16 @@ const { preflight } = proxyActivities<Activities>({
   retry: { initialInterval: '1s', backoffCoefficient: 2, maximumInterval: '5s', maximumAttempts: 4 },
 });
 
+/**
+ * Whether this run does the preflight check (runs started before it existed do not). Call it
+ * first thing, before any await: on replay, a patch marker recorded after a local activity's
+ * result is not yet known to code that runs on that result, and the run would fail as
+ * nondeterministic.
+ */
+export function preflightPatched(): boolean {
+  return patched('sluice-preflight');
+}
+
 /** What to check of a workflow input: its connections, its source and the source columns it names. */
 export function preflightCheck(
   input: Pick<PreflightCheck, 'source' | 'resource' | 'destination'> & { partitionColumn?: string; cursor?: { column: string } },
@@ -81,11 +91,11 @@ export function preflightCheck(
 /**
  * Checks once, before the workflow fans out, what would otherwise fail every partition, file or
  * step alike (connection variables set and reachable, table, columns, directory), and fails the
- * workflow with one non-retryable message naming every problem. Runs started before this check
- * existed (no `sluice-preflight` marker) skip it, so they replay unchanged.
+ * workflow with one non-retryable message naming every problem. `enabled` comes from
+ * preflightPatched(): runs started before this check existed skip it, so they replay unchanged.
  */
-export async function checkBeforeFanOut(workflowType: string, checks: PreflightCheck[], onFailure: () => void = () => undefined): Promise<void> {
-  if (!checks.length || !patched('sluice-preflight')) return;
+export async function checkBeforeFanOut(enabled: boolean, workflowType: string, checks: PreflightCheck[], onFailure: () => void = () => undefined): Promise<void> {
+  if (!enabled || !checks.length) return;
   try {
     await preflight(checks);
   } catch (err) {
