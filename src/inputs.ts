@@ -420,15 +420,18 @@ function withoutPaths(raw: unknown, paths: PropertyKey[][]): unknown {
 /**
  * The known name a misspelled `name` most likely meant: the nearest by edit distance (a swap of
  * two neighbouring letters counts as one edit), ignoring case, if it is close enough to be a
- * typo rather than a different word. Undefined when nothing is that close.
+ * typo rather than a different word, or a name that begins with it. Undefined when nothing is that close.
  */
 export function closestName(name: string, known: readonly string[]): string | undefined {
   const wanted = name.toLowerCase();
   const limit = Math.max(1, Math.min(3, Math.floor(wanted.length / 3)));
   let best: { name: string; distance: number } | undefined;
   for (const candidate of known) {
-    const distance = editDistance(wanted, candidate.toLowerCase());
-    if (distance <= limit && (!best || distance < best.distance)) best = { name: candidate, distance };
+    const lower = candidate.toLowerCase();
+    const distance = editDistance(wanted, lower);
+    // A cut-off name ("created" for created_at) is a typo too, however many letters are missing.
+    const close = distance <= limit || (wanted.length >= 3 && lower.startsWith(wanted));
+    if (close && (!best || distance < best.distance)) best = { name: candidate, distance };
   }
   return best?.name;
 }
