@@ -3,7 +3,7 @@
  * input validation that fails the workflow at once (no workflow-task retry loop) naming the
  * bad field.
  */
-import { ApplicationFailure, defineQuery, defineSignal, proxyLocalActivities, setHandler, upsertSearchAttributes } from '@temporalio/workflow';
+import { ApplicationFailure, defineQuery, defineSignal, patched, proxyLocalActivities, setHandler, upsertSearchAttributes } from '@temporalio/workflow';
 import type { z } from 'zod';
 import type { Activities } from '../activities';
 import { parseInput, type Progress } from '../inputs';
@@ -47,8 +47,13 @@ export async function searchStatus(resource: string): Promise<(status: string) =
   };
 }
 
+/** Runs started before inputs became strict dropped unknown keys; they must replay the same way. */
+export function unknownKeysPolicy(): 'reject' | 'strip' {
+  return patched('sluice-strict-input') ? 'reject' : 'strip';
+}
+
 export function validateInput<S extends z.ZodType>(workflowType: string, schema: S, raw: unknown): z.infer<S> {
-  const parsed = parseInput(schema, raw);
+  const parsed = parseInput(schema, raw, { unknownKeys: unknownKeysPolicy() });
   if (!parsed.ok) {
     throw ApplicationFailure.nonRetryable(`invalid ${workflowType} input: ${parsed.message}`, 'InvalidInput');
   }

@@ -59,8 +59,9 @@ export function metadataDdl(schema: string): string[] {
   ];
 }
 
-export function createStagingSql(columns: string[]): string {
-  const cols = columns.map((c) => `${quoteIdent(c)} text`);
+/** Staging of all-text columns (names), or of typed ones (a binary COPY of a PostgreSQL source). */
+export function createStagingSql(columns: (string | TargetColumn)[]): string {
+  const cols = columns.map((c) => (typeof c === 'string' ? `${quoteIdent(c)} text` : `${quoteIdent(c.name)} ${c.type}`));
   return `create temp table ${quoteIdent(STAGING_TABLE)} (
     ${quoteIdent(SEQ)} bigint generated always as identity,
     ${quoteIdent(SRC)} text,
@@ -82,6 +83,11 @@ export function createTableSql(schema: string, table: string, columns: TargetCol
   defs.push(`${quoteIdent(LOAD_ID_COLUMN)} text not null`);
   if (primaryKey?.length) defs.push(`primary key (${primaryKey.map(quoteIdent).join(', ')})`);
   return `create table if not exists ${qualifiedName(schema, table)} (\n  ${defs.join(',\n  ')}\n)`;
+}
+
+/** The index a backfill partition's range delete (deleteRangeSql) uses, on tables sluice creates. */
+export function createPartitionIndexSql(schema: string, table: string, column: string): string {
+  return `create index if not exists ${quoteIdent(`${table.slice(0, 36)}_${column.slice(0, 16)}_sluice_idx`)} on ${qualifiedName(schema, table)} (${quoteIdent(column)})`;
 }
 
 export function addColumnSql(schema: string, table: string, column: TargetColumn): string {
