@@ -1,7 +1,7 @@
 import * as wf from '@temporalio/workflow';
 import type { Activities } from '../activities';
 import type { RefreshSummary } from '../activities/full-refresh';
-import { FullRefreshInput, type Progress } from '../inputs';
+import { filesLocation, FullRefreshInput, type Progress } from '../inputs';
 import { checkBeforeFanOut, formatCount, preflightCheck, progressQuery, rootMessage, searchStatus, validateInput } from './shared';
 
 const { refreshTable } = wf.proxyActivities<Activities>({
@@ -94,6 +94,6 @@ function describeSource(source: FullRefreshInput['source']): string {
     case 'registered':
       return source.name;
     case 'files':
-      return source.path;
+      return filesLocation(source);
   }
 }
