@@ -15,12 +15,20 @@ export class PermanentError extends Error {
   }
 }
 
+/** A failure that a retry can heal (a dropped connection to object storage, a 503): always retried. */
+export class TransientError extends Error {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = 'TransientError';
+  }
+}
+
 /**
  * Work this worker cannot do but another one on the task queue may (a registered source it does
  * not load): retried, so Temporal can hand it to a worker that has it, and the message says
  * which worker to start.
  */
-export class WrongWorkerError extends Error {
+export class WrongWorkerError extends TransientError {
   constructor(
     message: string,
     readonly hint?: string,
@@ -43,7 +51,7 @@ const TRANSIENT_NODE_CODES = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT',
 
 export function isTransient(err: unknown): boolean {
   if (err instanceof PermanentError) return false;
-  if (err instanceof WrongWorkerError) return true;
+  if (err instanceof TransientError) return true;
   const code = (err as PgLikeError | undefined)?.code;
   if (typeof code !== 'string') {
     // Errors without a code are lost connections and the like ("Connection terminated unexpectedly").

@@ -49,20 +49,51 @@ export const PostgresSource = z
     path: ['table'],
   });
 
-export const FilesSource = z.strictObject({
-  kind: z.literal('files'),
-  path: z.string().min(1, 'must be a directory'),
-  /** Glob relative to `path`; `**` descends into subdirectories. */
-  pattern: z.string().min(1).default('*'),
-  format: z.enum(['csv', 'jsonl']),
-  csv: z
-    .strictObject({
-      delimiter: z.string().length(1).default(','),
-      /** false when the file has no header row; columns are then named column_1, column_2, ... */
-      header: z.boolean().default(true),
-    })
-    .optional(),
-});
+/** `s3://bucket/prefix/`: an object-storage location (any S3-compatible store). */
+const s3Url = z
+  .string()
+  .regex(
+    /^s3:\/\/[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](\/[^\u0000-\u001f]*)?$/,
+    'must be an object-storage URL like s3://bucket/prefix/ (bucket names are lower case letters, digits, dots and dashes)',
+  );
+
+export const FilesSource = z
+  .strictObject({
+    kind: z.literal('files'),
+    /** A local directory; give this or `url`. */
+    path: z.string().min(1, 'must be a directory').optional(),
+    /** Object storage: `s3://bucket/prefix/`; give this or `path`. */
+    url: s3Url.optional(),
+    /**
+     * With `url`: NAME of the credentials, read by the worker from NAME_S3_ENDPOINT,
+     * NAME_S3_ACCESS_KEY_ID, NAME_S3_SECRET_ACCESS_KEY, NAME_S3_REGION, NAME_S3_FORCE_PATH_STYLE.
+     * Absent: the standard AWS chain (AWS_* variables, profiles, instance roles).
+     */
+    connection: envVarName.optional(),
+    /** Glob relative to `path` (or to the URL's prefix); `**` descends into subdirectories. */
+    pattern: z.string().min(1).default('*'),
+    format: z.enum(['csv', 'jsonl', 'parquet']),
+    csv: z
+      .strictObject({
+        delimiter: z.string().length(1).default(','),
+        /** false when the file has no header row; columns are then named column_1, column_2, ... */
+        header: z.boolean().default(true),
+      })
+      .optional(),
+  })
+  .superRefine((s, ctx) => {
+    if ((s.path === undefined) === (s.url === undefined)) {
+      ctx.addIssue({ code: 'custom', path: ['path'], message: 'give exactly one of "path" (a local directory) or "url" (s3://bucket/prefix/)' });
+    }
+    if (s.connection !== undefined && s.url === undefined) {
+      ctx.addIssue({ code: 'custom', path: ['connection'], message: '"connection" names object-storage credentials: it goes with "url", not "path"' });
+    }
+  });
+
+/** Where a files source reads: its directory or its s3:// URL, for messages and progress lines. */
+export function filesLocation(source: FilesSource): string {
+  return source.url ?? source.path ?? '';
+}
 
 export const RegisteredSource = z.strictObject({
   kind: z.literal('registered'),

@@ -129,7 +129,7 @@ function dependencyMap(steps: readonly DagStep[]): Map<string, readonly string[]
 }
 
 /** The schema each workflow type validates its input with, so a pipeline can check its steps up front. */
-const STEP_INPUT_SCHEMAS: Record<WorkflowType, z.ZodType> = {
+export const STEP_INPUT_SCHEMAS: Record<WorkflowType, z.ZodType> = {
   backfillWorkflow: BackfillInput,
   incrementalWorkflow: IncrementalInput,
   filesWorkflow: FilesInput,

@@ -1,8 +1,8 @@
 import * as wf from '@temporalio/workflow';
 import type { Activities } from '../activities';
 import type { RefreshSummary } from '../activities/full-refresh';
-import { FullRefreshInput, type Progress } from '../inputs';
-import { checkBeforeFanOut, preflightPatched, formatCount, preflightCheck, progressQuery, rootMessage, searchStatus, validateInput } from './shared';
+import { filesLocation, FullRefreshInput, type Progress } from '../inputs';
+import { checkBeforeFanOut, formatCount, preflightCheck, preflightPatched, progressQuery, rootMessage, searchStatus, validateInput } from './shared';
 
 const { refreshTable } = wf.proxyActivities<Activities>({
   startToCloseTimeout: '6h',
@@ -95,6 +95,6 @@ function describeSource(source: FullRefreshInput['source']): string {
     case 'registered':
       return source.name;
     case 'files':
-      return source.path;
+      return filesLocation(source);
   }
 }
