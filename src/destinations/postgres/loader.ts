@@ -12,7 +12,7 @@ import { Transform, type Writable } from 'node:stream';
 import { finished, pipeline } from 'node:stream/promises';
 import type pg from 'pg';
 import { from as copyFrom } from 'pg-copy-streams';
-import { errorMessage, hintFor, PermanentError } from '../../errors';
+import { errorMessage, hintFor, PermanentError, TransientError } from '../../errors';
 import type { ContractMode, Resource } from '../../inputs';
 import { ColumnNamer, qualifiedName, quoteIdent } from '../../schema/identifiers';
 import { canonicalType, copyField, valueToText, widenByValue, widenType } from '../../schema/types';
@@ -274,7 +274,8 @@ function exactPlan(req: LoadRequest, columns: sql.TargetColumn[], existing: sql.
 
 /** The load chose its path before taking the table lock; a change in between sends it round again (retryable). */
 function tableChanged(table: string, what = 'the columns of'): Error {
-  return new Error(`${what} "${table}" changed while this load was starting; the retry plans it again`);
+  // A TransientError: a plain Error without a code would count as permanent (errors.ts) and fail the load for good.
+  return new TransientError(`${what} "${table}" changed while this load was starting; the retry plans it again`);
 }
 
 /**
