@@ -21,7 +21,7 @@
  */
 import { Context } from '@temporalio/activity';
 import { z } from 'zod';
-import { resolveConnection } from '../config';
+import { resolveConnection, syncBudgetMs } from '../config';
 import { ensureMetadata, loadResource, readState, type LoadRequest, type LoadResult } from '../destinations/postgres/loader';
 import { getPool } from '../destinations/postgres/pool';
 import { PermanentError } from '../errors';
@@ -480,16 +480,18 @@ export function createIncrementalActivities() {
     async syncIncrementalPages(req: SyncRequest): Promise<SyncResult> {
       const ctx = Context.current();
       const { workflowId, runId } = workflowOf(ctx);
-      return withHeartbeat((progress) =>
-        syncIncremental(req, {
-          workflowId,
-          runId,
-          attempt: ctx.info.attempt,
-          heartbeat: progress,
-          signal: ctx.cancellationSignal,
-          log: (m) => ctx.log.info(m),
-          heartbeatDetails: ctx.info.heartbeatDetails,
-        }),
+      return withHeartbeat(
+        (progress, signal) =>
+          syncIncremental({ ...req, budgetMs: req.budgetMs ?? syncBudgetMs() }, {
+            workflowId,
+            runId,
+            attempt: ctx.info.attempt,
+            heartbeat: progress,
+            signal,
+            log: (m) => ctx.log.info(m),
+            heartbeatDetails: ctx.info.heartbeatDetails,
+          }),
+        { reportToWorkflow: true },
       );
     },
   };

@@ -4,7 +4,7 @@ import type { SyncCounts, SyncResult } from '../activities/incremental';
 import { CursorPosition, IncrementalInput, type Progress, type SyncMode } from '../inputs';
 import { describePosition, initialPosition } from '../plan/cursor';
 import { durationMs } from '../plan/duration';
-import { formatCount, handlePauseResume, progressQuery, rootMessage, searchStatus, syncNowSignal, validateInput } from './shared';
+import { activityProgressSignal, formatCount, handlePauseResume, progressQuery, rootMessage, searchStatus, syncNowSignal, validateInput } from './shared';
 
 const { readIncrementalState } = wf.proxyActivities<Activities>({
   startToCloseTimeout: '1m',
@@ -69,24 +69,32 @@ export async function incrementalWorkflow(rawInput: unknown): Promise<Incrementa
   let resumeSync = carried?.inSync;
   let phase: 'starting' | 'syncing' | 'waiting' | 'done' = 'starting';
   let current: SyncCounts | undefined;
+  // What the running sync activity last reported (its pages commit before it returns), and the
+  // rows it is staging in the page in flight.
+  let live: (SyncCounts & { staging: number }) | undefined;
   let lastSync: SyncCounts | undefined;
   let syncRequested = false;
   let nextSyncAt: number | undefined;
 
+  // Rows and pages the running activity committed that the workflow has not yet been told of by its result.
+  const ahead = (): SyncCounts =>
+    live && current
+      ? { rows: Math.max(0, live.rows - current.rows), pages: Math.max(0, live.pages - current.pages), rejected: Math.max(0, live.rejected - current.rejected) }
+      : { rows: 0, pages: 0, rejected: 0 };
   const progress = (): Progress => ({
     done: syncs,
     failed,
     inFlight: phase === 'syncing' ? 1 : 0,
     total: null,
-    rows,
-    rejected,
-    pages,
+    rows: rows + ahead().rows,
+    rejected: rejected + ahead().rejected,
+    pages: pages + ahead().pages,
     cursor: position?.cursor ?? null,
     tiebreak: position?.tiebreak ?? null,
     lastSyncAt: lastSyncAt ?? null,
     phase,
     paused,
-    ...(current ? { currentSync: current } : {}),
+    ...(current ? { currentSync: live && live.pages >= current.pages ? live : current } : {}),
     ...(lastSync ? { lastSync } : {}),
     ...(lastError ? { lastError } : {}),
     ...(nextSyncAt !== undefined ? { nextSyncAt: new Date(nextSyncAt).toISOString() } : {}),
@@ -98,7 +106,11 @@ export async function incrementalWorkflow(rawInput: unknown): Promise<Incrementa
       `cursor ${describePosition(input.cursor.column, position)}`,
       `${syncs} syncs, ${formatCount(rows)} rows in ${formatCount(pages)} pages${rejected ? `, ${formatCount(rejected)} rejected` : ''}, ${failed} failed`,
     ];
-    if (current) lines.push(`sync ${syncs + 1} running: ${formatCount(current.pages)} pages, ${formatCount(current.rows)} rows so far`);
+    if (current) {
+      const now = live && live.pages >= current.pages ? live : { ...current, staging: 0 };
+      const staging = now.staging ? ` (${formatCount(now.staging)} more in the page being loaded)` : '';
+      lines.push(`sync ${syncs + 1} running: ${formatCount(now.pages)} pages, ${formatCount(now.rows)} rows so far${staging}`);
+    }
     if (lastSyncAt) lines.push(`last sync ${lastSyncAt}${lastSync ? `: ${formatCount(lastSync.rows)} rows` : ''}`);
     if (phase === 'waiting' && nextSyncAt !== undefined) lines.push(`next sync at ${new Date(nextSyncAt).toISOString()} (signal syncNow to start it now)`);
     if (lastError) lines.push(`last error: ${lastError}`);
@@ -111,6 +123,18 @@ export async function incrementalWorkflow(rawInput: unknown): Promise<Incrementa
   });
   wf.setHandler(syncNowSignal, () => {
     syncRequested = true;
+  });
+  let runningSync: string | undefined;
+  // A result supersedes the reports that came before it (a late one is ignored: it is behind).
+  const forgetLiveUpTo = (pagesDone: number) => {
+    if (live && live.pages <= pagesDone) live = undefined;
+  };
+  wf.setHandler(activityProgressSignal, ({ details }) => {
+    const beat = details as { syncId?: unknown; rows?: unknown; pages?: unknown; rejected?: unknown; staging?: unknown } | null;
+    if (!current || typeof beat?.syncId !== 'string' || beat.syncId !== runningSync) return;
+    const n = (v: unknown) => (typeof v === 'number' && Number.isFinite(v) ? v : 0);
+    live = { rows: n(beat.rows), pages: n(beat.pages), rejected: n(beat.rejected), staging: n(beat.staging) };
+    showProgress();
   });
 
   const setStatus = await searchStatus(input.resource.name);
@@ -163,6 +187,8 @@ export async function incrementalWorkflow(rawInput: unknown): Promise<Incrementa
     resumeSync = undefined;
     phase = 'syncing';
     current = counts;
+    live = undefined;
+    runningSync = `${chain}:${sync}`;
     showProgress();
     let succeeded = true;
     try {
@@ -191,12 +217,16 @@ export async function incrementalWorkflow(rawInput: unknown): Promise<Incrementa
         position = result.position;
         syncMode = 'continue';
         current = counts;
+        forgetLiveUpTo(counts.pages);
         showProgress();
         if (result.caughtUp) break;
         if (wf.workflowInfo().continueAsNewSuggested) await continueAsNew(counts);
       }
     } catch (err) {
       if (wf.isCancellation(err)) throw err;
+      // continueAsNew throws to end the run: it is not a failed sync. Histories recorded before
+      // this fix counted it as one, and replay the same way.
+      if (err instanceof wf.ContinueAsNew && wf.patched('incremental-continue-as-new-mid-sync')) throw err;
       failed++;
       lastError = rootMessage(err);
       succeeded = false;
@@ -209,6 +239,7 @@ export async function incrementalWorkflow(rawInput: unknown): Promise<Incrementa
       }
     }
     current = undefined;
+    live = undefined;
     // The next sync starts from the saved position; the activity also takes any pages a failed
     // sync committed from _sluice_state, so they are neither lost nor loaded twice.
     mode = 'start';

@@ -26,6 +26,13 @@ export function handleSetParallel(setParallel: (n: number) => void): void {
   });
 }
 
+/**
+ * Sent by a long activity to its own workflow, at most every 2 s, with the details it heartbeats
+ * (workflows cannot read heartbeats): how `progress` and the UI move during one long activity.
+ * The name is also in src/activities/context.ts (ACTIVITY_PROGRESS_SIGNAL).
+ */
+export const activityProgressSignal = defineSignal<[{ activityId: string; details: unknown }]>('activityProgress');
+
 /** Workflows that run `every` N: start the next pass or sync now instead of after the sleep. */
 export const syncNowSignal = defineSignal('syncNow');
 
