@@ -4,16 +4,17 @@ import type { SyncCounts, SyncResult } from '../activities/incremental';
 import { CursorPosition, IncrementalInput, type Progress, type SyncMode } from '../inputs';
 import { describePosition, initialPosition } from '../plan/cursor';
 import { durationMs } from '../plan/duration';
-import { activityProgressSignal, formatCount, handlePauseResume, progressQuery, rootMessage, searchStatus, syncNowSignal, validateInput } from './shared';
+import { LOAD_START_TO_CLOSE, activityProgressSignal, formatCount, handlePauseResume, progressQuery, rootMessage, searchStatus, syncNowSignal, validateInput } from './shared';
 
 const { readIncrementalState } = wf.proxyActivities<Activities>({
   startToCloseTimeout: '1m',
   retry: { initialInterval: '1s', backoffCoefficient: 2, maximumInterval: '30s', maximumAttempts: 10 },
 });
 const SYNC_OPTIONS: wf.ActivityOptions = {
-  // One call returns after about two minutes at a page boundary; one huge page may take longer.
-  startToCloseTimeout: '6h',
-  // The activity heartbeats every second while it runs: a killed worker is noticed in 15 s, and
+  // One call returns after about two minutes (SLUICE_SYNC_BUDGET) at a page boundary; one huge page may take longer.
+  startToCloseTimeout: LOAD_START_TO_CLOSE,
+  // The activity heartbeats every second while it runs (and fails at SLUICE_STALL_TIMEOUT if nothing moves):
+  // a killed worker is noticed in 15 s, and
   // the retry continues after the last page the dead attempt committed.
   heartbeatTimeout: '15s',
   retry: { initialInterval: '1s', backoffCoefficient: 2, maximumInterval: '1m', maximumAttempts: 10 },

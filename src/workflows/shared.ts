@@ -9,6 +9,13 @@ import type { Activities } from '../activities';
 import { parseInput, type Progress } from '../inputs';
 import { SEARCH_ATTRIBUTES } from '../search-attributes';
 
+/**
+ * Start-to-close timeout of every load activity. Only a last resort: a dead worker is noticed by
+ * the heartbeat timeout, and a load that stops moving fails its attempt at SLUICE_STALL_TIMEOUT,
+ * so this need not be short, and an honest 8-hour load that keeps moving is never killed by it.
+ */
+export const LOAD_START_TO_CLOSE = '7d';
+
 export const progressQuery = defineQuery<Progress>('progress');
 export const pauseSignal = defineSignal('pause');
 export const resumeSignal = defineSignal('resume');
