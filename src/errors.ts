@@ -5,6 +5,7 @@
  * known not to heal (bad input, permissions, missing objects, data errors) are permanent, so a
  * bad input still fails in seconds.
  */
+
 /** A failure that will not go away by retrying: bad configuration, a frozen schema, a missing table. */
 export class PermanentError extends Error {
   constructor(
@@ -13,6 +14,14 @@ export class PermanentError extends Error {
   ) {
     super(message);
     this.name = 'PermanentError';
+  }
+}
+
+/** A failure that a retry can heal (a dropped connection to object storage, a 503): always retried. */
+export class TransientError extends Error {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = 'TransientError';
   }
 }
 
@@ -54,6 +63,7 @@ const PERMANENT_ERROR_NAMES = new Set(['ZodError', 'MissingConnectionError', 'In
 /** True only for errors that cannot heal by retrying; unknown errors are not permanent. */
 export function isPermanent(err: unknown): boolean {
   if (err instanceof PermanentError) return true;
+  if (err instanceof TransientError) return false;
   if (!(err instanceof Error)) return false;
   // Temporal's failures, told apart by name so that engine code need not import the SDK:
   // an ApplicationFailure keeps the verdict it was made with; a cancellation (worker shutdown,

@@ -3,7 +3,7 @@ import type { Activities, LoadSummary } from '../activities';
 import { BackfillInput, type Progress } from '../inputs';
 import { partitionAt, partitionCount, partitionFromKey } from '../plan/partitions';
 import type { PartitionRange } from '../sources/types';
-import { LOAD_START_TO_CLOSE, formatCount, handlePauseResume, handleSetParallel, progressQuery, rootMessage, searchStatus, validateInput } from './shared';
+import { LOAD_START_TO_CLOSE, checkBeforeFanOut, formatCount, handlePauseResume, handleSetParallel, preflightCheck, progressQuery, rootMessage, searchStatus, validateInput } from './shared';
 
 const { loadPartition } = wf.proxyActivities<Activities>({
   startToCloseTimeout: LOAD_START_TO_CLOSE,
@@ -93,6 +93,7 @@ export async function backfillWorkflow(rawInput: unknown): Promise<BackfillResul
   const setStatus = await searchStatus(input.resource.name);
   setStatus('running');
   showProgress();
+  if (!carried) await checkBeforeFanOut('backfillWorkflow', [preflightCheck(input)], () => setStatus('failed'));
 
   const runPartition = async (partition: PartitionRange) => {
     inFlight.add(partition.key);
