@@ -7,8 +7,6 @@ import { ApplicationFailure } from '@temporalio/common';
 import type { LoadResult } from '../destinations/postgres/loader';
 import { stallTimeoutMs } from '../config';
 import { errorMessage, hintFor, isPermanent } from '../errors';
-import type { Resource } from '../inputs';
-import { normalizeIdentifier } from '../schema/identifiers';
 
 export interface ActivityDeps {
   /** Whether the namespace has sluice's search attributes, checked once at worker start. */
@@ -176,6 +174,4 @@ export function summarize(result: LoadResult): LoadSummary {
   };
 }
 
-export function destinationTable(resource: Resource): string {
-  return normalizeIdentifier(resource.table ?? resource.name);
-}
+export { destinationTable } from '../schema/identifiers';

@@ -1,6 +1,6 @@
 import * as wf from '@temporalio/workflow';
 import type { Activities } from '../activities';
-import type { SyncCounts, SyncResult } from '../activities/incremental';
+import type { SyncCounts, SyncResult } from '../destinations/postgres/incremental-sync';
 import { CursorPosition, IncrementalInput, type Progress, type SyncMode } from '../inputs';
 import { describePosition, initialPosition } from '../plan/cursor';
 import { durationMs } from '../plan/duration';
