@@ -13,7 +13,7 @@ import { chmod, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pg from 'pg';
-import { syncIncremental, type SyncRequest } from '../src/activities/incremental';
+import { syncIncremental, type SyncRequest } from '../src/destinations/postgres/incremental-sync';
 import { loadResource } from '../src/destinations/postgres/loader';
 import { closePools } from '../src/destinations/postgres/pool';
 import { freePort } from '../src/dev/ports';

@@ -3,6 +3,7 @@
  * Workflow code never imports this: it has no environment.
  */
 import { PermanentError } from './errors';
+import { durationMs } from './plan/duration';
 
 export interface SluiceConfig {
   temporalAddress: string;
@@ -50,6 +51,43 @@ export class MissingConnectionError extends Error {
         `variable, and the worker must be started with ${variable}=postgres://user:pass@host:5432/db`,
     );
     this.name = 'MissingConnectionError';
+  }
+}
+
+/**
+ * How long a load may make no progress (no row, no page, no file read) before its attempt fails
+ * and is retried: SLUICE_STALL_TIMEOUT, a duration like 90s or 10m. Honest loads may run for
+ * days as long as they progress; this is what catches a stuck one (a lock, a half-open socket).
+ */
+export function stallTimeoutMs(env: NodeJS.ProcessEnv = process.env): number {
+  return durationSetting('SLUICE_STALL_TIMEOUT', env.SLUICE_STALL_TIMEOUT, 5 * 60_000);
+}
+
+/**
+ * statement_timeout of sluice's sessions (SLUICE_STATEMENT_TIMEOUT, a duration, 0 for none).
+ * None by default: one COPY of a large table is one long statement, and stall detection
+ * already ends statements that stop moving.
+ */
+export function statementTimeoutMs(env: NodeJS.ProcessEnv = process.env): number {
+  return durationSetting('SLUICE_STATEMENT_TIMEOUT', env.SLUICE_STATEMENT_TIMEOUT, 0);
+}
+
+/**
+ * How long one call of the incremental sync activity pages before it returns to the workflow
+ * at a page boundary (SLUICE_SYNC_BUDGET, default 2m): the workflow then records the position,
+ * and may continue as new, in the middle of a long sync.
+ */
+export function syncBudgetMs(env: NodeJS.ProcessEnv = process.env): number {
+  return durationSetting('SLUICE_SYNC_BUDGET', env.SLUICE_SYNC_BUDGET, 120_000);
+}
+
+function durationSetting(name: string, text: string | undefined, fallback: number): number {
+  if (!text) return fallback;
+  if (text === '0') return 0;
+  try {
+    return durationMs(text);
+  } catch {
+    throw new Error(`${name}=${text} must be a duration like 30s, 5m or 1h`);
   }
 }
 

@@ -1,7 +1,9 @@
 /**
- * Which failures are worth retrying. Temporal retries activities by default; sluice marks
- * configuration and data errors non-retryable so a bad input fails in seconds, and leaves
- * connection trouble, deadlocks and serialization failures to the retry policy.
+ * Which failures are worth retrying. The default is to retry: a worker shutdown, a lost or reset
+ * connection, a half-read stream, an internal server error or a bug that a new deploy fixes all
+ * heal, and a load that fails for good over one of those is work lost. Only errors that are
+ * known not to heal (bad input, permissions, missing objects, data errors) are permanent, so a
+ * bad input still fails in seconds.
  */
 
 /** A failure that will not go away by retrying: bad configuration, a frozen schema, a missing table. */
@@ -46,21 +48,57 @@ interface PgLikeError {
   constraint?: string;
 }
 
-const TRANSIENT_SQLSTATE_CLASSES = ['08', '40', '53', '55', '57', '58'];
-const TRANSIENT_NODE_CODES = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'EHOSTUNREACH', 'ENOTFOUND', 'EAI_AGAIN']);
+/**
+ * SQLSTATE classes that retrying cannot fix (https://www.postgresql.org/docs/current/errcodes-appendix.html):
+ *   0A feature not supported, 22 data exception (a value the column cannot hold),
+ *   23 integrity constraint violation (duplicate key, not null), 28 invalid authorization,
+ *   2B dependent privilege descriptors still exist, 2F SQL routine exception,
+ *   3D invalid catalog (database) name, 3F invalid schema name, 42 syntax error or access rule
+ *   violation (missing table or column, permission denied), 44 WITH CHECK OPTION violation.
+ * Everything else retries: 08 connection, 40 serialization/deadlock, 53 resources, 55 lock not
+ * available, 57 operator intervention (statement timeout, admin shutdown), 58 and XX internal,
+ * and classes like 25 (transaction state) and 26 (prepared statement gone behind a pooler) that
+ * a fresh connection clears.
+ */
+const PERMANENT_SQLSTATE_CLASSES = new Set(['0A', '22', '23', '28', '2B', '2F', '3D', '3F', '42', '44']);
 
+/**
+ * Errors of a permanent class that concurrent DDL raises as a race and a retry resolves:
+ * CREATE ... IF NOT EXISTS run by two sessions at once fails one of them with a unique violation
+ * on a catalog index, or with "already exists".
+ */
+const RACE_SQLSTATES = new Set(['42P06', '42P07', '42710']);
+
+/** Node system errors about the input itself: a path that is missing, unreadable or of the wrong kind. */
+const PERMANENT_NODE_CODES = new Set(['ENOENT', 'EACCES', 'EPERM', 'EISDIR', 'ENOTDIR', 'ENAMETOOLONG', 'ELOOP']);
+
+/** Names of error classes that say the input or configuration is wrong. */
+const PERMANENT_ERROR_NAMES = new Set(['ZodError', 'MissingConnectionError', 'InvalidInput']);
+
+/** True only for errors that cannot heal by retrying; unknown errors are not permanent. */
+export function isPermanent(err: unknown): boolean {
+  if (err instanceof PermanentError) return true;
+  if (err instanceof TransientError) return false;
+  if (!(err instanceof Error)) return false;
+  // Temporal's failures, told apart by name so that engine code need not import the SDK:
+  // an ApplicationFailure keeps the verdict it was made with; a cancellation (worker shutdown,
+  // timeout) is never permanent.
+  if (err.name === 'ApplicationFailure') return (err as Error & { nonRetryable?: boolean }).nonRetryable === true;
+  if (err.name === 'CancelledFailure' || err.name === 'AbortError') return false;
+  if (PERMANENT_ERROR_NAMES.has(err.name)) return true;
+  const { code, constraint } = err as Error & PgLikeError;
+  if (typeof code !== 'string') return false;
+  if (PERMANENT_NODE_CODES.has(code)) return true;
+  // SQLSTATEs are five characters of digits and capitals; Node codes (ECONNRESET...) are longer words.
+  if (!/^[0-9A-Z]{5}$/.test(code)) return false;
+  if (RACE_SQLSTATES.has(code)) return false;
+  if (code === '23505' && constraint?.startsWith('pg_')) return false;
+  return PERMANENT_SQLSTATE_CLASSES.has(code.slice(0, 2));
+}
+
+/** The complement of isPermanent, for callers that ask the question the other way round. */
 export function isTransient(err: unknown): boolean {
-  if (err instanceof PermanentError) return false;
-  if (err instanceof TransientError) return true;
-  const code = (err as PgLikeError | undefined)?.code;
-  if (typeof code !== 'string') {
-    // Errors without a code are lost connections and the like ("Connection terminated unexpectedly").
-    const message = err instanceof Error ? err.message : String(err);
-    return /connection|terminat|timeout|socket/i.test(message);
-  }
-  if (TRANSIENT_NODE_CODES.has(code)) return true;
-  if (code === '57014') return true; // query_canceled (statement timeout)
-  return TRANSIENT_SQLSTATE_CLASSES.some((c) => code.startsWith(c));
+  return !isPermanent(err);
 }
 
 /** A sentence that tells the user what to change, for the common ways a load fails. */

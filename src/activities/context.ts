@@ -5,9 +5,8 @@
 import { Context } from '@temporalio/activity';
 import { ApplicationFailure } from '@temporalio/common';
 import type { LoadResult } from '../destinations/postgres/loader';
-import { errorMessage, hintFor, isTransient } from '../errors';
-import type { Resource } from '../inputs';
-import { normalizeIdentifier } from '../schema/identifiers';
+import { stallTimeoutMs } from '../config';
+import { errorMessage, hintFor, isPermanent } from '../errors';
 
 export interface ActivityDeps {
   /** Whether the namespace has sluice's search attributes, checked once at worker start. */
@@ -22,33 +21,140 @@ export interface LoadSummary {
   schemaChanges: string[];
 }
 
-/** Heartbeats on a timer for as long as the activity runs: a dead worker is noticed in one heartbeat timeout. */
-export async function withHeartbeat<T>(fn: (progress: (details: unknown) => void) => Promise<T>): Promise<T> {
-  const ctx = Context.current();
-  let details: unknown;
-  const timer = setInterval(() => ctx.heartbeat(details), 1_000);
-  try {
-    return await fn((d) => {
-      details = d;
-      ctx.heartbeat(d);
-    });
-  } catch (err) {
-    throw toFailure(err);
-  } finally {
-    clearInterval(timer);
+/**
+ * Tells progress from a heartbeat that merely repeats itself: details that differ from the last
+ * ones are progress. Pure, so the stall rule is unit-tested without Temporal.
+ */
+export class ProgressWatch {
+  private last: string | undefined;
+  private movedAt: number;
+
+  constructor(
+    readonly stallTimeoutMs: number,
+    private readonly now: () => number = Date.now,
+  ) {
+    this.movedAt = now();
+  }
+
+  /** Records details; returns whether they say something moved. */
+  record(details: unknown): boolean {
+    const text = JSON.stringify(details ?? null);
+    if (text === this.last) return false;
+    this.last = text;
+    this.movedAt = this.now();
+    return true;
+  }
+
+  /** Milliseconds since anything moved, once that is at least the stall timeout; otherwise undefined. */
+  stalledFor(): number | undefined {
+    const idle = this.now() - this.movedAt;
+    return this.stallTimeoutMs > 0 && idle >= this.stallTimeoutMs ? idle : undefined;
   }
 }
 
-/** Permanent errors become non-retryable failures that carry the hint; the rest retry. */
+/** An attempt that made no progress for the stall timeout: retried, like any hang that may heal. */
+export class StalledError extends Error {
+  constructor(idleMs: number) {
+    super(`no progress for ${Math.round(idleMs / 1000)} s (SLUICE_STALL_TIMEOUT): this attempt is abandoned and retried`);
+    this.name = 'StalledError';
+  }
+}
+
+/** The signal an activity sends its own workflow with throttled progress (workflows cannot read heartbeats). */
+export const ACTIVITY_PROGRESS_SIGNAL = 'activityProgress';
+const PROGRESS_SIGNAL_INTERVAL_MS = 2_000;
+
+export interface HeartbeatOptions {
+  /** Sends the latest details to the workflow at most every 2 s as `activityProgress` ({ activityId, details }). */
+  reportToWorkflow?: boolean;
+}
+
+/**
+ * Runs `fn`, heartbeating its progress. The timer re-sends the last details every second, so a
+ * dead worker is noticed in one heartbeat timeout; but only details that change count as
+ * progress, and when nothing has moved for the stall timeout the attempt fails (retryably) and
+ * `signal` aborts, so a load stuck on a lock or a dead socket is retried instead of
+ * heartbeating for hours. `signal` also aborts when Temporal cancels the activity.
+ */
+export async function withHeartbeat<T>(
+  fn: (progress: (details: unknown) => void, signal: AbortSignal) => Promise<T>,
+  options: HeartbeatOptions = {},
+): Promise<T> {
+  const ctx = Context.current();
+  const watch = new ProgressWatch(stallTimeoutMs());
+  const abort = new AbortController();
+  const onCancel = () => abort.abort(ctx.cancellationSignal.reason);
+  ctx.cancellationSignal.addEventListener('abort', onCancel, { once: true });
+  let details: unknown;
+  // The first report waits the interval too: short activities never signal (history stays small).
+  let reportedAt = Date.now();
+  let reported: unknown;
+  const report = () => {
+    if (!options.reportToWorkflow || details === reported || Date.now() - reportedAt < PROGRESS_SIGNAL_INTERVAL_MS) return;
+    const execution = ctx.info.workflowExecution;
+    if (!execution) return;
+    reportedAt = Date.now();
+    reported = details;
+    // Best effort: the run may have ended or continued as new; progress is only for display.
+    try {
+      ctx.client.workflow
+        .getHandle(execution.workflowId, execution.runId)
+        .signal(ACTIVITY_PROGRESS_SIGNAL, { activityId: ctx.info.activityId, details })
+        .catch(() => undefined);
+    } catch {
+      // No client (a test's MockActivityEnvironment): nothing to report to.
+    }
+  };
+  let stalled: (err: StalledError) => void = () => undefined;
+  const stall = new Promise<never>((_, reject) => {
+    stalled = reject;
+  });
+  const timer = setInterval(() => {
+    const idle = watch.stalledFor();
+    if (idle !== undefined) {
+      const err = new StalledError(idle);
+      abort.abort(err);
+      stalled(err);
+      return;
+    }
+    ctx.heartbeat(details);
+    report();
+  }, 1_000);
+  try {
+    // Racing `ctx.cancelled` ends the attempt when Temporal cancels it (worker shutdown after its
+    // grace time, a heartbeat timeout) even if the engine is deep in a statement that ignores the
+    // signal; an engine left running cannot commit twice: every load takes its load id's lock and
+    // finds a committed load done.
+    return await Promise.race([
+      fn((d) => {
+        details = d;
+        watch.record(d);
+        ctx.heartbeat(d);
+        report();
+      }, abort.signal),
+      stall,
+      ctx.cancelled,
+    ]);
+  } catch (err) {
+    // A cancellation the workflow asked for is reported as a cancellation, not as a failure.
+    if (ctx.cancellationDetails?.cancelRequested && ctx.cancellationSignal.aborted) throw err;
+    throw toFailure(err);
+  } finally {
+    clearInterval(timer);
+    ctx.cancellationSignal.removeEventListener('abort', onCancel);
+  }
+}
+
+/** Permanent errors become non-retryable failures that carry the hint; everything else retries with backoff. */
 export function toFailure(err: unknown, context: { disposition?: string; connectionVariable?: string } = {}): unknown {
   if (err instanceof ApplicationFailure) return err;
   const message = errorMessage(err);
   const hint = hintFor(err, context);
   const text = hint ? `${message} (hint: ${hint})` : message;
   const type = err instanceof Error ? err.name : 'Error';
-  return isTransient(err)
-    ? ApplicationFailure.retryable(text, type, { hint })
-    : ApplicationFailure.nonRetryable(text, type, { hint });
+  return isPermanent(err)
+    ? ApplicationFailure.nonRetryable(text, type, { hint })
+    : ApplicationFailure.retryable(text, type, { hint });
 }
 
 export function workflowOf(ctx: Context): { workflowId: string; runId: string } {
@@ -68,6 +174,4 @@ export function summarize(result: LoadResult): LoadSummary {
   };
 }
 
-export function destinationTable(resource: Resource): string {
-  return normalizeIdentifier(resource.table ?? resource.name);
-}
+export { destinationTable } from '../schema/identifiers';

@@ -125,7 +125,7 @@ export function createFileActivities(_deps: ActivityDeps) {
         mtimeMs: file.mtimeMs,
         loadId,
       };
-      return withHeartbeat(async (progress) => {
+      return withHeartbeat(async (progress, signal) => {
         let result: LoadResult;
         const url = resolveConnection(req.destination.connection);
         // A changed file replaces what its previous version loaded, whatever the disposition:
@@ -143,15 +143,15 @@ export function createFileActivities(_deps: ActivityDeps) {
             runId,
             partition: file.path,
             attempt: ctx.info.attempt,
-            data: await extractFile(req.source, file, { signal: ctx.cancellationSignal }),
+            data: await extractFile(req.source, file, { signal }),
             state: { key: fileStateKey(req.resource.name, file.path), value: state },
             onProgress: (rows) => progress({ file: file.path, rows }),
           });
         } catch (err) {
           // Cancelled, timed out or shutting down: the file is fine and the rollback left nothing
           // behind, so another attempt (on another worker) may load it.
-          if (ctx.cancellationSignal.aborted) {
-            throw ApplicationFailure.retryable(`loading ${file.path} was interrupted: ${String(ctx.cancellationSignal.reason)}`, 'LoadInterrupted');
+          if (signal.aborted) {
+            throw ApplicationFailure.retryable(`loading ${file.path} was interrupted: ${String(signal.reason)}`, 'LoadInterrupted');
           }
           throw err;
         }
@@ -161,7 +161,7 @@ export function createFileActivities(_deps: ActivityDeps) {
           fingerprint: file.fingerprint,
           version,
         };
-      });
+      }, { reportToWorkflow: true });
     },
   };
 }

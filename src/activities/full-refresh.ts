@@ -34,11 +34,11 @@ export function createFullRefreshActivities() {
       const ctx = Context.current();
       const { workflowId, runId } = workflowOf(ctx);
       const table = destinationTable(req.resource);
-      return withHeartbeat(async (progress) => {
+      return withHeartbeat(async (progress, signal) => {
         const data = await extract({
           source: req.source,
           heartbeat: progress,
-          signal: ctx.cancellationSignal,
+          signal,
           log: (m) => ctx.log.info(m),
         });
         const result = await loadResource({

@@ -42,12 +42,12 @@ export function createActivities(deps: ActivityDeps) {
     async loadPartition(req: LoadPartitionRequest): Promise<LoadSummary> {
       const ctx = Context.current();
       const { workflowId, runId } = workflowOf(ctx);
-      return withHeartbeat(async (progress) => {
+      return withHeartbeat(async (progress, signal) => {
         const data = await extract({
           source: req.source,
           partition: { column: req.partitionColumn, range: req.partition },
           heartbeat: progress,
-          signal: ctx.cancellationSignal,
+          signal,
           log: (m) => ctx.log.info(m),
         });
         const result = await loadResource({

@@ -111,3 +111,8 @@ export function splitQualified(name: string): { schema: string | undefined; tabl
     part === undefined ? undefined : part.startsWith('"') ? part.slice(1, -1).replace(/""/g, '"') : part.toLowerCase();
   return { schema: unquote(match[1]), table: unquote(match[2])! };
 }
+
+/** The destination table of a resource: `resource.table`, or its name, normalized. */
+export function destinationTable(resource: { name: string; table?: string }): string {
+  return normalizeIdentifier(resource.table ?? resource.name);
+}

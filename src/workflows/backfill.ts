@@ -3,10 +3,10 @@ import type { Activities, LoadSummary } from '../activities';
 import { BackfillInput, type Progress } from '../inputs';
 import { partitionAt, partitionCount, partitionFromKey } from '../plan/partitions';
 import type { PartitionRange } from '../sources/types';
-import { checkBeforeFanOut, preflightPatched, formatCount, handlePauseResume, handleSetParallel, preflightCheck, progressQuery, rootMessage, searchStatus, validateInput } from './shared';
+import { checkBeforeFanOut, preflightPatched, formatCount, handlePauseResume, handleSetParallel, preflightCheck, progressQuery, rootMessage, searchStatus, validateInput, LOAD_START_TO_CLOSE } from './shared';
 
 const { loadPartition } = wf.proxyActivities<Activities>({
-  startToCloseTimeout: '6h',
+  startToCloseTimeout: LOAD_START_TO_CLOSE,
   // The activity heartbeats every second while it runs: a killed worker is noticed in 15 s.
   heartbeatTimeout: '15s',
 });
@@ -101,7 +101,7 @@ export async function backfillWorkflow(rawInput: unknown): Promise<BackfillResul
     try {
       const summary: LoadSummary = await loadPartition.executeWithOptions(
         {
-          startToCloseTimeout: '6h',
+          startToCloseTimeout: LOAD_START_TO_CLOSE,
           heartbeatTimeout: '15s',
           summary: `partition ${partition.key}`,
           retry: { initialInterval: '1s', backoffCoefficient: 2, maximumInterval: '1m', maximumAttempts: input.maxAttempts },

@@ -2,7 +2,7 @@ import * as wf from '@temporalio/workflow';
 import type { Activities, LoadSummary } from '../activities';
 import { filesLocation, FilesInput, type Progress } from '../inputs';
 import type { ListedFile } from '../sources/files';
-import { checkBeforeFanOut, preflightPatched, formatCount, handlePauseResume, handleSetParallel, preflightCheck, progressQuery, rootMessage, searchStatus, syncNowSignal, validateInput } from './shared';
+import { checkBeforeFanOut, preflightPatched, formatCount, handlePauseResume, handleSetParallel, preflightCheck, progressQuery, rootMessage, searchStatus, syncNowSignal, validateInput, LOAD_START_TO_CLOSE, activityProgressSignal } from './shared';
 import { durationMs } from '../plan/duration';
 
 const { readFilesState, listSourceFiles } = wf.proxyActivities<Activities>({
@@ -12,7 +12,7 @@ const { readFilesState, listSourceFiles } = wf.proxyActivities<Activities>({
   retry: { initialInterval: '1s', backoffCoefficient: 2, maximumInterval: '1m', maximumAttempts: 10 },
 });
 const { loadFile } = wf.proxyActivities<Activities>({
-  startToCloseTimeout: '6h',
+  startToCloseTimeout: LOAD_START_TO_CLOSE,
   // The activity heartbeats every second while it runs: a killed worker is noticed in 15 s.
   heartbeatTimeout: '15s',
 });
@@ -79,6 +79,9 @@ export async function filesWorkflow(rawInput: unknown): Promise<FilesResult> {
   let lastPassAt: number | undefined;
   let listError: string | undefined;
   const inFlight = new Set<string>();
+  // Rows each file in flight has staged so far, as its loadFile activity reports them (activityProgress).
+  const staged = new Map<string, number>();
+  const stagedRows = () => [...staged.values()].reduce((a, b) => a + b, 0);
 
   const progress = (): Progress => ({
     done: pass.loaded + pass.skipped + pass.failed.length,
@@ -91,6 +94,7 @@ export async function filesWorkflow(rawInput: unknown): Promise<FilesResult> {
     skipped: pass.skipped,
     failedFiles: pass.failed.map(({ file, error }) => ({ file, error })),
     inFlightFiles: [...inFlight],
+    rowsInFlight: stagedRows(),
     knownFiles: known.size,
     passes,
     phase,
@@ -118,7 +122,7 @@ export async function filesWorkflow(rawInput: unknown): Promise<FilesResult> {
       );
     }
     if (listError) lines.push(`listing failed: ${listError}`);
-    if (inFlight.size) lines.push(`in flight: ${[...inFlight].join(', ')}`);
+    if (inFlight.size) lines.push(`in flight: ${[...inFlight].map((f) => (staged.get(f) ? `${f} (${formatCount(staged.get(f)!)} rows so far)` : f)).join(', ')}`);
     if (pass.failed.length) lines.push(`failed: ${pass.failed.slice(-5).map((f) => `${f.file} (${f.error})`).join('; ')}`);
     wf.setCurrentDetails(lines.join('\n\n'));
   };
@@ -133,6 +137,12 @@ export async function filesWorkflow(rawInput: unknown): Promise<FilesResult> {
   });
   wf.setHandler(syncNowSignal, () => {
     syncRequested = true;
+  });
+  wf.setHandler(activityProgressSignal, ({ details }) => {
+    const beat = details as { file?: unknown; rows?: unknown } | null;
+    if (typeof beat?.file !== 'string' || !inFlight.has(beat.file) || typeof beat.rows !== 'number') return;
+    staged.set(beat.file, beat.rows);
+    showProgress();
   });
 
   const setStatus = await searchStatus(input.resource.name);
@@ -154,7 +164,7 @@ export async function filesWorkflow(rawInput: unknown): Promise<FilesResult> {
     try {
       const summary: LoadSummary = await loadFile.executeWithOptions(
         {
-          startToCloseTimeout: '6h',
+          startToCloseTimeout: LOAD_START_TO_CLOSE,
           heartbeatTimeout: '15s',
           summary: `file ${file.path}`,
           retry: { initialInterval: '1s', backoffCoefficient: 2, maximumInterval: '1m', maximumAttempts: input.maxAttempts },
@@ -172,6 +182,7 @@ export async function filesWorkflow(rawInput: unknown): Promise<FilesResult> {
       if (!wf.isCancellation(err)) pass.failed.push({ file: file.path, error: rootMessage(err), fingerprint: file.fingerprint });
     } finally {
       inFlight.delete(file.path);
+      staged.delete(file.path);
       showProgress();
     }
   };

@@ -2,10 +2,10 @@ import * as wf from '@temporalio/workflow';
 import type { Activities } from '../activities';
 import type { RefreshSummary } from '../activities/full-refresh';
 import { filesLocation, FullRefreshInput, type Progress } from '../inputs';
-import { checkBeforeFanOut, formatCount, preflightCheck, preflightPatched, progressQuery, rootMessage, searchStatus, validateInput } from './shared';
+import { checkBeforeFanOut, formatCount, preflightCheck, preflightPatched, progressQuery, rootMessage, searchStatus, validateInput, LOAD_START_TO_CLOSE } from './shared';
 
 const { refreshTable } = wf.proxyActivities<Activities>({
-  startToCloseTimeout: '6h',
+  startToCloseTimeout: LOAD_START_TO_CLOSE,
   // The activity heartbeats every second while it runs: a killed worker is noticed in 15 s.
   heartbeatTimeout: '15s',
   // Permanent errors (a missing table, a bad column) are non-retryable and fail at once.

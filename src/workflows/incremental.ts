@@ -1,19 +1,20 @@
 import * as wf from '@temporalio/workflow';
 import type { Activities } from '../activities';
-import type { SyncCounts, SyncResult } from '../activities/incremental';
+import type { SyncCounts, SyncResult } from '../destinations/postgres/incremental-sync';
 import { CursorPosition, IncrementalInput, type Progress, type SyncMode } from '../inputs';
 import { describePosition, initialPosition } from '../plan/cursor';
 import { durationMs } from '../plan/duration';
-import { checkBeforeFanOut, preflightPatched, formatCount, handlePauseResume, preflightCheck, progressQuery, rootMessage, searchStatus, syncNowSignal, validateInput } from './shared';
+import { checkBeforeFanOut, preflightPatched, formatCount, handlePauseResume, preflightCheck, progressQuery, rootMessage, searchStatus, syncNowSignal, validateInput, LOAD_START_TO_CLOSE, activityProgressSignal } from './shared';
 
 const { readIncrementalState } = wf.proxyActivities<Activities>({
   startToCloseTimeout: '1m',
   retry: { initialInterval: '1s', backoffCoefficient: 2, maximumInterval: '30s', maximumAttempts: 10 },
 });
 const SYNC_OPTIONS: wf.ActivityOptions = {
-  // One call returns after about two minutes at a page boundary; one huge page may take longer.
-  startToCloseTimeout: '6h',
-  // The activity heartbeats every second while it runs: a killed worker is noticed in 15 s, and
+  // One call returns after about two minutes (SLUICE_SYNC_BUDGET) at a page boundary; one huge page may take longer.
+  startToCloseTimeout: LOAD_START_TO_CLOSE,
+  // The activity heartbeats every second while it runs (and fails at SLUICE_STALL_TIMEOUT if nothing moves):
+  // a killed worker is noticed in 15 s, and
   // the retry continues after the last page the dead attempt committed.
   heartbeatTimeout: '15s',
   retry: { initialInterval: '1s', backoffCoefficient: 2, maximumInterval: '1m', maximumAttempts: 10 },
@@ -70,24 +71,32 @@ export async function incrementalWorkflow(rawInput: unknown): Promise<Incrementa
   let resumeSync = carried?.inSync;
   let phase: 'starting' | 'syncing' | 'waiting' | 'done' = 'starting';
   let current: SyncCounts | undefined;
+  // What the running sync activity last reported (its pages commit before it returns), and the
+  // rows it is staging in the page in flight.
+  let live: (SyncCounts & { staging: number }) | undefined;
   let lastSync: SyncCounts | undefined;
   let syncRequested = false;
   let nextSyncAt: number | undefined;
 
+  // Rows and pages the running activity committed that the workflow has not yet been told of by its result.
+  const ahead = (): SyncCounts =>
+    live && current
+      ? { rows: Math.max(0, live.rows - current.rows), pages: Math.max(0, live.pages - current.pages), rejected: Math.max(0, live.rejected - current.rejected) }
+      : { rows: 0, pages: 0, rejected: 0 };
   const progress = (): Progress => ({
     done: syncs,
     failed,
     inFlight: phase === 'syncing' ? 1 : 0,
     total: null,
-    rows,
-    rejected,
-    pages,
+    rows: rows + ahead().rows,
+    rejected: rejected + ahead().rejected,
+    pages: pages + ahead().pages,
     cursor: position?.cursor ?? null,
     tiebreak: position?.tiebreak ?? null,
     lastSyncAt: lastSyncAt ?? null,
     phase,
     paused,
-    ...(current ? { currentSync: current } : {}),
+    ...(current ? { currentSync: live && live.pages >= current.pages ? live : current } : {}),
     ...(lastSync ? { lastSync } : {}),
     ...(lastError ? { lastError } : {}),
     ...(nextSyncAt !== undefined ? { nextSyncAt: new Date(nextSyncAt).toISOString() } : {}),
@@ -99,7 +108,11 @@ export async function incrementalWorkflow(rawInput: unknown): Promise<Incrementa
       `cursor ${describePosition(input.cursor.column, position)}`,
       `${syncs} syncs, ${formatCount(rows)} rows in ${formatCount(pages)} pages${rejected ? `, ${formatCount(rejected)} rejected` : ''}, ${failed} failed`,
     ];
-    if (current) lines.push(`sync ${syncs + 1} running: ${formatCount(current.pages)} pages, ${formatCount(current.rows)} rows so far`);
+    if (current) {
+      const now = live && live.pages >= current.pages ? live : { ...current, staging: 0 };
+      const staging = now.staging ? ` (${formatCount(now.staging)} more in the page being loaded)` : '';
+      lines.push(`sync ${syncs + 1} running: ${formatCount(now.pages)} pages, ${formatCount(now.rows)} rows so far${staging}`);
+    }
     if (lastSyncAt) lines.push(`last sync ${lastSyncAt}${lastSync ? `: ${formatCount(lastSync.rows)} rows` : ''}`);
     if (phase === 'waiting' && nextSyncAt !== undefined) lines.push(`next sync at ${new Date(nextSyncAt).toISOString()} (signal syncNow to start it now)`);
     if (lastError) lines.push(`last error: ${lastError}`);
@@ -112,6 +125,18 @@ export async function incrementalWorkflow(rawInput: unknown): Promise<Incrementa
   });
   wf.setHandler(syncNowSignal, () => {
     syncRequested = true;
+  });
+  let runningSync: string | undefined;
+  // A result supersedes the reports that came before it (a late one is ignored: it is behind).
+  const forgetLiveUpTo = (pagesDone: number) => {
+    if (live && live.pages <= pagesDone) live = undefined;
+  };
+  wf.setHandler(activityProgressSignal, ({ details }) => {
+    const beat = details as { syncId?: unknown; rows?: unknown; pages?: unknown; rejected?: unknown; staging?: unknown } | null;
+    if (!current || typeof beat?.syncId !== 'string' || beat.syncId !== runningSync) return;
+    const n = (v: unknown) => (typeof v === 'number' && Number.isFinite(v) ? v : 0);
+    live = { rows: n(beat.rows), pages: n(beat.pages), rejected: n(beat.rejected), staging: n(beat.staging) };
+    showProgress();
   });
 
   const setStatus = await searchStatus(input.resource.name);
@@ -165,6 +190,8 @@ export async function incrementalWorkflow(rawInput: unknown): Promise<Incrementa
     resumeSync = undefined;
     phase = 'syncing';
     current = counts;
+    live = undefined;
+    runningSync = `${chain}:${sync}`;
     showProgress();
     let succeeded = true;
     try {
@@ -193,12 +220,16 @@ export async function incrementalWorkflow(rawInput: unknown): Promise<Incrementa
         position = result.position;
         syncMode = 'continue';
         current = counts;
+        forgetLiveUpTo(counts.pages);
         showProgress();
         if (result.caughtUp) break;
         if (wf.workflowInfo().continueAsNewSuggested) await continueAsNew(counts);
       }
     } catch (err) {
       if (wf.isCancellation(err)) throw err;
+      // continueAsNew throws to end the run: it is not a failed sync. Histories recorded before
+      // this fix counted it as one, and replay the same way.
+      if (err instanceof wf.ContinueAsNew && wf.patched('incremental-continue-as-new-mid-sync')) throw err;
       failed++;
       lastError = rootMessage(err);
       succeeded = false;
@@ -211,6 +242,7 @@ export async function incrementalWorkflow(rawInput: unknown): Promise<Incrementa
       }
     }
     current = undefined;
+    live = undefined;
     // The next sync starts from the saved position; the activity also takes any pages a failed
     // sync committed from _sluice_state, so they are neither lost nor loaded twice.
     mode = 'start';

@@ -10,6 +10,13 @@ import type { PreflightCheck } from '../activities/preflight';
 import { parseInput, type Progress } from '../inputs';
 import { SEARCH_ATTRIBUTES } from '../search-attributes';
 
+/**
+ * Start-to-close timeout of every load activity. Only a last resort: a dead worker is noticed by
+ * the heartbeat timeout, and a load that stops moving fails its attempt at SLUICE_STALL_TIMEOUT,
+ * so this need not be short, and an honest 8-hour load that keeps moving is never killed by it.
+ */
+export const LOAD_START_TO_CLOSE = '7d';
+
 export const progressQuery = defineQuery<Progress>('progress');
 export const pauseSignal = defineSignal('pause');
 export const resumeSignal = defineSignal('resume');
@@ -26,6 +33,13 @@ export function handleSetParallel(setParallel: (n: number) => void): void {
     if (Number.isInteger(n) && n >= 1) setParallel(n);
   });
 }
+
+/**
+ * Sent by a long activity to its own workflow, at most every 2 s, with the details it heartbeats
+ * (workflows cannot read heartbeats): how `progress` and the UI move during one long activity.
+ * The name is also in src/activities/context.ts (ACTIVITY_PROGRESS_SIGNAL).
+ */
+export const activityProgressSignal = defineSignal<[{ activityId: string; details: unknown }]>('activityProgress');
 
 /** Workflows that run `every` N: start the next pass or sync now instead of after the sleep. */
 export const syncNowSignal = defineSignal('syncNow');

@@ -12,6 +12,7 @@ import { Transform, type TransformCallback, type Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import pg from 'pg';
 import { to as copyTo } from 'pg-copy-streams';
+import { clientConfig, sessionSettingsSql } from '../../destinations/postgres/pool';
 import { literal, primaryKeySql } from '../../destinations/postgres/sql';
 import { PermanentError } from '../../errors';
 import type { CursorPosition, PostgresSource } from '../../inputs';
@@ -126,7 +127,7 @@ export async function resolveKeyset(
   }
   let keyNames = primaryKey;
   if (!keyNames?.length && source.table) {
-    const client = new pg.Client({ connectionString: url, application_name: 'sluice-extract' });
+    const client = new pg.Client(clientConfig(url, 'sluice-extract'));
     await client.connect();
     try {
       const found = await client.query<{ name: string }>(primaryKeySql(), [relation(source)]);
@@ -166,12 +167,12 @@ export interface SourceSnapshot {
 }
 
 export async function openSnapshot(url: string): Promise<SourceSnapshot> {
-  const client = new pg.Client({ connectionString: url, application_name: 'sluice-extract' });
+  const client = new pg.Client(clientConfig(url, 'sluice-extract'));
   // A backend that dies mid-read surfaces on the failing query; the event must not crash the worker.
   client.on('error', () => undefined);
   await client.connect();
   try {
-    await client.query(PORTABLE_SESSION);
+    await client.query(`${PORTABLE_SESSION}; ${sessionSettingsSql()}`);
     await client.query('begin isolation level repeatable read read only');
   } catch (err) {
     await client.end().catch(() => undefined);

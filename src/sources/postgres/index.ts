@@ -12,6 +12,7 @@ import { PermanentError } from '../../errors';
 import type { PostgresSource } from '../../inputs';
 import { qualifiedName, quoteIdent, splitQualified } from '../../schema/identifiers';
 import { literal } from '../../destinations/postgres/sql';
+import { clientConfig, sessionSettingsSql } from '../../destinations/postgres/pool';
 import type { Extracted, SourceColumn } from '../types';
 
 /** Object ids below this are PostgreSQL's own (built-in types), the same on every server. */
@@ -35,10 +36,10 @@ export function relation(source: PostgresSource): string {
 }
 
 async function withClient<T>(url: string, fn: (client: pg.Client) => Promise<T>): Promise<T> {
-  const client = new pg.Client({ connectionString: url, application_name: 'sluice-extract' });
+  const client = new pg.Client(clientConfig(url, 'sluice-extract'));
   await client.connect();
   try {
-    await client.query(PORTABLE_SESSION);
+    await client.query(`${PORTABLE_SESSION}; ${sessionSettingsSql()}`);
     return await fn(client);
   } finally {
     await client.end().catch(() => undefined);
