@@ -1,8 +1,22 @@
 import * as wf from '@temporalio/workflow';
 import type { Activities, LoadSummary } from '../activities';
 import { FilesInput, type Progress } from '../inputs';
+import type { LeaseToken } from '../destinations/postgres/lease';
 import type { ListedFile } from '../sources/files';
-import { formatCount, handlePauseResume, handleSetParallel, progressQuery, rootMessage, searchStatus, syncNowSignal, validateInput } from './shared';
+import {
+  failedRun,
+  handlePauseResume,
+  handleSetParallel,
+  isLeaseLost,
+  progressQuery,
+  rootMessage,
+  searchStatus,
+  SlidingWindow,
+  syncNowSignal,
+  validateInput,
+  windowLines,
+  withResourceLease,
+} from './shared';
 import { durationMs } from '../plan/duration';
 
 const { readFilesState, listSourceFiles } = wf.proxyActivities<Activities>({
@@ -62,6 +76,10 @@ interface PassState {
  */
 export async function filesWorkflow(rawInput: unknown): Promise<FilesResult> {
   const input = validateInput('filesWorkflow', FilesInput, rawInput);
+  return withResourceLease('files', input.destination, input.resource, (takeLease) => loadFiles(rawInput, input, takeLease));
+}
+
+async function loadFiles(rawInput: unknown, input: FilesInput, takeLease: () => Promise<LeaseToken | undefined>): Promise<FilesResult> {
   const everyMs = input.every ? durationMs(input.every) : undefined;
   const carried = input.continuation;
 
@@ -77,7 +95,12 @@ export async function filesWorkflow(rawInput: unknown): Promise<FilesResult> {
   let nextPassAt: number | undefined;
   let lastPassAt: number | undefined;
   let listError: string | undefined;
-  const inFlight = new Set<string>();
+  const window = new SlidingWindow(
+    () => parallel,
+    () => paused,
+  );
+  const inFlight = window.inFlight;
+  let leaseLost: unknown;
 
   const progress = (): Progress => ({
     done: pass.loaded + pass.skipped + pass.failed.length,
@@ -106,10 +129,16 @@ export async function filesWorkflow(rawInput: unknown): Promise<FilesResult> {
       pass.listed === null
         ? `${known.size} files loaded so far`
         : `${p.done}/${pass.listed} files (${pass.loaded} loaded, ${pass.skipped} unchanged)`;
-    const lines = [
-      `**${what}** ${input.resource.name} from ${input.source.path}/${input.source.pattern}: ${counts}, ` +
-        `${formatCount(rows)} rows${rejected ? `, ${formatCount(rejected)} rejected` : ''}, ${pass.failed.length} failed, parallel ${parallel}`,
-    ];
+    const [main, ...rest] = windowLines({
+      head: `**${what}** ${input.resource.name} from ${input.source.path}/${input.source.pattern}: ${counts}`,
+      rows,
+      rejected,
+      failed: pass.failed.length,
+      parallel,
+      inFlight,
+      failures: pass.failed.map((f) => `${f.file} (${f.error})`),
+    });
+    const lines = [main!];
     if (everyMs !== undefined) {
       lines.push(
         `every ${input.every}: ${passes} passes done` +
@@ -117,8 +146,7 @@ export async function filesWorkflow(rawInput: unknown): Promise<FilesResult> {
       );
     }
     if (listError) lines.push(`listing failed: ${listError}`);
-    if (inFlight.size) lines.push(`in flight: ${[...inFlight].join(', ')}`);
-    if (pass.failed.length) lines.push(`failed: ${pass.failed.slice(-5).map((f) => `${f.file} (${f.error})`).join('; ')}`);
+    lines.push(...rest);
     wf.setCurrentDetails(lines.join('\n\n'));
   };
   wf.setHandler(progressQuery, progress);
@@ -137,6 +165,7 @@ export async function filesWorkflow(rawInput: unknown): Promise<FilesResult> {
   const setStatus = await searchStatus(input.resource.name);
   setStatus('running');
   showProgress();
+  const lease = await takeLease();
 
   if (!carried) {
     // A new run starts from what earlier runs committed; continued runs carry the map instead.
@@ -146,7 +175,6 @@ export async function filesWorkflow(rawInput: unknown): Promise<FilesResult> {
   }
 
   const runFile = async (file: ListedFile) => {
-    inFlight.add(file.path);
     showProgress();
     const version = (known.get(file.path)?.version ?? 0) + 1;
     try {
@@ -157,7 +185,7 @@ export async function filesWorkflow(rawInput: unknown): Promise<FilesResult> {
           summary: `file ${file.path}`,
           retry: { initialInterval: '1s', backoffCoefficient: 2, maximumInterval: '1m', maximumAttempts: input.maxAttempts },
         },
-        [{ source: input.source, resource: input.resource, destination: input.destination, file, version }],
+        [{ source: input.source, resource: input.resource, destination: input.destination, file, version, ...(lease ? { lease } : {}) }],
       );
       known.set(file.path, { fingerprint: file.fingerprint, version });
       pass.loaded++;
@@ -166,10 +194,10 @@ export async function filesWorkflow(rawInput: unknown): Promise<FilesResult> {
       rows += summary.rows;
       rejected += summary.rejected;
     } catch (err) {
+      if (isLeaseLost(err)) leaseLost ??= err;
       // A cancelled workflow cancels its loads: that is not the file's failure.
       if (!wf.isCancellation(err)) pass.failed.push({ file: file.path, error: rootMessage(err), fingerprint: file.fingerprint });
     } finally {
-      inFlight.delete(file.path);
       showProgress();
     }
   };
@@ -222,14 +250,17 @@ export async function filesWorkflow(rawInput: unknown): Promise<FilesResult> {
 
     let cut = false;
     for (const file of todo) {
-      await wf.condition(() => !paused && inFlight.size < parallel);
-      if (wf.workflowInfo().continueAsNewSuggested) {
-        cut = true;
+      if (!(await window.slot(() => leaseLost !== undefined))) {
+        cut = leaseLost === undefined;
         break;
       }
-      void runFile(file);
+      window.start(file.path, () => runFile(file));
     }
-    await wf.condition(() => inFlight.size === 0);
+    await window.drain();
+    if (leaseLost) {
+      setStatus('failed');
+      throw wf.ApplicationFailure.nonRetryable(rootMessage(leaseLost), 'LeaseLostError');
+    }
     if (cut) await continueAsNew(true);
 
     passes++;
@@ -238,7 +269,7 @@ export async function filesWorkflow(rawInput: unknown): Promise<FilesResult> {
       setStatus(pass.failed.length ? 'failed' : 'completed');
       phase = 'done';
       showProgress();
-      return {
+      const result: FilesResult = {
         files: pass.listed,
         loaded: pass.loaded,
         skipped: pass.skipped,
@@ -246,6 +277,15 @@ export async function filesWorkflow(rawInput: unknown): Promise<FilesResult> {
         rows: pass.rows,
         rejected: pass.rejected,
       };
+      if (!wf.patched('sluice-fail-on-failures') || !pass.failed.length || input.allowFailures) return result;
+      const named = result.failed.slice(0, 5).map((f) => `${f.file} (${f.error})`).join('; ');
+      throw failedRun(
+        'FilesFailed',
+        `files load of ${input.resource.name}: ${result.failed.length} of ${pass.listed} files failed: ${named}${result.failed.length > 5 ? '; ...' : ''}. ` +
+          'Fix them and start the same input again: files already loaded are skipped, so only these load ' +
+          '(or set "allowFailures": true to complete despite failures)',
+        result,
+      );
     }
 
     phase = 'waiting';

@@ -4,7 +4,8 @@ import type { SyncCounts, SyncResult } from '../activities/incremental';
 import { CursorPosition, IncrementalInput, type Progress, type SyncMode } from '../inputs';
 import { describePosition, initialPosition } from '../plan/cursor';
 import { durationMs } from '../plan/duration';
-import { formatCount, handlePauseResume, progressQuery, rootMessage, searchStatus, syncNowSignal, validateInput } from './shared';
+import type { LeaseToken } from '../destinations/postgres/lease';
+import { formatCount, handlePauseResume, isLeaseLost, progressQuery, rootMessage, searchStatus, syncNowSignal, validateInput, withResourceLease } from './shared';
 
 const { readIncrementalState } = wf.proxyActivities<Activities>({
   startToCloseTimeout: '1m',
@@ -46,6 +47,11 @@ export interface IncrementalResult {
  */
 export async function incrementalWorkflow(rawInput: unknown): Promise<IncrementalResult> {
   const input = validateInput('incrementalWorkflow', IncrementalInput, rawInput);
+  // One owner per destination table's cursor: every page's commit checks the lease.
+  return withResourceLease('incremental', input.destination, input.resource, (takeLease) => syncResource(rawInput, input, takeLease));
+}
+
+async function syncResource(rawInput: unknown, input: IncrementalInput, takeLease: () => Promise<LeaseToken | undefined>): Promise<IncrementalResult> {
   const source = input.source;
   if (source.kind === 'files') throw wf.ApplicationFailure.nonRetryable('incrementalWorkflow reads "postgres" or "registered" sources', 'InvalidInput');
   const everyMs = input.every ? durationMs(input.every) : undefined;
@@ -116,6 +122,7 @@ export async function incrementalWorkflow(rawInput: unknown): Promise<Incrementa
   const setStatus = await searchStatus(input.resource.name);
   setStatus('running');
   showProgress();
+  const lease = await takeLease();
 
   // A first sync from saved state checks the tie group ('start'); one from nothing just reads
   // ('continue'); a reset reads from initialValue and replaces what the destination has from there.
@@ -181,6 +188,7 @@ export async function incrementalWorkflow(rawInput: unknown): Promise<Incrementa
               mode: syncMode,
               position: position!,
               done: counts,
+              ...(lease ? { lease } : {}),
             },
           ],
         );
@@ -197,6 +205,8 @@ export async function incrementalWorkflow(rawInput: unknown): Promise<Incrementa
       }
     } catch (err) {
       if (wf.isCancellation(err)) throw err;
+      // Another run took the resource over: retrying at the next sync would only fail again.
+      if (isLeaseLost(err)) throw wf.ApplicationFailure.nonRetryable(rootMessage(err), 'LeaseLostError');
       failed++;
       lastError = rootMessage(err);
       succeeded = false;

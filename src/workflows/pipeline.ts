@@ -1,7 +1,7 @@
 import * as wf from '@temporalio/workflow';
 import { PipelineInput, type Progress, type WorkflowType } from '../inputs';
 import { blockedSteps, pipelineProblems, readySteps, type StepStatus } from '../plan/dag';
-import { formatCount, handleSetParallel, progressQuery, rootMessage, searchStatus, validateInput } from './shared';
+import { failedRun, formatCount, handleSetParallel, progressQuery, rootMessage, searchStatus, validateInput } from './shared';
 
 
 export interface StepReport {
@@ -121,6 +121,16 @@ export async function pipelineWorkflow(rawInput: unknown): Promise<PipelineResul
     } catch (err) {
       step.status = 'failed';
       step.error = rootMessage(err);
+      // A child that ended FAILED because parts of it failed carries its result in the failure.
+      const result = failureResult(err);
+      if (result !== undefined) {
+        step.result = result;
+        const stepRows = rowsOf(result);
+        if (stepRows !== undefined) {
+          step.rows = stepRows;
+          rows += stepRows;
+        }
+      }
     } finally {
       const finished = Date.now();
       step.finishedAt = new Date(finished).toISOString();
@@ -150,7 +160,7 @@ export async function pipelineWorkflow(rawInput: unknown): Promise<PipelineResul
   const skipped = steps.filter((s) => s.status === 'skipped').map((s) => s.name);
   setStatus(failed.length ? 'failed' : 'completed');
   showProgress();
-  return {
+  const result: PipelineResult = {
     name: input.name,
     status: failed.length ? 'failed' : 'success',
     steps,
@@ -160,6 +170,24 @@ export async function pipelineWorkflow(rawInput: unknown): Promise<PipelineResul
     rows,
     rerun: steps.filter((s) => s.status === 'failed' || s.status === 'skipped').map((s) => s.name),
   };
+  if (!failed.length || !wf.patched('sluice-fail-on-failures') || input.allowFailures) return result;
+  throw failedRun(
+    'StepsFailed',
+    `pipeline ${input.name}: ${failed.length} of ${steps.length} steps failed (${failed.map((f) => `${f.step}: ${f.error}`).join('; ')})` +
+      `${skipped.length ? `, ${skipped.length} skipped (${skipped.join(', ')})` : ''}. ` +
+      `Re-run just those with the same input plus ${JSON.stringify({ onlySteps: result.rerun })} (or set "allowFailures": true to complete despite failures)`,
+    result,
+  );
+}
+
+/** The result a child put in its failure's details (see failedRun), if any. */
+function failureResult(err: unknown): unknown {
+  let current = err as { cause?: unknown } | undefined;
+  while (current) {
+    if (current instanceof wf.ApplicationFailure && current.details?.length) return current.details[0];
+    current = current.cause as typeof current;
+  }
+  return undefined;
 }
 
 /**
