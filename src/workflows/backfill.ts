@@ -101,6 +101,7 @@ async function backfill(
   );
   // Load ids from the run chain, and the maxConsecutiveFailures stop: both new with this patch.
   const chain = wf.patched('sluice-rerun-load-ids') ? wf.workflowInfo().firstExecutionRunId : undefined;
+  const failOnFailures = wf.patched('sluice-fail-on-failures');
 
   const progress = (): Progress => ({
     done: succeeded + failedCount,
@@ -225,7 +226,7 @@ async function backfill(
   setStatus(failedCount ? 'failed' : 'completed');
   showProgress();
   const result: BackfillResult = { partitions: total, succeeded, failed, rows, rejected };
-  if (!wf.patched('sluice-fail-on-failures')) return result;
+  if (!failOnFailures) return result;
   if (failedCount !== failed.length) result.failedCount = failedCount;
   if (input.skipLoaded) {
     result.skipped = skipped;

@@ -82,6 +82,8 @@ export async function filesWorkflow(rawInput: unknown): Promise<FilesResult> {
 async function loadFiles(rawInput: unknown, input: FilesInput, takeLease: () => Promise<LeaseToken | undefined>): Promise<FilesResult> {
   const everyMs = input.every ? durationMs(input.every) : undefined;
   const carried = input.continuation;
+  // Asked before the first await, so the marker sits at the same point on replay.
+  const failOnFailures = wf.patched('sluice-fail-on-failures');
 
   const known = new Map<string, FileState>((carried?.files ?? []).map(([path, fingerprint, version]) => [path, { fingerprint, version }]));
   let passes = carried?.passes ?? 0;
@@ -277,7 +279,7 @@ async function loadFiles(rawInput: unknown, input: FilesInput, takeLease: () => 
         rows: pass.rows,
         rejected: pass.rejected,
       };
-      if (!wf.patched('sluice-fail-on-failures') || !pass.failed.length || input.allowFailures) return result;
+      if (!failOnFailures || !pass.failed.length || input.allowFailures) return result;
       const named = result.failed.slice(0, 5).map((f) => `${f.file} (${f.error})`).join('; ');
       throw failedRun(
         'FilesFailed',

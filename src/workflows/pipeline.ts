@@ -54,6 +54,8 @@ export async function pipelineWorkflow(rawInput: unknown): Promise<PipelineResul
   }
 
   const info = wf.workflowInfo();
+  // Asked before the first await, so the marker sits at the same point on replay.
+  const failOnFailures = wf.patched('sluice-fail-on-failures');
   const only = input.onlySteps ? new Set(input.onlySteps) : undefined;
   const steps: StepReport[] = input.steps.map((s) => ({
     name: s.name,
@@ -170,7 +172,7 @@ export async function pipelineWorkflow(rawInput: unknown): Promise<PipelineResul
     rows,
     rerun: steps.filter((s) => s.status === 'failed' || s.status === 'skipped').map((s) => s.name),
   };
-  if (!failed.length || !wf.patched('sluice-fail-on-failures') || input.allowFailures) return result;
+  if (!failed.length || !failOnFailures || input.allowFailures) return result;
   throw failedRun(
     'StepsFailed',
     `pipeline ${input.name}: ${failed.length} of ${steps.length} steps failed (${failed.map((f) => `${f.step}: ${f.error}`).join('; ')})` +

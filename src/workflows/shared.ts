@@ -104,8 +104,10 @@ export async function withResourceLease<T>(
   body: (takeLease: () => Promise<LeaseToken | undefined>) => Promise<T>,
 ): Promise<T> {
   let lease: LeaseToken | undefined;
+  // Patches are asked before the first await: a marker must sit at the same point on replay.
+  const leased = patched('sluice-resource-lease');
   const takeLease = async () => {
-    if (!patched('sluice-resource-lease')) return undefined;
+    if (!leased) return undefined;
     try {
       lease = await acquireResourceLease({ destination, resource, kind, chain: workflowInfo().firstExecutionRunId });
     } catch (err) {
