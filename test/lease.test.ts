@@ -274,6 +274,8 @@ describe('resource leases', () => {
     assert.equal(await count(stack.db, `${stack.schema}.nightly`), 3 * 24 * 60);
   });
 
+  const days = (start: string, n: number) => Array.from({ length: n }, (_, i) => new Date(Date.parse(start) + i * 86_400_000).toISOString().slice(0, 10));
+
   test('a backfill stops after maxConsecutiveFailures failures in a row and ends FAILED with the input to re-run', async () => {
     const { result, message } = await stack.withWorker(() =>
       failedRun<BackfillResult>(
@@ -281,7 +283,8 @@ describe('resource leases', () => {
           taskQueue: stack.taskQueue,
           workflowId: `lease-backfill-broken-${stack.schema}`,
           args: [{
-            source: { kind: 'postgres', connection: 'SOURCE_DATABASE_URL', table: `${stack.sourceSchema}.nope` },
+            // Every partition is corrupt at the source: a setup the preflight check cannot see.
+            source: { kind: 'registered', name: 'test.flaky', options: { brokenPartitions: days('2024-01-01', 91), run: stack.schema } },
             resource: { name: 'broken' },
             destination: { schema: stack.schema },
             partitionColumn: 'at',

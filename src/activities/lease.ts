@@ -11,7 +11,7 @@ import { acquireLease, leaseKey, releaseLease, type HolderLiveness, type LeaseKi
 import { ensureMetadata } from '../destinations/postgres/loader';
 import { durationMs } from '../plan/duration';
 import type { Destination, Resource } from '../inputs';
-import { destinationTable, withHeartbeat, workflowOf } from './index';
+import { destinationTable, withHeartbeat, workflowOf } from './context';
 
 export interface AcquireLeaseRequest {
   destination: Destination;

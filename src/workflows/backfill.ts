@@ -5,10 +5,12 @@ import { BackfillInput, type Progress } from '../inputs';
 import { partitionAt, partitionCount, partitionFromKey } from '../plan/partitions';
 import type { PartitionRange } from '../sources/types';
 import {
+  checkBeforeFanOut,
   failedRun,
   handlePauseResume,
   handleSetParallel,
   isLeaseLost,
+  preflightCheck,
   progressQuery,
   rootMessage,
   searchStatus,
@@ -151,6 +153,7 @@ async function backfill(
   const setStatus = await searchStatus(input.resource.name);
   setStatus('running');
   showProgress();
+  if (!carried) await checkBeforeFanOut('backfillWorkflow', [preflightCheck(input)], () => setStatus('failed'));
   const lease = await takeLease();
 
   let leaseLost: unknown;

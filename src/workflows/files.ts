@@ -1,13 +1,15 @@
 import * as wf from '@temporalio/workflow';
 import type { Activities, LoadSummary } from '../activities';
-import { FilesInput, type Progress } from '../inputs';
+import { filesLocation, FilesInput, type Progress } from '../inputs';
 import type { LeaseToken } from '../destinations/postgres/lease';
 import type { ListedFile } from '../sources/files';
 import {
+  checkBeforeFanOut,
   failedRun,
   handlePauseResume,
   handleSetParallel,
   isLeaseLost,
+  preflightCheck,
   progressQuery,
   rootMessage,
   searchStatus,
@@ -132,7 +134,7 @@ async function loadFiles(rawInput: unknown, input: FilesInput, takeLease: () => 
         ? `${known.size} files loaded so far`
         : `${p.done}/${pass.listed} files (${pass.loaded} loaded, ${pass.skipped} unchanged)`;
     const [main, ...rest] = windowLines({
-      head: `**${what}** ${input.resource.name} from ${input.source.path}/${input.source.pattern}: ${counts}`,
+      head: `**${what}** ${input.resource.name} from ${filesLocation(input.source)}/${input.source.pattern}: ${counts}`,
       rows,
       rejected,
       failed: pass.failed.length,
@@ -167,6 +169,7 @@ async function loadFiles(rawInput: unknown, input: FilesInput, takeLease: () => 
   const setStatus = await searchStatus(input.resource.name);
   setStatus('running');
   showProgress();
+  if (!carried) await checkBeforeFanOut('filesWorkflow', [preflightCheck(input)], () => setStatus('failed'));
   const lease = await takeLease();
 
   if (!carried) {
@@ -236,7 +239,7 @@ async function loadFiles(rawInput: unknown, input: FilesInput, takeLease: () => 
       if (everyMs === undefined) {
         setStatus('failed');
         showProgress();
-        throw wf.ApplicationFailure.nonRetryable(`cannot list ${input.source.path}/${input.source.pattern}: ${listError}`, 'ListFailed');
+        throw wf.ApplicationFailure.nonRetryable(`cannot list ${filesLocation(input.source)}/${input.source.pattern}: ${listError}`, 'ListFailed');
       }
       // A long-running sync outlives a directory that is briefly unavailable: try again next pass.
       listing = [];

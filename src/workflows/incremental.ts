@@ -5,7 +5,19 @@ import { CursorPosition, IncrementalInput, type Progress, type SyncMode } from '
 import { describePosition, initialPosition } from '../plan/cursor';
 import { durationMs } from '../plan/duration';
 import type { LeaseToken } from '../destinations/postgres/lease';
-import { formatCount, handlePauseResume, isLeaseLost, progressQuery, rootMessage, searchStatus, syncNowSignal, validateInput, withResourceLease } from './shared';
+import {
+  checkBeforeFanOut,
+  formatCount,
+  handlePauseResume,
+  isLeaseLost,
+  preflightCheck,
+  progressQuery,
+  rootMessage,
+  searchStatus,
+  syncNowSignal,
+  validateInput,
+  withResourceLease,
+} from './shared';
 
 const { readIncrementalState } = wf.proxyActivities<Activities>({
   startToCloseTimeout: '1m',
@@ -122,6 +134,7 @@ async function syncResource(rawInput: unknown, input: IncrementalInput, takeLeas
   const setStatus = await searchStatus(input.resource.name);
   setStatus('running');
   showProgress();
+  if (!carried) await checkBeforeFanOut('incrementalWorkflow', [preflightCheck(input)], () => setStatus('failed'));
   const lease = await takeLease();
 
   // A first sync from saved state checks the tie group ('start'); one from nothing just reads
