@@ -11,6 +11,7 @@ import {
   handleSetParallel,
   isLeaseLost,
   preflightCheck,
+  preflightPatched,
   progressQuery,
   rootMessage,
   searchStatus,
@@ -104,6 +105,7 @@ async function backfill(
   // Load ids from the run chain, and the maxConsecutiveFailures stop: both new with this patch.
   const chain = wf.patched('sluice-rerun-load-ids') ? wf.workflowInfo().firstExecutionRunId : undefined;
   const failOnFailures = wf.patched('sluice-fail-on-failures');
+  const preflight = preflightPatched();
 
   const progress = (): Progress => ({
     done: succeeded + failedCount,
@@ -153,7 +155,7 @@ async function backfill(
   const setStatus = await searchStatus(input.resource.name);
   setStatus('running');
   showProgress();
-  if (!carried) await checkBeforeFanOut('backfillWorkflow', [preflightCheck(input)], () => setStatus('failed'));
+  if (!carried) await checkBeforeFanOut('backfillWorkflow', [preflightCheck(input)], () => setStatus('failed'), preflight);
   const lease = await takeLease();
 
   let leaseLost: unknown;

@@ -10,6 +10,7 @@ import {
   handleSetParallel,
   isLeaseLost,
   preflightCheck,
+  preflightPatched,
   progressQuery,
   rootMessage,
   searchStatus,
@@ -86,6 +87,7 @@ async function loadFiles(rawInput: unknown, input: FilesInput, takeLease: () => 
   const carried = input.continuation;
   // Asked before the first await, so the marker sits at the same point on replay.
   const failOnFailures = wf.patched('sluice-fail-on-failures');
+  const preflight = preflightPatched();
 
   const known = new Map<string, FileState>((carried?.files ?? []).map(([path, fingerprint, version]) => [path, { fingerprint, version }]));
   let passes = carried?.passes ?? 0;
@@ -169,7 +171,7 @@ async function loadFiles(rawInput: unknown, input: FilesInput, takeLease: () => 
   const setStatus = await searchStatus(input.resource.name);
   setStatus('running');
   showProgress();
-  if (!carried) await checkBeforeFanOut('filesWorkflow', [preflightCheck(input)], () => setStatus('failed'));
+  if (!carried) await checkBeforeFanOut('filesWorkflow', [preflightCheck(input)], () => setStatus('failed'), preflight);
   const lease = await takeLease();
 
   if (!carried) {

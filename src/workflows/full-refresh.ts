@@ -2,7 +2,7 @@ import * as wf from '@temporalio/workflow';
 import type { Activities } from '../activities';
 import type { RefreshSummary } from '../activities/full-refresh';
 import { filesLocation, FullRefreshInput, type Progress } from '../inputs';
-import { checkBeforeFanOut, formatCount, preflightCheck, progressQuery, rootMessage, searchStatus, validateInput } from './shared';
+import { checkBeforeFanOut, formatCount, preflightCheck, preflightPatched, progressQuery, rootMessage, searchStatus, validateInput } from './shared';
 
 const { refreshTable } = wf.proxyActivities<Activities>({
   startToCloseTimeout: '6h',
@@ -60,11 +60,13 @@ export async function fullRefreshWorkflow(rawInput: unknown): Promise<FullRefres
     wf.setCurrentDetails(lines.join('\n\n'));
   };
   wf.setHandler(progressQuery, progress);
+  // Asked before the first await, so the marker sits at the same point when another worker replays.
+  const preflight = preflightPatched();
 
   const setStatus = await searchStatus(resource.name);
   setStatus('running');
   showProgress();
-  await checkBeforeFanOut('fullRefreshWorkflow', [preflightCheck(input)], () => setStatus('failed'));
+  await checkBeforeFanOut('fullRefreshWorkflow', [preflightCheck(input)], () => setStatus('failed'), preflight);
 
   try {
     summary = await refreshTable({ source: input.source, resource, destination: input.destination });

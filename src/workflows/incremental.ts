@@ -11,6 +11,7 @@ import {
   handlePauseResume,
   isLeaseLost,
   preflightCheck,
+  preflightPatched,
   progressQuery,
   rootMessage,
   searchStatus,
@@ -64,6 +65,8 @@ export async function incrementalWorkflow(rawInput: unknown): Promise<Incrementa
 }
 
 async function syncResource(rawInput: unknown, input: IncrementalInput, takeLease: () => Promise<LeaseToken | undefined>): Promise<IncrementalResult> {
+  // Asked before the first await, so the marker sits at the same point when another worker replays.
+  const preflight = preflightPatched();
   const source = input.source;
   if (source.kind === 'files') throw wf.ApplicationFailure.nonRetryable('incrementalWorkflow reads "postgres" or "registered" sources', 'InvalidInput');
   const everyMs = input.every ? durationMs(input.every) : undefined;
@@ -134,7 +137,7 @@ async function syncResource(rawInput: unknown, input: IncrementalInput, takeLeas
   const setStatus = await searchStatus(input.resource.name);
   setStatus('running');
   showProgress();
-  if (!carried) await checkBeforeFanOut('incrementalWorkflow', [preflightCheck(input)], () => setStatus('failed'));
+  if (!carried) await checkBeforeFanOut('incrementalWorkflow', [preflightCheck(input)], () => setStatus('failed'), preflight);
   const lease = await takeLease();
 
   // A first sync from saved state checks the tie group ('start'); one from nothing just reads

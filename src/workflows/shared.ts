@@ -99,14 +99,29 @@ export function preflightCheck(
  * workflow with one non-retryable message naming every problem. Runs started before this check
  * existed (no `sluice-preflight` marker) skip it, so they replay unchanged.
  */
-export async function checkBeforeFanOut(workflowType: string, checks: PreflightCheck[], onFailure: () => void = () => undefined): Promise<void> {
-  if (!checks.length || !patched('sluice-preflight')) return;
+export async function checkBeforeFanOut(
+  workflowType: string,
+  checks: PreflightCheck[],
+  onFailure: () => void = () => undefined,
+  enabled: boolean = preflightPatched(),
+): Promise<void> {
+  if (!checks.length || !enabled) return;
   try {
     await preflight(checks);
   } catch (err) {
     onFailure();
     throw ApplicationFailure.nonRetryable(`${workflowType} cannot start: ${rootMessage(err)}`, 'PreflightFailed');
   }
+}
+
+/**
+ * Whether this run does the preflight check. Ask it before the workflow's first await and pass
+ * it to checkBeforeFanOut: a patch asked only after the first local activity made a worker that
+ * picked the run up mid-way (after a SIGKILL) fail with "patch marker encountered ... but there
+ * is no corresponding change command" and never finish the run.
+ */
+export function preflightPatched(): boolean {
+  return patched('sluice-preflight');
 }
 
 /** Failure text for results and the UI: the root cause, not the "Activity task failed" wrapper. */
