@@ -281,7 +281,8 @@ function exactPlan(req: LoadRequest, columns: sql.TargetColumn[], existing: sql.
 
 /** The load chose its path before taking the table lock; a change in between sends it round again (retryable). */
 function tableChanged(table: string, what = 'the columns of'): Error {
-  return new Error(`${what} "${table}" changed while this load was starting; the retry plans it again`);
+  // SQLSTATE 40001 (serialization_failure): the error classes retry it, as they would PostgreSQL's own.
+  return Object.assign(new Error(`${what} "${table}" changed while this load was starting; the retry plans it again`), { code: '40001' });
 }
 
 /**
