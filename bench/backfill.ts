@@ -63,7 +63,7 @@ async function main(): Promise<void> {
             resource: Resource.parse(resource),
             loadId: `direct/${p.key}`,
             data: { kind: 'rows', rows: (async function* () { yield* tenRows(p.start); })() },
-            replaceRange: { column: 'at', start: p.start, end: p.end },
+            supersede: { kind: 'range', column: 'at', start: p.start, end: p.end },
           });
         }
       }),

@@ -178,6 +178,17 @@ export const BackfillInput = z
     onlyPartitions: z.array(z.string().min(1)).optional(),
     /** Attempts per partition before it is recorded as failed. */
     maxAttempts: z.number().int().min(1).max(100).default(5),
+    /** Skip partitions an earlier run (any workflow id) committed; the result lists them. */
+    skipLoaded: z.boolean().optional(),
+    /** Complete (not FAILED) even when partitions failed for good. */
+    allowFailures: z.boolean().optional(),
+    /**
+     * Stop starting partitions after this many failed for good in a row (the run then ends
+     * FAILED). 10: a broken setup (wrong table, column or connection) fails every partition, so it
+     * stops after ten instead of failing the whole range, while scattered bad partitions, each
+     * followed by good ones, never stop it.
+     */
+    maxConsecutiveFailures: z.number().int().min(1).default(10),
     /** Internal: what a run hands to its continue-as-new successor. */
     continuation: z
       .strictObject({
@@ -185,7 +196,12 @@ export const BackfillInput = z
         succeeded: z.number().int().min(0),
         rows: z.number().int().min(0),
         rejected: z.number().int().min(0),
+        /** The first few failures; `failedCount` counts them all. */
         failed: z.array(z.strictObject({ partition: z.string(), error: z.string() })),
+        failedCount: z.number().int().min(0).optional(),
+        skipped: z.array(z.string()).optional(),
+        skippedCount: z.number().int().min(0).optional(),
+        consecutiveFailures: z.number().int().min(0).optional(),
         paused: z.boolean(),
         parallel: z.number().int().min(1),
       })
@@ -294,6 +310,8 @@ export const FilesInput = z
     ...schedule,
     /** Attempts per file before it is recorded as failed (unreadable files and bad data fail at once). */
     maxAttempts: z.number().int().min(1).max(100).default(5),
+    /** With `once`: complete (not FAILED) even when files failed for good. */
+    allowFailures: z.boolean().optional(),
     /** Internal: what a run hands to its continue-as-new successor. */
     continuation: z
       .strictObject({
@@ -348,6 +366,8 @@ export const PipelineInput = z.strictObject({
   parallel: z.number().int().min(1).max(100).default(2),
   /** Re-run only these steps (and nothing else), e.g. the failed and skipped ones of an earlier run. */
   onlySteps: z.array(z.string().min(1)).optional(),
+  /** Complete (not FAILED) even when steps failed. */
+  allowFailures: z.boolean().optional(),
 });
 
 export type Source = z.infer<typeof Source>;

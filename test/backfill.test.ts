@@ -5,7 +5,7 @@ import type { Progress } from '../src/inputs';
 import { registerSource } from '../src/sources/registered';
 import type { BackfillResult } from '../src/workflows/backfill';
 import { probe, testSource } from './fixtures/sources';
-import { count, killHard, saveHistory, spawnWorker, testStack, waitFor, type TestStack } from './helpers';
+import { count, failedRun, killHard, saveHistory, spawnWorker, testStack, waitFor, type TestStack } from './helpers';
 
 describe('backfillWorkflow', () => {
   let stack: TestStack;
@@ -114,7 +114,7 @@ describe('backfillWorkflow', () => {
     await saveHistory(handle, 'backfill-continued-as-new');
   });
 
-  test('a partition that fails for good is reported; a transient failure is retried; the rest complete', async () => {
+  test('a partition that fails for good ends the run FAILED, naming it; a transient failure is retried; the rest complete', async () => {
     const handle = await stack.client.workflow.start('backfillWorkflow', {
       taskQueue: stack.taskQueue,
       workflowId: `backfill-flaky-${stack.schema}`,
@@ -128,7 +128,13 @@ describe('backfillWorkflow', () => {
         parallel: 3,
       }],
     });
-    const result = (await stack.withWorker(() => handle.result())) as BackfillResult;
+    const failure = await stack.withWorker(() => failedRun<BackfillResult>(handle.result()));
+    assert.equal(failure.type, 'PartitionsFailed');
+    assert.equal(failure.nonRetryable, true);
+    assert.match(failure.message, /1 of 7 partitions failed: 2024-01-03 \(.*corrupt at the source/);
+    assert.match(failure.message, /"onlyPartitions":\["2024-01-03"\]/);
+    const result = failure.result;
+    assert.deepEqual(result.rerun, { onlyPartitions: ['2024-01-03'] });
     assert.equal(result.succeeded, 6);
     assert.equal(result.failed.length, 1);
     assert.equal(result.failed[0]!.partition, '2024-01-03');
@@ -140,6 +146,7 @@ describe('backfillWorkflow', () => {
     const failedLoad = await stack.db.query(`select status, error from ${stack.schema}._sluice_loads where resource = 'flaky' and partition = '2024-01-03'`);
     assert.equal(failedLoad.rows[0].status, 'failed');
     await saveHistory(handle, 'backfill-partition-fails');
+    await saveHistory(handle, 'lease-backfill-partition-fails');
 
     // Re-run only the failed partition once the source is fixed.
     const rerun = (await stack.withWorker(() =>
@@ -151,7 +158,7 @@ describe('backfillWorkflow', () => {
           resource: { name: 'flaky', writeDisposition: 'append' },
           destination: { connection: 'DATABASE_URL', schema: stack.schema },
           partitionColumn: 'at', start: '2024-01-01', end: '2024-01-07',
-          onlyPartitions: result.failed.map((f) => f.partition),
+          ...result.rerun,
         }],
       }),
     )) as BackfillResult;

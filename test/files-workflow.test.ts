@@ -7,7 +7,7 @@ import { gzipSync } from 'node:zlib';
 import { WorkflowFailedError, type WorkflowHandle } from '@temporalio/client';
 import type { Progress } from '../src/inputs';
 import type { FilesResult } from '../src/workflows/files';
-import { count, killHard, saveHistory, spawnWorker, testStack, waitFor, type TestStack } from './helpers';
+import { count, failedRun, killHard, saveHistory, spawnWorker, testStack, waitFor, type TestStack } from './helpers';
 
 async function put(dir: string, name: string, content: string | Buffer): Promise<void> {
   await mkdir(join(dir, name, '..'), { recursive: true });
@@ -186,8 +186,12 @@ describe('filesWorkflow', () => {
         parallel: 3,
         once: true,
       });
-      const result = (await handle.result()) as FilesResult;
+      const failure = await failedRun<FilesResult>(handle.result());
       await saveHistory(handle, 'files-jsonl-declared-and-unreadable');
+      await saveHistory(handle, 'lease-files-failed-files');
+      assert.equal(failure.type, 'FilesFailed');
+      assert.match(failure.message, /2 of 5 files failed: events-3\.jsonl\.gz \(.*\); events-5\.jsonl\.gz/);
+      const result = failure.result;
       assert.equal(result.files, 5);
       assert.equal(result.loaded, 3);
       assert.equal(result.rows, 5);
@@ -337,6 +341,8 @@ describe('filesWorkflow', () => {
         resource: { name: 'continued' },
         destination: { schema: stack.schema },
         once: true,
+        // The pass carries a failure: allowFailures keeps the run COMPLETED with it in the result.
+        allowFailures: true,
         continuation: {
           files: [['a.csv', fp.get('a.csv'), 1]],
           passes: 0,

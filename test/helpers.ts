@@ -2,9 +2,11 @@
  * Shared test plumbing. test/run.ts starts one Temporal dev server and one PostgreSQL; each
  * test gets its own schema, task queue and workflow ids on them.
  */
-import { Client, Connection, type WorkflowHandle } from '@temporalio/client';
+import { Client, Connection, WorkflowFailedError, type WorkflowHandle } from '@temporalio/client';
+import type { ApplicationFailure } from '@temporalio/common';
 import { historyToJSON } from '@temporalio/common/lib/proto-utils';
 import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync } from 'node:fs';
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { DefaultLogger, NativeConnection, Runtime, type Worker } from '@temporalio/worker';
@@ -87,13 +89,19 @@ export async function count(db: pg.Pool, table: string, where = 'true'): Promise
  * With SLUICE_RECORD_HISTORIES=1 (`npm run record:histories`), writes the workflow's history to
  * test/histories/<scenario>.json for the replay tests. Name the scenario after the workflow
  * type and what it captures: backfill-partition-fails, pipeline-skips-downstream.
+ *
+ * Fixtures are history: one that exists is never rewritten (running workflows recorded it, and
+ * today's code must still replay it), unless SLUICE_RECORD_OVERWRITE=1
+ * (`npm run record:histories -- --overwrite`) says so explicitly.
  */
 export async function saveHistory(handle: WorkflowHandle, scenario: string): Promise<void> {
   if (!process.env.SLUICE_RECORD_HISTORIES) return;
+  const path = join(__dirname, 'histories', `${scenario}.json`);
+  if (existsSync(path) && process.env.SLUICE_RECORD_OVERWRITE !== '1') return;
   const history = await handle.fetchHistory();
   // The workflow id is not part of a history, but replay needs it: child workflow ids derive from it.
   const fixture = { workflowId: handle.workflowId, history: JSON.parse(historyToJSON(history)) as unknown };
-  await writeFile(join(__dirname, 'histories', `${scenario}.json`), JSON.stringify(fixture) + '\n');
+  await writeFile(path, JSON.stringify(fixture) + '\n');
 }
 
 /**
@@ -134,4 +142,20 @@ export async function waitFor<T>(what: string, fn: () => Promise<T | undefined |
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
     await new Promise((r) => setTimeout(r, 200));
   }
+}
+
+/**
+ * A run that ended FAILED because parts of it failed: its failure (type, message) and the result
+ * object that travels in the failure's details.
+ */
+export async function failedRun<T>(run: Promise<unknown>): Promise<{ type: string | undefined; message: string; nonRetryable: boolean; result: T }> {
+  const err = await run.then(
+    (value) => {
+      throw new Error(`expected the run to fail, it completed with ${JSON.stringify(value)}`);
+    },
+    (e: unknown) => e,
+  );
+  if (!(err instanceof WorkflowFailedError)) throw err;
+  const cause = err.cause as ApplicationFailure;
+  return { type: cause.type ?? undefined, message: cause.message, nonRetryable: cause.nonRetryable === true, result: cause.details?.[0] as T };
 }

@@ -164,18 +164,18 @@ describe('load engine', () => {
     assert.deepEqual((await select(`select id::int from ${schema}.snapshot_view order by id`)).map((r) => r.id), [7, 8, 9]);
   });
 
-  test('backfill partitions: replaceRange deletes the range before inserting, so re-runs never duplicate', async () => {
+  test('backfill partitions: a range supersede deletes the range before inserting, so re-runs never duplicate', async () => {
     const rows = [
       { id: 1, at: '2024-01-01T00:00:00Z' },
       { id: 2, at: '2024-01-01T23:59:59.999999Z' },
     ];
     const range = { column: 'at', start: '2024-01-01T00:00:00.000Z', end: '2024-01-02T00:00:00.000Z' };
     await load('parts', { writeDisposition: 'append' }, [...rows, { id: 3, at: '2024-01-02T00:00:00Z' }]);
-    await load('parts', { writeDisposition: 'append' }, rows, { replaceRange: range });
-    await load('parts', { writeDisposition: 'append' }, rows, { replaceRange: range });
+    await load('parts', { writeDisposition: 'append' }, rows, { supersede: { kind: 'range', ...range } });
+    await load('parts', { writeDisposition: 'append' }, rows, { supersede: { kind: 'range', ...range } });
     assert.deepEqual((await select(`select id::int from ${schema}.parts order by id`)).map((r) => r.id), [1, 2, 3]);
     // The source's rows for the day were deleted: re-running the partition empties it.
-    await load('parts', { writeDisposition: 'append' }, [], { replaceRange: range });
+    await load('parts', { writeDisposition: 'append' }, [], { supersede: { kind: 'range', ...range } });
     assert.deepEqual((await select(`select id::int from ${schema}.parts order by id`)).map((r) => r.id), [3]);
   });
 
@@ -258,8 +258,8 @@ describe('load engine', () => {
     const base = { url: tzUrl, schema: 'public', table: 'events', resource: Resource.parse({ name: 'events', columns: { at: 'timestamptz', day: 'date' } }) };
     const rows = () => from([{ id: 1, at: '2024-01-01 23:30:00', day: '2024-01-01' }]);
     const range = { column: 'day', start: '2024-01-01T00:00:00.000Z', end: '2024-01-02T00:00:00.000Z' };
-    await loadResource({ ...base, loadId: 'tz-1', data: { kind: 'rows', rows: rows() }, replaceRange: range });
-    await loadResource({ ...base, loadId: 'tz-2', data: { kind: 'rows', rows: rows() }, replaceRange: range });
+    await loadResource({ ...base, loadId: 'tz-1', data: { kind: 'rows', rows: rows() }, supersede: { kind: 'range', ...range } });
+    await loadResource({ ...base, loadId: 'tz-2', data: { kind: 'rows', rows: rows() }, supersede: { kind: 'range', ...range } });
     const check = new pg.Client({ connectionString: tzUrl });
     await check.connect();
     try {
@@ -441,8 +441,8 @@ describe('load engine', () => {
       insert into ${src}.t select i, timestamptz '2024-01-01' + i * interval '1 minute' from generate_series(1, 100) i`);
     const range = { column: 'Created At', start: '2024-01-01T00:00:00Z', end: '2024-01-02T00:00:00Z' };
     const partition = await extractPostgres(url, { kind: 'postgres', connection: 'X', table: `${src}.t` }, { range });
-    await loadResource({ url, schema, table: 'parted', resource: Resource.parse({ name: 'parted', writeDisposition: 'append' }), loadId: 'parted-1', data: partition, replaceRange: range });
-    await load('parted_rows', { writeDisposition: 'append' }, [{ id: 1, day: '2024-01-01T05:00:00Z' }], { loadId: 'parted-2', replaceRange: { column: 'day', start: '2024-01-01', end: '2024-01-02' } });
+    await loadResource({ url, schema, table: 'parted', resource: Resource.parse({ name: 'parted', writeDisposition: 'append' }), loadId: 'parted-1', data: partition, supersede: { kind: 'range', ...range } });
+    await load('parted_rows', { writeDisposition: 'append' }, [{ id: 1, day: '2024-01-01T05:00:00Z' }], { loadId: 'parted-2', supersede: { kind: 'range', column: 'day', start: '2024-01-01', end: '2024-01-02' } });
     for (const [table, column] of [['parted', 'created_at'], ['parted_rows', 'day']]) {
       const indexes = await select(
         `select a.attname from pg_index i join pg_attribute a on a.attrelid = i.indrelid and a.attnum = any(i.indkey)

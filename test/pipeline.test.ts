@@ -3,7 +3,7 @@ import { after, before, describe, test } from 'node:test';
 import { WorkflowFailedError, type WorkflowHandle } from '@temporalio/client';
 import type { Progress } from '../src/inputs';
 import type { PipelineResult, StepReport } from '../src/workflows/pipeline';
-import { count, saveHistory, testStack, type TestStack } from './helpers';
+import { count, failedRun, saveHistory, testStack, type TestStack } from './helpers';
 
 describe('pipelineWorkflow', () => {
   let stack: TestStack;
@@ -60,18 +60,21 @@ describe('pipelineWorkflow', () => {
   });
   after(() => stack.close());
 
-  test('a failed step skips its downstream, independent branches finish, at most `parallel` steps at once', async () => {
+  test('a failed step skips its downstream, independent branches finish, at most `parallel` steps at once; the pipeline ends FAILED', async () => {
     // Queries need a worker: read the progress and the UI details before it stops.
-    const { result, handle, progress, details } = await stack.withWorker(async () => {
+    const { failure, result, handle, progress, details } = await stack.withWorker(async () => {
       const handle = await stack.client.workflow.start('pipelineWorkflow', {
         taskQueue: stack.taskQueue,
         workflowId: workflowId(),
         args: [pipeline()],
       });
-      const result = (await handle.result()) as PipelineResult;
+      const failure = await failedRun<PipelineResult>(handle.result());
       const progress = await handle.query<Progress & { steps: StepReport[] }>('progress');
-      return { result, handle, progress, details: await currentDetails(handle) };
+      return { failure, result: failure.result, handle, progress, details: await currentDetails(handle) };
     });
+    assert.equal(failure.type, 'StepsFailed');
+    assert.match(failure.message, /1 of 7 steps failed \(broken: .*does not exist.*\), 2 skipped \(after_broken, after_after\)/);
+    assert.match(failure.message, /"onlySteps":\["broken","after_broken","after_after"\]/);
     const step = (name: string) => result.steps.find((s) => s.name === name)!;
     assert.deepEqual(
       Object.fromEntries(result.steps.map((s) => [s.name, s.status])),
@@ -116,6 +119,7 @@ describe('pipelineWorkflow', () => {
     assert.match(details, /^after_broken +fullRefreshWorkflow +skipped +broken$/m);
     assert.match(details, /^- after_broken skipped: upstream step "broken" failed$/m);
     await saveHistory(handle, 'pipeline-skips-downstream');
+    await saveHistory(handle, 'lease-pipeline-step-fails');
   });
 
   test('a re-run with onlySteps runs just the failed and skipped steps', async () => {

@@ -6,6 +6,7 @@
  *   npm test                         every test file
  *   npm test -- test/loader.test.ts  some of them
  *   npm run test:replay              replay tests only (no servers needed)
+ *   npm run record:histories -- test/x.test.ts   record fixtures that do not exist yet (--overwrite: all)
  */
 import { spawn } from 'node:child_process';
 import { chmod, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
@@ -34,6 +35,8 @@ async function main(): Promise<number> {
   // Under root, PostgreSQL runs as the postgres user, which must be able to enter this directory.
   await chmod(scratch, 0o755);
   const env: NodeJS.ProcessEnv = { ...process.env, SLUICE_TEST_SCRATCH: scratch };
+  // `npm run record:histories -- --overwrite`: rewrite fixtures that exist (see saveHistory).
+  if (args.includes('--overwrite')) env.SLUICE_RECORD_OVERWRITE = '1';
   const stops: (() => Promise<void>)[] = [];
   try {
     const started = Date.now();

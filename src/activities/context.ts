@@ -19,6 +19,8 @@ export interface LoadSummary {
   rejected: number;
   alreadyLoaded: boolean;
   schemaChanges: string[];
+  /** With skipLoaded: an earlier run had committed this partition, and nothing was loaded. */
+  skipped?: boolean;
 }
 
 /**

@@ -15,6 +15,7 @@ import { Context } from '@temporalio/activity';
 import { ApplicationFailure } from '@temporalio/common';
 import { resolveConnection } from '../config';
 import { ensureMetadata, loadResource, readState, type LoadResult } from '../destinations/postgres/loader';
+import type { LeaseToken } from '../destinations/postgres/lease';
 import { getPool } from '../destinations/postgres/pool';
 import type { Destination, FilesSource, Resource } from '../inputs';
 import { qualifiedName } from '../schema/identifiers';
@@ -32,6 +33,8 @@ export interface LoadFileRequest {
    * of being taken for that version's finished load.
    */
   version: number;
+  /** The resource's lease: the file's commit checks it. */
+  lease?: LeaseToken;
 }
 
 export interface FileLoadSummary extends LoadSummary {
@@ -133,7 +136,8 @@ export function createFileActivities(_deps: ActivityDeps) {
         const previous = version > 1 ? await previousLoadId(url, req.destination.schema, fileStateKey(req.resource.name, file.path)) : undefined;
         try {
           result = await loadResource({
-            replaceLoadId: previous,
+            lease: req.lease,
+            supersede: previous === undefined ? undefined : { kind: 'load', loadId: previous },
             url,
             schema: req.destination.schema,
             table: destinationTable(req.resource),

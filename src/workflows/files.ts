@@ -1,8 +1,27 @@
 import * as wf from '@temporalio/workflow';
 import type { Activities, LoadSummary } from '../activities';
 import { filesLocation, FilesInput, type Progress } from '../inputs';
+import type { LeaseToken } from '../destinations/postgres/lease';
 import type { ListedFile } from '../sources/files';
-import { checkBeforeFanOut, preflightPatched, formatCount, handlePauseResume, handleSetParallel, preflightCheck, progressQuery, rootMessage, searchStatus, syncNowSignal, validateInput, LOAD_START_TO_CLOSE, activityProgressSignal } from './shared';
+import {
+  checkBeforeFanOut,
+  failedRun,
+  handlePauseResume,
+  handleSetParallel,
+  isLeaseLost,
+  preflightCheck,
+  preflightPatched,
+  progressQuery,
+  rootMessage,
+  searchStatus,
+  SlidingWindow,
+  syncNowSignal,
+  validateInput,
+  windowLines,
+  withResourceLease,
+  LOAD_START_TO_CLOSE,
+  activityProgressSignal,
+} from './shared';
 import { durationMs } from '../plan/duration';
 
 const { readFilesState, listSourceFiles } = wf.proxyActivities<Activities>({
@@ -62,9 +81,15 @@ interface PassState {
  */
 export async function filesWorkflow(rawInput: unknown): Promise<FilesResult> {
   const input = validateInput('filesWorkflow', FilesInput, rawInput);
-  const preflightOn = preflightPatched();
+  return withResourceLease('files', input.destination, input.resource, (takeLease) => loadFiles(rawInput, input, takeLease));
+}
+
+async function loadFiles(rawInput: unknown, input: FilesInput, takeLease: () => Promise<LeaseToken | undefined>): Promise<FilesResult> {
   const everyMs = input.every ? durationMs(input.every) : undefined;
   const carried = input.continuation;
+  // Asked before the first await, so the marker sits at the same point on replay.
+  const failOnFailures = wf.patched('sluice-fail-on-failures');
+  const preflight = preflightPatched();
 
   const known = new Map<string, FileState>((carried?.files ?? []).map(([path, fingerprint, version]) => [path, { fingerprint, version }]));
   let passes = carried?.passes ?? 0;
@@ -78,7 +103,12 @@ export async function filesWorkflow(rawInput: unknown): Promise<FilesResult> {
   let nextPassAt: number | undefined;
   let lastPassAt: number | undefined;
   let listError: string | undefined;
-  const inFlight = new Set<string>();
+  const window = new SlidingWindow(
+    () => parallel,
+    () => paused,
+  );
+  const inFlight = window.inFlight;
+  let leaseLost: unknown;
   // Rows each file in flight has staged so far, as its loadFile activity reports them (activityProgress).
   const staged = new Map<string, number>();
   const stagedRows = () => [...staged.values()].reduce((a, b) => a + b, 0);
@@ -111,10 +141,16 @@ export async function filesWorkflow(rawInput: unknown): Promise<FilesResult> {
       pass.listed === null
         ? `${known.size} files loaded so far`
         : `${p.done}/${pass.listed} files (${pass.loaded} loaded, ${pass.skipped} unchanged)`;
-    const lines = [
-      `**${what}** ${input.resource.name} from ${filesLocation(input.source)}/${input.source.pattern}: ${counts}, ` +
-        `${formatCount(rows)} rows${rejected ? `, ${formatCount(rejected)} rejected` : ''}, ${pass.failed.length} failed, parallel ${parallel}`,
-    ];
+    const [main, ...rest] = windowLines({
+      head: `**${what}** ${input.resource.name} from ${filesLocation(input.source)}/${input.source.pattern}: ${counts}`,
+      rows,
+      rejected,
+      failed: pass.failed.length,
+      parallel,
+      inFlight,
+      failures: pass.failed.map((f) => `${f.file} (${f.error})`),
+    });
+    const lines = [main!];
     if (everyMs !== undefined) {
       lines.push(
         `every ${input.every}: ${passes} passes done` +
@@ -122,8 +158,7 @@ export async function filesWorkflow(rawInput: unknown): Promise<FilesResult> {
       );
     }
     if (listError) lines.push(`listing failed: ${listError}`);
-    if (inFlight.size) lines.push(`in flight: ${[...inFlight].map((f) => (staged.get(f) ? `${f} (${formatCount(staged.get(f)!)} rows so far)` : f)).join(', ')}`);
-    if (pass.failed.length) lines.push(`failed: ${pass.failed.slice(-5).map((f) => `${f.file} (${f.error})`).join('; ')}`);
+    lines.push(...rest);
     wf.setCurrentDetails(lines.join('\n\n'));
   };
   wf.setHandler(progressQuery, progress);
@@ -148,7 +183,8 @@ export async function filesWorkflow(rawInput: unknown): Promise<FilesResult> {
   const setStatus = await searchStatus(input.resource.name);
   setStatus('running');
   showProgress();
-  if (!carried) await checkBeforeFanOut(preflightOn, 'filesWorkflow', [preflightCheck(input)], () => setStatus('failed'));
+  if (!carried) await checkBeforeFanOut(preflight, 'filesWorkflow', [preflightCheck(input)], () => setStatus('failed'));
+  const lease = await takeLease();
 
   if (!carried) {
     // A new run starts from what earlier runs committed; continued runs carry the map instead.
@@ -158,7 +194,6 @@ export async function filesWorkflow(rawInput: unknown): Promise<FilesResult> {
   }
 
   const runFile = async (file: ListedFile) => {
-    inFlight.add(file.path);
     showProgress();
     const version = (known.get(file.path)?.version ?? 0) + 1;
     try {
@@ -169,7 +204,7 @@ export async function filesWorkflow(rawInput: unknown): Promise<FilesResult> {
           summary: `file ${file.path}`,
           retry: { initialInterval: '1s', backoffCoefficient: 2, maximumInterval: '1m', maximumAttempts: input.maxAttempts },
         },
-        [{ source: input.source, resource: input.resource, destination: input.destination, file, version }],
+        [{ source: input.source, resource: input.resource, destination: input.destination, file, version, ...(lease ? { lease } : {}) }],
       );
       known.set(file.path, { fingerprint: file.fingerprint, version });
       pass.loaded++;
@@ -178,10 +213,10 @@ export async function filesWorkflow(rawInput: unknown): Promise<FilesResult> {
       rows += summary.rows;
       rejected += summary.rejected;
     } catch (err) {
+      if (isLeaseLost(err)) leaseLost ??= err;
       // A cancelled workflow cancels its loads: that is not the file's failure.
       if (!wf.isCancellation(err)) pass.failed.push({ file: file.path, error: rootMessage(err), fingerprint: file.fingerprint });
     } finally {
-      inFlight.delete(file.path);
       staged.delete(file.path);
       showProgress();
     }
@@ -235,14 +270,17 @@ export async function filesWorkflow(rawInput: unknown): Promise<FilesResult> {
 
     let cut = false;
     for (const file of todo) {
-      await wf.condition(() => !paused && inFlight.size < parallel);
-      if (wf.workflowInfo().continueAsNewSuggested) {
-        cut = true;
+      if (!(await window.slot(() => leaseLost !== undefined))) {
+        cut = leaseLost === undefined;
         break;
       }
-      void runFile(file);
+      window.start(file.path, () => runFile(file));
     }
-    await wf.condition(() => inFlight.size === 0);
+    await window.drain();
+    if (leaseLost) {
+      setStatus('failed');
+      throw wf.ApplicationFailure.nonRetryable(rootMessage(leaseLost), 'LeaseLostError');
+    }
     if (cut) await continueAsNew(true);
 
     passes++;
@@ -251,7 +289,7 @@ export async function filesWorkflow(rawInput: unknown): Promise<FilesResult> {
       setStatus(pass.failed.length ? 'failed' : 'completed');
       phase = 'done';
       showProgress();
-      return {
+      const result: FilesResult = {
         files: pass.listed,
         loaded: pass.loaded,
         skipped: pass.skipped,
@@ -259,6 +297,15 @@ export async function filesWorkflow(rawInput: unknown): Promise<FilesResult> {
         rows: pass.rows,
         rejected: pass.rejected,
       };
+      if (!failOnFailures || !pass.failed.length || input.allowFailures) return result;
+      const named = result.failed.slice(0, 5).map((f) => `${f.file} (${f.error})`).join('; ');
+      throw failedRun(
+        'FilesFailed',
+        `files load of ${input.resource.name}: ${result.failed.length} of ${pass.listed} files failed: ${named}${result.failed.length > 5 ? '; ...' : ''}. ` +
+          'Fix them and start the same input again: files already loaded are skipped, so only these load ' +
+          '(or set "allowFailures": true to complete despite failures)',
+        result,
+      );
     }
 
     phase = 'waiting';

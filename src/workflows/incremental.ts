@@ -4,7 +4,23 @@ import type { SyncCounts, SyncResult } from '../destinations/postgres/incrementa
 import { CursorPosition, IncrementalInput, type Progress, type SyncMode } from '../inputs';
 import { describePosition, initialPosition } from '../plan/cursor';
 import { durationMs } from '../plan/duration';
-import { checkBeforeFanOut, preflightPatched, formatCount, handlePauseResume, preflightCheck, progressQuery, rootMessage, searchStatus, syncNowSignal, validateInput, LOAD_START_TO_CLOSE, activityProgressSignal } from './shared';
+import type { LeaseToken } from '../destinations/postgres/lease';
+import {
+  checkBeforeFanOut,
+  formatCount,
+  handlePauseResume,
+  isLeaseLost,
+  preflightCheck,
+  preflightPatched,
+  progressQuery,
+  rootMessage,
+  searchStatus,
+  syncNowSignal,
+  validateInput,
+  withResourceLease,
+  LOAD_START_TO_CLOSE,
+  activityProgressSignal,
+} from './shared';
 
 const { readIncrementalState } = wf.proxyActivities<Activities>({
   startToCloseTimeout: '1m',
@@ -47,7 +63,13 @@ export interface IncrementalResult {
  */
 export async function incrementalWorkflow(rawInput: unknown): Promise<IncrementalResult> {
   const input = validateInput('incrementalWorkflow', IncrementalInput, rawInput);
-  const preflightOn = preflightPatched();
+  // One owner per destination table's cursor: every page's commit checks the lease.
+  return withResourceLease('incremental', input.destination, input.resource, (takeLease) => syncResource(rawInput, input, takeLease));
+}
+
+async function syncResource(rawInput: unknown, input: IncrementalInput, takeLease: () => Promise<LeaseToken | undefined>): Promise<IncrementalResult> {
+  // Asked before the first await, so the marker sits at the same point when another worker replays.
+  const preflight = preflightPatched();
   const source = input.source;
   if (source.kind === 'files') throw wf.ApplicationFailure.nonRetryable('incrementalWorkflow reads "postgres" or "registered" sources', 'InvalidInput');
   const everyMs = input.every ? durationMs(input.every) : undefined;
@@ -142,7 +164,8 @@ export async function incrementalWorkflow(rawInput: unknown): Promise<Incrementa
   const setStatus = await searchStatus(input.resource.name);
   setStatus('running');
   showProgress();
-  if (!carried) await checkBeforeFanOut(preflightOn, 'incrementalWorkflow', [preflightCheck(input)], () => setStatus('failed'));
+  if (!carried) await checkBeforeFanOut(preflight, 'incrementalWorkflow', [preflightCheck(input)], () => setStatus('failed'));
+  const lease = await takeLease();
 
   // A first sync from saved state checks the tie group ('start'); one from nothing just reads
   // ('continue'); a reset reads from initialValue and replaces what the destination has from there.
@@ -210,6 +233,7 @@ export async function incrementalWorkflow(rawInput: unknown): Promise<Incrementa
               mode: syncMode,
               position: position!,
               done: counts,
+              ...(lease ? { lease } : {}),
             },
           ],
         );
@@ -230,6 +254,8 @@ export async function incrementalWorkflow(rawInput: unknown): Promise<Incrementa
       // continueAsNew throws to end the run: it is not a failed sync. Histories recorded before
       // this fix counted it as one, and replay the same way.
       if (err instanceof wf.ContinueAsNew && wf.patched('incremental-continue-as-new-mid-sync')) throw err;
+      // Another run took the resource over: retrying at the next sync would only fail again.
+      if (isLeaseLost(err)) throw wf.ApplicationFailure.nonRetryable(rootMessage(err), 'LeaseLostError');
       failed++;
       lastError = rootMessage(err);
       succeeded = false;

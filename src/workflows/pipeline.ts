@@ -2,7 +2,7 @@ import * as wf from '@temporalio/workflow';
 import { PipelineInput, type Progress, type WorkflowType } from '../inputs';
 import { blockedSteps, pipelineProblems, readySteps, type StepStatus } from '../plan/dag';
 import { stepTable } from '../plan/step-table';
-import { handleSetParallel, progressQuery, rootMessage, searchStatus, unknownKeysPolicy, validateInput } from './shared';
+import { failedRun, handleSetParallel, progressQuery, rootMessage, searchStatus, unknownKeysPolicy, validateInput } from './shared';
 
 
 export interface StepReport {
@@ -55,6 +55,8 @@ export async function pipelineWorkflow(rawInput: unknown): Promise<PipelineResul
   }
 
   const info = wf.workflowInfo();
+  // Asked before the first await, so the marker sits at the same point on replay.
+  const failOnFailures = wf.patched('sluice-fail-on-failures');
   const only = input.onlySteps ? new Set(input.onlySteps) : undefined;
   const steps: StepReport[] = input.steps.map((s) => ({
     name: s.name,
@@ -122,6 +124,16 @@ export async function pipelineWorkflow(rawInput: unknown): Promise<PipelineResul
     } catch (err) {
       step.status = 'failed';
       step.error = rootMessage(err);
+      // A child that ended FAILED because parts of it failed carries its result in the failure.
+      const result = failureResult(err);
+      if (result !== undefined) {
+        step.result = result;
+        const stepRows = rowsOf(result);
+        if (stepRows !== undefined) {
+          step.rows = stepRows;
+          rows += stepRows;
+        }
+      }
     } finally {
       const finished = Date.now();
       step.finishedAt = new Date(finished).toISOString();
@@ -151,7 +163,7 @@ export async function pipelineWorkflow(rawInput: unknown): Promise<PipelineResul
   const skipped = steps.filter((s) => s.status === 'skipped').map((s) => s.name);
   setStatus(failed.length ? 'failed' : 'completed');
   showProgress();
-  return {
+  const result: PipelineResult = {
     name: input.name,
     status: failed.length ? 'failed' : 'success',
     steps,
@@ -161,6 +173,24 @@ export async function pipelineWorkflow(rawInput: unknown): Promise<PipelineResul
     rows,
     rerun: steps.filter((s) => s.status === 'failed' || s.status === 'skipped').map((s) => s.name),
   };
+  if (!failed.length || !failOnFailures || input.allowFailures) return result;
+  throw failedRun(
+    'StepsFailed',
+    `pipeline ${input.name}: ${failed.length} of ${steps.length} steps failed (${failed.map((f) => `${f.step}: ${f.error}`).join('; ')})` +
+      `${skipped.length ? `, ${skipped.length} skipped (${skipped.join(', ')})` : ''}. ` +
+      `Re-run just those with the same input plus ${JSON.stringify({ onlySteps: result.rerun })} (or set "allowFailures": true to complete despite failures)`,
+    result,
+  );
+}
+
+/** The result a child put in its failure's details (see failedRun), if any. */
+function failureResult(err: unknown): unknown {
+  let current = err as { cause?: unknown } | undefined;
+  while (current) {
+    if (current instanceof wf.ApplicationFailure && current.details?.length) return current.details[0];
+    current = current.cause as typeof current;
+  }
+  return undefined;
 }
 
 /**

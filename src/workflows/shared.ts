@@ -3,11 +3,26 @@
  * input validation that fails the workflow at once (no workflow-task retry loop) naming the
  * bad field.
  */
-import { ApplicationFailure, defineQuery, defineSignal, patched, proxyActivities, proxyLocalActivities, setHandler, upsertSearchAttributes } from '@temporalio/workflow';
+import {
+  ActivityFailure,
+  ApplicationFailure,
+  CancellationScope,
+  condition,
+  ContinueAsNew,
+  defineQuery,
+  defineSignal,
+  patched,
+  proxyActivities,
+  proxyLocalActivities,
+  setHandler,
+  upsertSearchAttributes,
+  workflowInfo,
+} from '@temporalio/workflow';
 import type { z } from 'zod';
 import type { Activities } from '../activities';
 import type { PreflightCheck } from '../activities/preflight';
-import { parseInput, type Progress } from '../inputs';
+import type { LeaseKind, LeaseToken } from '../destinations/postgres/lease';
+import { parseInput, type Destination, type Progress, type Resource } from '../inputs';
 import { SEARCH_ATTRIBUTES } from '../search-attributes';
 
 /**
@@ -125,4 +140,136 @@ export function rootMessage(err: unknown): string {
   return current?.message ?? String(err);
 }
 
-export { formatCount } from '../plan/format';
+import { formatCount } from '../plan/format';
+export { formatCount };
+
+const { acquireResourceLease, releaseResourceLease } = proxyActivities<Activities>({
+  startToCloseTimeout: '1m',
+  heartbeatTimeout: '15s',
+  retry: { initialInterval: '1s', backoffCoefficient: 2, maximumInterval: '30s', maximumAttempts: 10 },
+});
+
+/**
+ * Runs `body` as the one owner of the resource (src/destinations/postgres/lease.ts). `body`
+ * calls `takeLease()` once its message handlers are set (queries must answer while the lease is
+ * asked for): it takes the lease for this run chain (a run that finds the resource held fails
+ * at once, naming the holder and how to stop it) and returns the token every commit must
+ * present. The lease is given up when the run ends, failed or cancelled too, but not when it
+ * continues as new (the next run of the chain takes the same token back). Histories recorded
+ * before leases existed replay without one (`takeLease()` returns undefined).
+ */
+export async function withResourceLease<T>(
+  kind: LeaseKind,
+  destination: Destination,
+  resource: Resource,
+  body: (takeLease: () => Promise<LeaseToken | undefined>) => Promise<T>,
+): Promise<T> {
+  let lease: LeaseToken | undefined;
+  // Patches are asked before the first await: a marker must sit at the same point on replay.
+  const leased = patched('sluice-resource-lease');
+  const takeLease = async () => {
+    if (!leased) return undefined;
+    try {
+      lease = await acquireResourceLease({ destination, resource, kind, chain: workflowInfo().firstExecutionRunId });
+    } catch (err) {
+      throw ApplicationFailure.nonRetryable(rootMessage(err), failureType(err) ?? 'LeaseUnavailable');
+    }
+    return lease;
+  };
+  const release = async () => {
+    const held = lease;
+    if (held) await CancellationScope.nonCancellable(() => releaseResourceLease({ destination, lease: held }));
+  };
+  let result: T;
+  try {
+    result = await body(takeLease);
+  } catch (err) {
+    if (!(err instanceof ContinueAsNew)) await release();
+    throw err;
+  }
+  await release();
+  return result;
+}
+
+/** The type of the ApplicationFailure behind an activity failure ("LeaseLostError", "InvalidInput"). */
+export function failureType(err: unknown): string | undefined {
+  let current = err as { cause?: unknown } | undefined;
+  while (current) {
+    if (current instanceof ApplicationFailure && current.type) return current.type;
+    current = current.cause as typeof current;
+  }
+  return undefined;
+}
+
+/** Another run took the resource over: this one must stop, whatever else it has to do. */
+export function isLeaseLost(err: unknown): boolean {
+  return err instanceof ActivityFailure && failureType(err) === 'LeaseLostError';
+}
+
+/**
+ * Ends a run in which something failed for good: FAILED, with a message that counts and names
+ * the failures and says how to re-run just those, and the run's result in the failure's details
+ * (so `temporal workflow result` still shows it).
+ */
+export function failedRun(type: string, message: string, result: unknown): ApplicationFailure {
+  return ApplicationFailure.create({ type, message, nonRetryable: true, details: [result] });
+}
+
+/**
+ * The sliding window of backfillWorkflow and filesWorkflow (and CDC table snapshots): at most
+ * `limit()` items in flight, none started while `paused()`, a slow item never holds up the
+ * others. `inFlight` names what runs (for progress); `settled` bumps when one finishes.
+ */
+export class SlidingWindow {
+  readonly inFlight = new Set<string>();
+
+  constructor(
+    private readonly limit: () => number,
+    private readonly paused: () => boolean,
+  ) {}
+
+  /**
+   * Waits for a free slot. Returns false instead when the run should stop starting work: history
+   * is long enough to continue as new, or `stop()` says so (checked while it waits too).
+   */
+  async slot(stop: () => boolean = () => false): Promise<boolean> {
+    await condition(() => stop() || (!this.paused() && this.inFlight.size < this.limit()));
+    if (stop()) return false;
+    return !workflowInfo().continueAsNewSuggested;
+  }
+
+  /** Runs `work` in the window under `key`; `work` handles its own failures. */
+  start(key: string, work: () => Promise<void>): void {
+    this.inFlight.add(key);
+    void work().finally(() => this.inFlight.delete(key));
+  }
+
+  /** Waits until nothing is in flight. */
+  drain(): Promise<void> {
+    return condition(() => this.inFlight.size === 0);
+  }
+}
+
+/** The figures of a fan-out's progress line in the UI's current details. */
+export interface WindowLine {
+  /** "**backfilling** orders: 12/31 partitions" */
+  head: string;
+  rows: number;
+  rejected: number;
+  failed: number;
+  parallel: number;
+  inFlight: Iterable<string>;
+  /** The first few failures, as `name (error)`. */
+  failures: string[];
+}
+
+/** One readable progress line (and its in-flight and failure lines) for a sliding window. */
+export function windowLines(p: WindowLine): string[] {
+  const lines = [
+    `${p.head}, ${formatCount(p.rows)} rows${p.rejected ? `, ${formatCount(p.rejected)} rejected` : ''}, ${p.failed} failed, parallel ${p.parallel}`,
+  ];
+  const inFlight = [...p.inFlight];
+  if (inFlight.length) lines.push(`in flight: ${inFlight.join(', ')}`);
+  if (p.failures.length) lines.push(`failed: ${p.failures.slice(0, 5).join('; ')}${p.failed > 5 ? `; ... (${p.failed} in all)` : ''}`);
+  return lines;
+}

@@ -23,6 +23,7 @@
 import { z } from 'zod';
 import { resolveConnection } from '../../config';
 import { ensureMetadata, loadResource, readState, type LoadRequest, type LoadResult } from './loader';
+import type { LeaseToken } from './lease';
 import { getPool } from './pool';
 import { PermanentError } from '../../errors';
 import {
@@ -96,6 +97,8 @@ export interface SyncRequest {
   done: SyncCounts;
   /** Return at the first page boundary after this long, so the workflow records the position. */
   budgetMs?: number;
+  /** The resource's lease (see src/destinations/postgres/lease.ts): every page's commit checks it. */
+  lease?: LeaseToken;
 }
 
 export interface SyncResult extends SyncCounts {
@@ -226,6 +229,7 @@ async function loadPage(url: string, req: SyncRequest, hooks: SyncHooks, page: P
     schema: req.destination.schema,
     table,
     resource: req.resource,
+    lease: req.lease,
     loadId: `${loadIdPrefix(hooks.workflowId, req)}page:${page.pageNumber}@${positionKey(page.from)}`,
     workflowId: hooks.workflowId,
     runId: hooks.runId,
@@ -245,7 +249,7 @@ async function loadPage(url: string, req: SyncRequest, hooks: SyncHooks, page: P
   if (page.replaceFrom !== undefined) {
     const column = new ColumnNamer().name(req.cursor.column);
     await ensureCursorIndex(url, req.destination.schema, table, column);
-    request.replaceFrom = { column: req.cursor.column, value: page.replaceFrom };
+    request.supersede = { kind: 'from', column: req.cursor.column, value: page.replaceFrom };
   }
   return loadResource(request);
 }
@@ -439,6 +443,7 @@ async function syncRegistered(
     schema: req.destination.schema,
     table,
     resource: req.resource,
+    lease: req.lease,
     loadId: `${loadIdPrefix(hooks.workflowId, req)}page:1@${positionKey(pageFrom)}`,
     workflowId: hooks.workflowId,
     runId: hooks.runId,
@@ -455,7 +460,7 @@ async function syncRegistered(
   };
   if (replaceFrom !== undefined) {
     await ensureCursorIndex(url, req.destination.schema, table, new ColumnNamer().name(column));
-    request.replaceFrom = { column, value: replaceFrom };
+    request.supersede = { kind: 'from', column, value: replaceFrom };
   }
   const result = await loadResource(request);
   if (result.alreadyLoaded) {

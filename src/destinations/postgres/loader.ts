@@ -18,6 +18,7 @@ import { ColumnNamer, qualifiedName, quoteIdent } from '../../schema/identifiers
 import { canonicalType, copyField, valueToText, widenByValue, widenType } from '../../schema/types';
 import { ROW_REJECT, ROW_SOURCE, type Extracted } from '../../sources/types';
 import { BinaryCopyTap, binaryTextField } from './binary-copy';
+import { checkLease, type LeaseToken } from './lease';
 import { getPool } from './pool';
 import * as sql from './sql';
 
@@ -33,16 +34,10 @@ export interface LoadRequest {
   partition?: string;
   attempt?: number;
   data: Extracted;
-  /** Backfill partitions: delete this [start, end) range of `column` before inserting, in the same transaction. */
-  replaceRange?: { column: string; start: string; end: string };
-  /**
-   * Incremental loads that read a cursor value (or a lag window) again: delete the rows whose
-   * `column` is at or past `value` (every row when `value` is null) before inserting, in the same
-   * transaction, even when the load itself is empty.
-   */
-  replaceFrom?: { column: string; value: string | null };
-  /** Rows an earlier load wrote that this load supersedes (a file reloaded after it changed): deleted in the same transaction. */
-  replaceLoadId?: string;
+  /** What this load replaces, deleted in its transaction before it writes (see `Supersede`). */
+  supersede?: Supersede;
+  /** The resource's lease: checked in the load's own transaction, so a replaced run can never commit. */
+  lease?: LeaseToken;
   /** Written to _sluice_state in the same transaction as the rows. */
   state?: { key: string; value: unknown };
   /** Called as rows stream in (activities heartbeat from here). */
@@ -57,6 +52,18 @@ export interface LoadRequest {
  * function and bad rows go to _sluice_rejects.
  */
 export type LoadPath = 'direct' | 'typed-staging' | 'text-staging';
+
+/**
+ * Rows an earlier load wrote that this one replaces:
+ * - `range`: a backfill partition, the [start, end) range of `column`;
+ * - `from`: an incremental load that reads a cursor value (or a lag window) again: rows whose
+ *   `column` is at or past `value` (every row when `value` is null), even when the load is empty;
+ * - `load`: the rows of one earlier load (a file reloaded after it changed).
+ */
+export type Supersede =
+  | { kind: 'range'; column: string; start: string; end: string }
+  | { kind: 'from'; column: string; value: string | null }
+  | { kind: 'load'; loadId: string };
 
 export interface LoadResult {
   loadId: string;
@@ -324,7 +331,7 @@ async function applySchemaPlan(client: pg.PoolClient, req: LoadRequest, plan: Sc
   const { schema, table } = req;
   if (plan.create) {
     await client.query(sql.createTableSql(schema, table, plan.columns, primaryKey));
-    const partition = req.replaceRange && new ColumnNamer().name(req.replaceRange.column);
+    const partition = req.supersede?.kind === 'range' ? new ColumnNamer().name(req.supersede.column) : undefined;
     if (partition && plan.columns.some((c) => c.name === partition)) await client.query(sql.createPartitionIndexSql(schema, table, partition));
   }
   for (const column of plan.add) await client.query(sql.addColumnSql(schema, table, column));
@@ -668,15 +675,20 @@ async function deleteSuperseded(client: pg.PoolClient, req: LoadRequest, namer: 
     await client.query(sql.deleteAllSql(schema, table));
     return;
   }
-  if (req.replaceLoadId) await client.query(sql.deleteLoadSql(schema, table), [req.replaceLoadId]);
-  if (req.replaceRange) {
-    const { column, start, end } = req.replaceRange;
-    await client.query(sql.deleteRangeSql(schema, table, namer.name(column)), [start, end]);
-  }
-  if (req.replaceFrom) {
-    const { column, value } = req.replaceFrom;
-    if (value === null) await client.query(sql.deleteAllSql(schema, table));
-    else await client.query(sql.deleteFromSql(schema, table, namer.name(column)), [value]);
+  const supersede = req.supersede;
+  switch (supersede?.kind) {
+    case undefined:
+      return;
+    case 'load':
+      await client.query(sql.deleteLoadSql(schema, table), [supersede.loadId]);
+      return;
+    case 'range':
+      await client.query(sql.deleteRangeSql(schema, table, namer.name(supersede.column)), [supersede.start, supersede.end]);
+      return;
+    case 'from':
+      if (supersede.value === null) await client.query(sql.deleteAllSql(schema, table));
+      else await client.query(sql.deleteFromSql(schema, table, namer.name(supersede.column)), [supersede.value]);
+      return;
   }
 }
 
@@ -704,6 +716,8 @@ async function record(
   req: LoadRequest,
   r: { rowsLoaded: number; rowsRejected: number; changes: string[] },
 ): Promise<LoadResult> {
+  // The fence: last before the writes that say "done", under the row lock until commit.
+  if (req.lease) await checkLease(client, req.schema, req.lease);
   await client.query(
     `update ${qualifiedName(req.schema, '_sluice_loads')}
        set status = 'completed', rows_loaded = $2, rows_rejected = $3, finished_at = now(), error = null, hint = null
