@@ -6,6 +6,10 @@
  * own input functions judge each value), writes the good rows with the write disposition, and
  * records the load in _sluice_loads (and any state in _sluice_state). A crash anywhere leaves
  * all of a load or none of it, and a load_id that committed once is never applied again.
+ *
+ * A PostgreSQL source whose types are the target's cannot fail a cast, so it skips the text
+ * staging and the reject pass (choosePath): its binary COPY goes straight into the target in the
+ * same transaction (loadDirect), or, for merges and key checks, into staging of its own types.
  */
 import { once } from 'node:events';
 import { Transform, type Writable } from 'node:stream';
