@@ -2,7 +2,7 @@ import * as wf from '@temporalio/workflow';
 import type { Activities, LoadSummary } from '../activities';
 import { filesLocation, FilesInput, type Progress } from '../inputs';
 import type { ListedFile } from '../sources/files';
-import { formatCount, handlePauseResume, handleSetParallel, progressQuery, rootMessage, searchStatus, syncNowSignal, validateInput } from './shared';
+import { formatBytes, formatCount, handlePauseResume, handleSetParallel, progressQuery, rootMessage, searchStatus, syncNowSignal, validateInput } from './shared';
 import { durationMs } from '../plan/duration';
 
 const { readFilesState, listSourceFiles } = wf.proxyActivities<Activities>({
@@ -78,6 +78,8 @@ export async function filesWorkflow(rawInput: unknown): Promise<FilesResult> {
   let lastPassAt: number | undefined;
   let listError: string | undefined;
   const inFlight = new Set<string>();
+  // The batch of this pass (files to load), in objects and bytes, for the progress line.
+  let batch = { files: 0, bytes: 0, filesDone: 0, bytesDone: 0 };
 
   const progress = (): Progress => ({
     done: pass.loaded + pass.skipped + pass.failed.length,
@@ -91,6 +93,10 @@ export async function filesWorkflow(rawInput: unknown): Promise<FilesResult> {
     failedFiles: pass.failed.map(({ file, error }) => ({ file, error })),
     inFlightFiles: [...inFlight],
     knownFiles: known.size,
+    batchFiles: batch.files,
+    batchBytes: batch.bytes,
+    batchFilesDone: batch.filesDone,
+    batchBytesDone: batch.bytesDone,
     passes,
     phase,
     paused,
@@ -105,7 +111,8 @@ export async function filesWorkflow(rawInput: unknown): Promise<FilesResult> {
     const counts =
       pass.listed === null
         ? `${known.size} files loaded so far`
-        : `${p.done}/${pass.listed} files (${pass.loaded} loaded, ${pass.skipped} unchanged)`;
+        : `${p.done}/${pass.listed} files (${pass.loaded} loaded, ${pass.skipped} unchanged; ` +
+          `batch ${batch.filesDone}/${batch.files} objects, ${formatBytes(batch.bytesDone)} of ${formatBytes(batch.bytes)})`;
     const lines = [
       `**${what}** ${input.resource.name} from ${filesLocation(input.source)}/${input.source.pattern}: ${counts}, ` +
         `${formatCount(rows)} rows${rejected ? `, ${formatCount(rejected)} rejected` : ''}, ${pass.failed.length} failed, parallel ${parallel}`,
@@ -169,6 +176,8 @@ export async function filesWorkflow(rawInput: unknown): Promise<FilesResult> {
       // A cancelled workflow cancels its loads: that is not the file's failure.
       if (!wf.isCancellation(err)) pass.failed.push({ file: file.path, error: rootMessage(err), fingerprint: file.fingerprint });
     } finally {
+      batch.filesDone++;
+      batch.bytesDone += file.size;
       inFlight.delete(file.path);
       showProgress();
     }
@@ -216,6 +225,7 @@ export async function filesWorkflow(rawInput: unknown): Promise<FilesResult> {
     const failedEarlier = new Map(pass.failed.map((f) => [f.file, f.fingerprint]));
     const todo = listing.filter((f) => known.get(f.path)?.fingerprint !== f.fingerprint && failedEarlier.get(f.path) !== f.fingerprint);
     pass.listed = listing.length;
+    batch = { files: todo.length, bytes: todo.reduce((sum, f) => sum + f.size, 0), filesDone: 0, bytesDone: 0 };
     pass.skipped = Math.max(0, listing.length - todo.length - pass.loaded - pass.failed.length);
     phase = 'loading';
     showProgress();
