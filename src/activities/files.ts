@@ -19,7 +19,7 @@ import { getPool } from '../destinations/postgres/pool';
 import type { Destination, FilesSource, Resource } from '../inputs';
 import { qualifiedName } from '../schema/identifiers';
 import { extractFile, filesStoreFor, type ListedFile } from '../sources/files';
-import { destinationTable, summarize, withHeartbeat, workflowOf, type ActivityDeps, type LoadSummary } from './index';
+import { destinationTable, summarize, withHeartbeat, workflowOf, type ActivityDeps, type LoadSummary } from './context';
 
 export interface LoadFileRequest {
   source: FilesSource;

@@ -2,7 +2,7 @@ import * as wf from '@temporalio/workflow';
 import type { Activities, LoadSummary } from '../activities';
 import { filesLocation, FilesInput, type Progress } from '../inputs';
 import type { ListedFile } from '../sources/files';
-import { formatBytes, formatCount, handlePauseResume, handleSetParallel, progressQuery, rootMessage, searchStatus, syncNowSignal, validateInput } from './shared';
+import { checkBeforeFanOut, formatBytes, formatCount, handlePauseResume, handleSetParallel, preflightCheck, progressQuery, rootMessage, searchStatus, syncNowSignal, validateInput } from './shared';
 import { durationMs } from '../plan/duration';
 
 const { readFilesState, listSourceFiles } = wf.proxyActivities<Activities>({
@@ -144,6 +144,7 @@ export async function filesWorkflow(rawInput: unknown): Promise<FilesResult> {
   const setStatus = await searchStatus(input.resource.name);
   setStatus('running');
   showProgress();
+  if (!carried) await checkBeforeFanOut('filesWorkflow', [preflightCheck(input)], () => setStatus('failed'));
 
   if (!carried) {
     // A new run starts from what earlier runs committed; continued runs carry the map instead.

@@ -2,7 +2,7 @@ import * as wf from '@temporalio/workflow';
 import type { Activities } from '../activities';
 import type { RefreshSummary } from '../activities/full-refresh';
 import { filesLocation, FullRefreshInput, type Progress } from '../inputs';
-import { formatCount, progressQuery, rootMessage, searchStatus, validateInput } from './shared';
+import { checkBeforeFanOut, formatCount, preflightCheck, progressQuery, rootMessage, searchStatus, validateInput } from './shared';
 
 const { refreshTable } = wf.proxyActivities<Activities>({
   startToCloseTimeout: '6h',
@@ -64,6 +64,7 @@ export async function fullRefreshWorkflow(rawInput: unknown): Promise<FullRefres
   const setStatus = await searchStatus(resource.name);
   setStatus('running');
   showProgress();
+  await checkBeforeFanOut('fullRefreshWorkflow', [preflightCheck(input)], () => setStatus('failed'));
 
   try {
     summary = await refreshTable({ source: input.source, resource, destination: input.destination });
