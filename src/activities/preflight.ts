@@ -7,7 +7,7 @@
 import { ApplicationFailure } from '@temporalio/common';
 import { stat } from 'node:fs/promises';
 import pg from 'pg';
-import { MissingConnectionError, resolveConnection } from '../config';
+import { MissingConnectionError, resolveConnection, resolveS3Connection } from '../config';
 import { errorMessage, hintFor, isTransient, PermanentError } from '../errors';
 import { closestName, type Destination, type Resource, type Source } from '../inputs';
 import { normalizeIdentifier } from '../schema/identifiers';
@@ -89,6 +89,15 @@ async function runCheck(check: PreflightCheck, findings: Findings, reached: Map<
       return;
     }
     case 'files': {
+      if (source.url !== undefined) {
+        // Object-storage credentials: named variables that must be set; the listing checks access.
+        try {
+          resolveS3Connection(source.connection);
+        } catch (err) {
+          permanent('source.connection', errorMessage(err));
+        }
+        return;
+      }
       const path = (source as { path?: string }).path;
       if (!path) return;
       const found = await stat(path).catch(() => undefined);

@@ -21,6 +21,7 @@ import {
   withResourceLease,
   LOAD_START_TO_CLOSE,
   activityProgressSignal,
+  formatBytes,
 } from './shared';
 import { durationMs } from '../plan/duration';
 
@@ -112,6 +113,8 @@ async function loadFiles(rawInput: unknown, input: FilesInput, takeLease: () => 
   // Rows each file in flight has staged so far, as its loadFile activity reports them (activityProgress).
   const staged = new Map<string, number>();
   const stagedRows = () => [...staged.values()].reduce((a, b) => a + b, 0);
+  // The batch of this pass (files to load), in objects and bytes, for the progress line.
+  let batch = { files: 0, bytes: 0, filesDone: 0, bytesDone: 0 };
 
   const progress = (): Progress => ({
     done: pass.loaded + pass.skipped + pass.failed.length,
@@ -126,6 +129,10 @@ async function loadFiles(rawInput: unknown, input: FilesInput, takeLease: () => 
     inFlightFiles: [...inFlight],
     rowsInFlight: stagedRows(),
     knownFiles: known.size,
+    batchFiles: batch.files,
+    batchBytes: batch.bytes,
+    batchFilesDone: batch.filesDone,
+    batchBytesDone: batch.bytesDone,
     passes,
     phase,
     paused,
@@ -140,7 +147,8 @@ async function loadFiles(rawInput: unknown, input: FilesInput, takeLease: () => 
     const counts =
       pass.listed === null
         ? `${known.size} files loaded so far`
-        : `${p.done}/${pass.listed} files (${pass.loaded} loaded, ${pass.skipped} unchanged)`;
+        : `${p.done}/${pass.listed} files (${pass.loaded} loaded, ${pass.skipped} unchanged; ` +
+          `batch ${batch.filesDone}/${batch.files} objects, ${formatBytes(batch.bytesDone)} of ${formatBytes(batch.bytes)})`;
     const [main, ...rest] = windowLines({
       head: `**${what}** ${input.resource.name} from ${filesLocation(input.source)}/${input.source.pattern}: ${counts}`,
       rows,
@@ -218,6 +226,8 @@ async function loadFiles(rawInput: unknown, input: FilesInput, takeLease: () => 
       if (!wf.isCancellation(err)) pass.failed.push({ file: file.path, error: rootMessage(err), fingerprint: file.fingerprint });
     } finally {
       staged.delete(file.path);
+      batch.filesDone++;
+      batch.bytesDone += file.size;
       showProgress();
     }
   };
@@ -264,6 +274,7 @@ async function loadFiles(rawInput: unknown, input: FilesInput, takeLease: () => 
     const failedEarlier = new Map(pass.failed.map((f) => [f.file, f.fingerprint]));
     const todo = listing.filter((f) => known.get(f.path)?.fingerprint !== f.fingerprint && failedEarlier.get(f.path) !== f.fingerprint);
     pass.listed = listing.length;
+    batch = { files: todo.length, bytes: todo.reduce((sum, f) => sum + f.size, 0), filesDone: 0, bytesDone: 0 };
     pass.skipped = Math.max(0, listing.length - todo.length - pass.loaded - pass.failed.length);
     phase = 'loading';
     showProgress();

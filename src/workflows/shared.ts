@@ -273,3 +273,15 @@ export function windowLines(p: WindowLine): string[] {
   if (p.failures.length) lines.push(`failed: ${p.failures.slice(0, 5).join('; ')}${p.failed > 5 ? `; ... (${p.failed} in all)` : ''}`);
   return lines;
 }
+
+/** 1536 -> "1.5 KiB", for progress lines. */
+export function formatBytes(n: number): string {
+  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
+  let value = n;
+  let unit = 0;
+  while (value >= 1024 && unit < units.length - 1) {
+    value /= 1024;
+    unit++;
+  }
+  return unit === 0 ? `${value} B` : `${value.toFixed(1)} ${units[unit]}`;
+}

@@ -79,6 +79,12 @@ function clientFor(connection: string | undefined): S3Client {
 export function mapS3Error(err: unknown, what: string, connection: string | undefined): Error {
   if (err instanceof PermanentError || err instanceof TransientError) return err;
   if ((err as { name?: string })?.name === 'AbortError') return err as Error;
+  if ((err as { name?: string })?.name === 'CredentialsProviderError') {
+    return new PermanentError(
+      `${what}: no credentials (${errorMessage(err)})`,
+      connection ? `set ${connection}_S3_ACCESS_KEY_ID and ${connection}_S3_SECRET_ACCESS_KEY on the worker` : 'set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or a profile or role) on the worker, or name a connection',
+    );
+  }
   const status = err instanceof S3ServiceException ? err.$metadata?.httpStatusCode : undefined;
   const name = (err as { name?: string })?.name ?? 'Error';
   const message = `${what}: ${errorMessage(err)}${name !== 'Error' && !errorMessage(err).includes(name) ? ` (${name})` : ''}`;
