@@ -5,12 +5,15 @@
  */
 import { createHash } from 'node:crypto';
 import { isAbsolute, relative, resolve } from 'node:path';
+import { filesRoots } from '../../config';
 import { PermanentError } from '../../errors';
 import type { FilesSource } from '../../inputs';
 import type { Extracted, Row } from '../types';
 import { readFileRows } from './read';
+import { openContained, realRoots } from './roots';
 
 export { listFiles, type ListedFile, type ListProgress } from './list';
+export { OutsideRootsError } from './roots';
 export { isGzipped, readFileRows, type CsvOptions, type FileFormat, type ReadOptions } from './read';
 
 /** The file's bytes are no longer those it was listed with: it is being written, or was replaced. */
@@ -41,13 +44,20 @@ export function resolveListedPath(source: FilesSource, path: string): string {
  * content the fingerprint (and so the load id and _sluice_state) names. Any failure ends the
  * rows with an error, which fails the load before it commits.
  */
-export function extractFile(source: FilesSource, file: { path: string; fingerprint: string }, options: { signal?: AbortSignal } = {}): Extracted {
+export function extractFile(
+  source: FilesSource,
+  file: { path: string; fingerprint: string },
+  options: { signal?: AbortSignal; roots?: readonly string[] } = {},
+): Extracted {
   const absPath = resolveListedPath(source, file.path);
   const hash = createHash('sha256');
   async function* rows(): AsyncGenerator<Row> {
+    // Checked again on opening, not only at listing: the file may have become a symlink since.
+    const handle = await openContained(file.path, absPath, await realRoots(options.roots ?? filesRoots()));
     yield* readFileRows(absPath, source.format, {
       label: file.path,
       csv: source.csv,
+      handle,
       signal: options.signal,
       onBytes: (chunk) => hash.update(chunk),
     });
