@@ -50,6 +50,9 @@ after(async () => {
 });
 
 describe('files stay inside SLUICE_FILES_ROOTS', () => {
+  before(() => {
+    process.env.SLUICE_FILES_ROOTS = root;
+  });
   test('a source.path outside the roots, or one that climbs out with .., is refused naming the roots', async () => {
     await assert.rejects(listFiles(outside, '*.csv', undefined, [root]), (err: Error) => {
       assert.ok(err instanceof OutsideRootsError);
@@ -74,13 +77,13 @@ describe('files stay inside SLUICE_FILES_ROOTS', () => {
     assert.match(partner.error ?? '', /SLUICE_FILES_ROOTS/);
     assert.match(alias.fingerprint, /^sha256:/);
     const source = FilesSource.parse({ kind: 'files', path: dir, pattern: '*.csv', format: 'csv' });
-    const refused = extractFile(source, partner, { roots: [root] });
+    const refused = await extractFile(source, partner);
     await assert.rejects(collect(rowsOf(refused)), (err: Error) => {
       assert.ok(err instanceof OutsideRootsError);
       assert.ok(err.message.includes(root));
       return true;
     });
-    const followed = extractFile(source, alias, { roots: [root] });
+    const followed = await extractFile(source, alias);
     const rows = await collect(rowsOf(followed));
     assert.deepEqual(rows.map((r) => r.name), ['ok']);
   });
@@ -102,13 +105,13 @@ describe('files stay inside SLUICE_FILES_ROOTS', () => {
     await symlink(join(outside, 'secret.csv'), join(dir, 'late.tmp'));
     await rename(join(dir, 'late.tmp'), join(dir, 'late.csv'));
     const source = FilesSource.parse({ kind: 'files', path: dir, pattern: '*.csv', format: 'csv' });
-    const data = extractFile(source, file!, { roots: [root] });
+    const data = await extractFile(source, file!);
     await assert.rejects(collect(rowsOf(data)), OutsideRootsError);
   });
 
   test('a listed path that climbs out of source.path is refused', async () => {
     const source = FilesSource.parse({ kind: 'files', path: join(root, 'drop'), pattern: '*.csv', format: 'csv' });
-    assert.throws(() => extractFile(source, { path: '../../outside/secret.csv', fingerprint: 'sha256:x' }, { roots: [root] }), /not inside source.path/);
+    await assert.rejects(extractFile(source, { path: '../../outside/secret.csv', fingerprint: 'sha256:x' }), /not inside source.path|outside/);
   });
 });
 
