@@ -1,10 +1,11 @@
+import { resolve as resolvePath } from 'node:path';
+import { PermanentError, setSecretSource } from './errors';
+import { durationMs } from './plan/duration';
+
 /**
  * Everything sluice reads from the environment, in one place (see CONTRACT.md).
  * Workflow code never imports this: it has no environment.
  */
-import { PermanentError } from './errors';
-import { durationMs } from './plan/duration';
-
 export interface SluiceConfig {
   temporalAddress: string;
   namespace: string;
@@ -33,15 +34,45 @@ function positiveInt(name: string, text: string | undefined, fallback: number): 
 }
 
 /**
+ * Which environment variables a workflow input may name as a connection: SLUICE_CONNECTIONS
+ * (comma-separated names), by default every variable whose name ends in `_URL`. Whoever can
+ * start a workflow must not be able to make the worker read PATH, HOME or AWS_SECRET_ACCESS_KEY.
+ */
+export function allowedConnection(variable: string, env: NodeJS.ProcessEnv = process.env): boolean {
+  const listed = env.SLUICE_CONNECTIONS?.trim();
+  if (listed) return listed.split(',').map((n) => n.trim()).includes(variable);
+  return /^[A-Za-z_][A-Za-z0-9_]*_URL$/.test(variable);
+}
+
+/**
  * Workflow inputs name connections by environment variable so secrets never enter history.
  * Only activities call this.
  */
 export function resolveConnection(variable: string, env: NodeJS.ProcessEnv = process.env): string {
+  if (!allowedConnection(variable, env)) throw new ConnectionNotAllowedError(variable, env);
   const value = env[variable];
   if (!value) {
     throw new MissingConnectionError(variable);
   }
   return value;
+}
+
+/** Thrown before the variable is read: its value (if any) stays out of every message. */
+export class ConnectionNotAllowedError extends PermanentError {
+  constructor(
+    readonly variable: string,
+    env: NodeJS.ProcessEnv,
+  ) {
+    const setting = env.SLUICE_CONNECTIONS?.trim()
+      ? `SLUICE_CONNECTIONS (${env.SLUICE_CONNECTIONS.trim()})`
+      : 'SLUICE_CONNECTIONS (unset: only variables whose names end in _URL)';
+    super(
+      `connection ${variable} is not allowed on this worker by ${setting}: a workflow input may name only ` +
+        `the connection variables the worker allows`,
+      `name an allowed variable, or add ${variable} to SLUICE_CONNECTIONS on the worker if it really is a connection`,
+    );
+    this.name = 'ConnectionNotAllowedError';
+  }
 }
 
 export class MissingConnectionError extends Error {
@@ -89,6 +120,30 @@ function durationSetting(name: string, text: string | undefined, fallback: numbe
   } catch {
     throw new Error(`${name}=${text} must be a duration like 30s, 5m or 1h`);
   }
+}
+
+/** The values of every connection variable this worker allows: what redaction keeps out of messages. */
+export function connectionSecrets(env: NodeJS.ProcessEnv = process.env): string[] {
+  return Object.keys(env)
+    .filter((name) => allowedConnection(name, env) || /_SECRET|PASSWORD|_TOKEN/i.test(name))
+    .map((name) => env[name])
+    .filter((value): value is string => typeof value === 'string' && value.length > 0);
+}
+
+// Every message errors.ts builds is redacted against this worker's connection strings.
+setSecretSource(() => connectionSecrets(process.env));
+
+/**
+ * The directories a files source may read (SLUICE_FILES_ROOTS, comma-separated), absolute.
+ * By default `.sluice/drops` and `drops` under the worker's working directory: where `npm start`
+ * seeds its demo drop folder and where the README's examples put files. Anything else on the
+ * machine (/proc/self/environ, ~/.ssh, other services' data) stays unreadable however a workflow
+ * input names it.
+ */
+export function filesRoots(env: NodeJS.ProcessEnv = process.env, cwd: string = process.cwd()): string[] {
+  const listed = env.SLUICE_FILES_ROOTS?.trim();
+  const roots = listed ? listed.split(',').map((r) => r.trim()).filter((r) => r !== '') : ['.sluice/drops', 'drops'];
+  return roots.map((root) => resolvePath(cwd, root));
 }
 
 /** Object-storage credentials a files source names by `"connection": "<NAME>"` (CONTRACT.md). */

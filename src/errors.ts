@@ -136,7 +136,60 @@ export function hintFor(err: unknown, context: { disposition?: string; connectio
 export function errorMessage(err: unknown): string {
   if (err instanceof Error) {
     const e = err as Error & PgLikeError;
-    return e.code && !e.message.includes(e.code) ? `${e.message} (SQLSTATE ${e.code})` : e.message;
+    return redactSecrets(e.code && !e.message.includes(e.code) ? `${e.message} (SQLSTATE ${e.code})` : e.message);
   }
-  return String(err);
+  return redactSecrets(String(err));
+}
+
+const REDACTED = '***';
+
+/**
+ * The one redaction point: every message that leaves an activity (failure, _sluice_loads.error,
+ * hint, log line) passes through here. It removes the worker's connection strings and their
+ * passwords, then any password still spelled inside a URL (`scheme://user:PASSWORD@`) or as
+ * `password=...`, so a driver that quotes its connection string in an error cannot leak it.
+ * `secrets` defaults to the connection variables of this process (see config.ts).
+ */
+export function redactSecrets(text: string, secrets: readonly string[] = secretsOfProcess()): string {
+  let out = text;
+  const needles = new Set<string>();
+  for (const secret of secrets) {
+    needles.add(secret);
+    for (const password of passwordsIn(secret)) needles.add(password);
+  }
+  // Longest first, so a whole URL goes before the password inside it.
+  for (const needle of [...needles].filter((n) => n.length >= 4).sort((a, b) => b.length - a.length)) {
+    out = out.split(needle).join(REDACTED);
+  }
+  return out
+    .replace(/(\b[a-z][a-z0-9+.-]*:\/\/[^\s:/@]*:)[^\s@]*@/gi, `$1${REDACTED}@`)
+    .replace(/(\bpassword\s*[=:]\s*)('[^']*'|"[^"]*"|[^\s&;,]+)/gi, `$1${REDACTED}`);
+}
+
+function passwordsIn(secret: string): string[] {
+  const found: string[] = [];
+  const userinfo = /^[a-z][a-z0-9+.-]*:\/\/[^:/@]*:(.*)@[^@]*$/i.exec(secret);
+  if (userinfo?.[1]) found.push(userinfo[1]);
+  const param = /[?&]password=([^&]*)/i.exec(secret);
+  if (param?.[1]) found.push(param[1]);
+  for (const raw of [...found]) {
+    try {
+      const decoded = decodeURIComponent(raw);
+      if (decoded !== raw) found.push(decoded);
+    } catch {
+      // not percent-encoded: the raw form is all there is
+    }
+  }
+  return found;
+}
+
+let secretSource: () => readonly string[] = () => [];
+
+/** Set once by config.ts, so this module stays free of environment reads and imports. */
+export function setSecretSource(source: () => readonly string[]): void {
+  secretSource = source;
+}
+
+function secretsOfProcess(): readonly string[] {
+  return secretSource();
 }

@@ -49,6 +49,15 @@ export const PostgresSource = z
     path: ['table'],
   });
 
+/**
+ * One CSV delimiter, quote or escape character. Control characters are refused: a NUL or a line
+ * break as delimiter turns any file (/proc/self/environ, a key file) into "rows" of its contents.
+ */
+const csvCharacter = z
+  .string()
+  .length(1, 'must be exactly one character')
+  .refine((c) => c === '\t' || !/[\p{Cc}\p{Cs}]/u.test(c), 'must not be a control character such as NUL, CR or LF (tab is allowed as a delimiter)');
+
 /** `s3://bucket/prefix/`: an object-storage location (any S3-compatible store). */
 const s3Url = z
   .string()
@@ -75,7 +84,10 @@ export const FilesSource = z
     format: z.enum(['csv', 'jsonl', 'parquet']),
     csv: z
       .strictObject({
-        delimiter: z.string().length(1).default(','),
+        delimiter: csvCharacter.default(','),
+        /** The quote character (default "); `escape` escapes a quote inside a quoted field (default: the quote itself). */
+        quote: csvCharacter.optional(),
+        escape: csvCharacter.optional(),
         /** false when the file has no header row; columns are then named column_1, column_2, ... */
         header: z.boolean().default(true),
       })

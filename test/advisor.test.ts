@@ -163,7 +163,7 @@ describe('load-strategy advisor on PostgreSQL', () => {
       analyze ${s}.no_ts;
       create table ${s}.unanalyzed (id bigint primary key, modified_on date) with (autovacuum_enabled = false);
       insert into ${s}.unanalyzed select i, date '2024-01-01' + (i % 100) from generate_series(1, 3000) i;`);
-    client = new pg.Client({ connectionString: requireEnv('DATABASE_URL') });
+    client = new pg.Client({ connectionString: requireEnv('SOURCE_DATABASE_URL') });
     await client.connect();
   });
   after(async () => {
@@ -240,7 +240,7 @@ describe('load-strategy advisor on PostgreSQL', () => {
     const { stdout } = await run(
       process.execPath,
       ['--import', 'tsx', join(__dirname, '..', 'src', 'advisor', 'cli.ts'), '--source', 'SOURCE_DATABASE_URL', '--table', `${stack.sourceSchema}.events`, '--small-table-rows', String(threshold)],
-      { env: { ...process.env, SOURCE_DATABASE_URL: requireEnv('DATABASE_URL') } },
+      { env: { ...process.env, SOURCE_DATABASE_URL: requireEnv('SOURCE_DATABASE_URL') } },
     );
     assert.match(stdout, /size: +~5,000 rows \(pg_class estimate\)/);
     assert.match(stdout, /primary key: id/);

@@ -6,7 +6,7 @@ import pg from 'pg';
 import type { Progress } from '../src/inputs';
 import { registerSource } from '../src/sources/registered';
 import type { FullRefreshResult } from '../src/workflows/full-refresh';
-import { count, requireEnv, saveHistory, testStack, type TestStack } from './helpers';
+import { adminUrl, count, saveHistory, testStack, type TestStack } from './helpers';
 
 const OLD_ROWS = 200_000;
 const NEW_ROWS = 210_000;
@@ -21,7 +21,7 @@ function startReader(table: string, view: string) {
   let queries = 0;
   let slowestMs = 0;
   let stopped = false;
-  const client = new pg.Client({ connectionString: requireEnv('DATABASE_URL') });
+  const client = new pg.Client({ connectionString: adminUrl() });
   const loop = (async () => {
     await client.connect();
     try {
@@ -255,7 +255,7 @@ describe('fullRefreshWorkflow', () => {
         source: { kind: 'postgres', connection: 'SOURCE_DATABASE_URL', query: `select * from ${source} where id <= 1000` },
         resource: { name: 'orders_rr' },
       };
-      const reader = new pg.Client({ connectionString: requireEnv('DATABASE_URL') });
+      const reader = new pg.Client({ connectionString: adminUrl() });
       await stack.withWorker(async () => {
         const run = (n: number) =>
           stack.client.workflow.execute('fullRefreshWorkflow', { taskQueue: stack.taskQueue, workflowId: `full-refresh-rr${n}-${stack.schema}`, args: [small] });

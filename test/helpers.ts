@@ -13,6 +13,7 @@ import { DefaultLogger, NativeConnection, Runtime, type Worker } from '@temporal
 import { randomBytes } from 'node:crypto';
 import pg from 'pg';
 import { createSluiceWorker } from '../src/worker';
+import { destinationSchemaSql, grantSourceReadSql } from './roles';
 
 let runtimeInstalled = false;
 function installQuietRuntime(): void {
@@ -25,6 +26,11 @@ export function requireEnv(name: string): string {
   const value = process.env[name];
   if (!value) throw new Error(`${name} is not set: run tests through \`npm test\` (test/run.ts starts the servers)`);
   return value;
+}
+
+/** The superuser URL the test itself sets up and checks with (the worker loads as test/roles.ts's roles). */
+export function adminUrl(): string {
+  return process.env.SLUICE_TEST_ADMIN_URL ?? requireEnv('DATABASE_URL');
 }
 
 export function uniqueName(prefix: string): string {
@@ -45,6 +51,13 @@ export interface TestStack {
 export async function testStack(name: string): Promise<TestStack> {
   installQuietRuntime();
   const address = requireEnv('TEMPORAL_ADDRESS');
+  // The test itself sets up and checks as the admin; the worker reads and loads as the
+  // least-privilege roles test/run.ts created (test/roles.ts), through the usual variables.
+  const admin = adminUrl();
+  if (process.env.SLUICE_TEST_LOADER_URL && process.env.SLUICE_TEST_SOURCE_URL) {
+    process.env.DATABASE_URL = process.env.SLUICE_TEST_LOADER_URL;
+    process.env.SOURCE_DATABASE_URL = process.env.SLUICE_TEST_SOURCE_URL;
+  }
   const databaseUrl = requireEnv('DATABASE_URL');
   // Sources in tests live in the same server, in their own schema, behind their own variable.
   process.env.SOURCE_DATABASE_URL ??= databaseUrl;
@@ -53,8 +66,9 @@ export async function testStack(name: string): Promise<TestStack> {
   const taskQueue = uniqueName(`tq-${name}`);
   const connection = await Connection.connect({ address });
   const client = new Client({ connection });
-  const db = new pg.Pool({ connectionString: databaseUrl, max: 5 });
-  await db.query(`create schema ${sourceSchema}`);
+  const db = new pg.Pool({ connectionString: admin, max: 5 });
+  await db.query(`create schema ${sourceSchema}; ${grantSourceReadSql(sourceSchema)}`);
+  if (process.env.SLUICE_TEST_LOADER_URL) await db.query(destinationSchemaSql(schema));
   return {
     schema,
     sourceSchema,

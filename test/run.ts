@@ -16,6 +16,7 @@ import { bundleWorkflows } from '../src/dev/bundle';
 import { freePort } from '../src/dev/ports';
 import { startEmbeddedPostgres } from '../src/dev/postgres';
 import { startDevServer } from '../src/dev/temporal-server';
+import { createLeastPrivilegeRoles } from './roles';
 import { resolveWeed, startS3Server, WEED_INSTALL_HELP } from '../src/dev/s3-server';
 import { randomBytes } from 'node:crypto';
 
@@ -34,7 +35,8 @@ async function main(): Promise<number> {
   const scratch = await mkdtemp(join(tmpdir(), 'sluice-test-'));
   // Under root, PostgreSQL runs as the postgres user, which must be able to enter this directory.
   await chmod(scratch, 0o755);
-  const env: NodeJS.ProcessEnv = { ...process.env, SLUICE_TEST_SCRATCH: scratch };
+  // Files tests write under the OS temp directory (the scratch directory is inside it).
+  const env: NodeJS.ProcessEnv = { SLUICE_FILES_ROOTS: tmpdir(), ...process.env, SLUICE_TEST_SCRATCH: scratch };
   // `npm run record:histories -- --overwrite`: rewrite fixtures that exist (see saveHistory).
   if (args.includes('--overwrite')) env.SLUICE_RECORD_OVERWRITE = '1';
   const stops: (() => Promise<void>)[] = [];
@@ -53,6 +55,11 @@ async function main(): Promise<number> {
       stops.push(server.stop, db.stop);
       env.TEMPORAL_ADDRESS = server.address;
       env.DATABASE_URL = db.url;
+      // Integration tests load as non-superuser roles (test/roles.ts); DATABASE_URL stays the admin's.
+      const roles = await createLeastPrivilegeRoles(db.url);
+      env.SLUICE_TEST_ADMIN_URL = db.url;
+      env.SLUICE_TEST_SOURCE_URL = roles.sourceUrl;
+      env.SLUICE_TEST_LOADER_URL = roles.loaderUrl;
       console.log(`test stack: Temporal ${server.address}, PostgreSQL ${db.url} (ready in ${Date.now() - started} ms)`);
       // Object storage only for the files that use it (test/s3.ts): it takes seconds to start.
       const needsS3 = (await Promise.all(files.map((f) => readFile(f, 'utf8').catch(() => '')))).some((text) => text.includes('requireS3('));

@@ -66,36 +66,43 @@ export function normalizeIdentifier(raw: string): string {
   return name;
 }
 
+/**
+ * The name of an index or constraint sluice creates for `table`: "<prefix>_<hash>_<suffix>",
+ * cut by BYTES to PostgreSQL's 63 (a table named in a multi-byte script would otherwise overrun
+ * the limit and be truncated by the server), with a hash of the whole table name so that two
+ * tables sharing a long prefix never derive the same name in one schema.
+ */
+export function derivedName(table: string, suffix: string): string {
+  const tail = `_${shortHash(table)}_${suffix}`;
+  return truncateUtf8(table, MAX_IDENTIFIER_BYTES - Buffer.byteLength(tail, 'utf8')) + tail;
+}
+
 /** Names sluice keeps for itself in every destination table. */
 export const RESERVED_COLUMNS = new Set(['_sluice_load_id']);
 
 /**
- * Maps raw column names to distinct normalized names in order of first appearance:
- * "Order ID" and "order_id" become order_id and order_id_2.
+ * Maps raw column names to destination columns. The column is a function of the raw name
+ * alone, never of the order names arrive in or of the other names present: "ID" and "id" both
+ * land in column id, in every file and every load. (Handing out id and id_2 by first
+ * appearance let a file that lists ID before id move the values, and a merge key, to another
+ * column.) A row that carries two different values for one column is rejected by the loader.
+ * Names sluice keeps for itself get a fixed suffix: a data column "_sluice_load_id" is
+ * "_sluice_load_id_2".
  */
 export class ColumnNamer {
   private readonly byRaw = new Map<string, string>();
-  private readonly taken = new Set<string>(RESERVED_COLUMNS);
 
   constructor(existing: Iterable<[raw: string, normalized: string]> = []) {
-    for (const [raw, normalized] of existing) {
-      this.byRaw.set(raw, normalized);
-      this.taken.add(normalized);
-    }
+    for (const [raw, normalized] of existing) this.byRaw.set(raw, normalized);
   }
 
   name(raw: string): string {
     const known = this.byRaw.get(raw);
     if (known !== undefined) return known;
     const base = normalizeIdentifier(raw);
-    let candidate = base;
-    for (let n = 2; this.taken.has(candidate); n++) {
-      const suffix = `_${n}`;
-      candidate = truncateUtf8(base, MAX_IDENTIFIER_BYTES - suffix.length) + suffix;
-    }
-    this.byRaw.set(raw, candidate);
-    this.taken.add(candidate);
-    return candidate;
+    const name = RESERVED_COLUMNS.has(base) ? `${truncateUtf8(base, MAX_IDENTIFIER_BYTES - 2)}_2` : base;
+    this.byRaw.set(raw, name);
+    return name;
   }
 
   entries(): [string, string][] {

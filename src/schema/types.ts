@@ -99,8 +99,9 @@ export function isLosslessWidening(from: string, to: string): boolean {
 
 const ISO_DATE = /^\d{4}-\d{2}-\d{2}$/;
 const ISO_TIMESTAMP_TZ = /^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?(Z|[+-]\d{2}(:?\d{2})?)$/i;
-const INTEGER = /^[+-]?\d{1,18}$/;
-const DECIMAL = /^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$/;
+// No leading zeros: 00123 (a zip code, a phone number, an account number) is text, not 123.
+const INTEGER = /^[+-]?(0|[1-9]\d{0,17})$/;
+const DECIMAL = /^[+-]?((0|[1-9]\d*)(\.\d*)?|\.\d+)([eE][+-]?\d+)?$/;
 const BOOLEAN = /^(true|false)$/i;
 
 /**
@@ -168,4 +169,17 @@ export function copyField(text: string | null): string {
   if (text === null) return '\\N';
   if (!/[\\\t\n\r]/.test(text)) return text;
   return text.replace(/[\\\t\n\r]/g, (c) => (c === '\\' ? '\\\\' : c === '\t' ? '\\t' : c === '\n' ? '\\n' : '\\r'));
+}
+
+/**
+ * Why PostgreSQL `text` cannot hold this string exactly, or undefined when it can: NUL has no
+ * place in a PostgreSQL string, and a lone UTF-16 surrogate has no UTF-8 form (it would arrive
+ * as U+FFFD). The loader rejects such a row rather than store something else.
+ */
+export function unrepresentableInText(text: string): string | undefined {
+  if (text.includes('\u0000')) return 'contains a NUL character, which PostgreSQL text cannot store';
+  if (/[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/.test(text)) {
+    return 'contains a lone UTF-16 surrogate, which has no UTF-8 form';
+  }
+  return undefined;
 }

@@ -37,7 +37,7 @@ import {
 } from '../../inputs';
 import { compareCursorValues, cursorValue, groupTie, lagStart, positionKey, sameTie } from '../../plan/cursor';
 import { durationMs } from '../../plan/duration';
-import { ColumnNamer, destinationTable, qualifiedName, quoteIdent } from '../../schema/identifiers';
+import { ColumnNamer, derivedName, destinationTable, qualifiedName, quoteIdent } from '../../schema/identifiers';
 import { extract } from '../../sources';
 import {
   hasRowsPast,
@@ -200,7 +200,7 @@ async function ensureCursorIndex(url: string, schema: string, table: string, col
     column,
   ]);
   if (!exists.rowCount) return;
-  await pool.query(`create index if not exists ${quoteIdent(`${table.slice(0, 40)}_sluice_cursor`)} on ${qualifiedName(schema, table)} (${quoteIdent(column)})`);
+  await pool.query(`create index if not exists ${quoteIdent(derivedName(table, 'sluice_cursor'))} on ${qualifiedName(schema, table)} (${quoteIdent(column)})`);
 }
 
 /** Syncs rows past the position into the destination, page by page, until caught up or out of budget. */

@@ -18,8 +18,8 @@ import type pg from 'pg';
 import { from as copyFrom } from 'pg-copy-streams';
 import { errorMessage, hintFor, PermanentError, TransientError } from '../../errors';
 import type { ContractMode, Resource } from '../../inputs';
-import { ColumnNamer, qualifiedName, quoteIdent } from '../../schema/identifiers';
-import { canonicalType, copyField, valueToText, widenByValue, widenType } from '../../schema/types';
+import { ColumnNamer, derivedName, qualifiedName, quoteIdent } from '../../schema/identifiers';
+import { canonicalType, copyField, unrepresentableInText, valueToText, widenByValue, widenType } from '../../schema/types';
 import { ROW_REJECT, ROW_SOURCE, type Extracted } from '../../sources/types';
 import { BinaryCopyTap, binaryTextField } from './binary-copy';
 import { checkLease, type LeaseToken } from './lease';
@@ -146,6 +146,7 @@ export async function loadResource(req: LoadRequest): Promise<LoadResult> {
   client.on('error', onClientError);
   let broken = false;
   try {
+    await checkDeclaredTypes(client, req.resource.columns);
     await client.query('begin');
     // Two attempts of one load (a retry racing a worker that is not dead after all) queue here.
     await client.query('select pg_advisory_xact_lock(hashtextextended($1, 0))', [`sluice-load:${req.schema}:${req.loadId}`]);
@@ -186,6 +187,28 @@ async function recordFailure(req: LoadRequest, err: unknown): Promise<void> {
      where load_id = $1 and status <> 'completed'`,
     [req.loadId, errorMessage(err), hintFor(err, { disposition: req.resource.writeDisposition }) ?? null],
   );
+}
+
+/**
+ * Declared column types go into DDL as written, so the destination itself judges each one
+ * first: to_regtype() accepts a type name and nothing else, so "bigint references t",
+ * "int generated always as identity" or "text default session_user" never reach CREATE TABLE.
+ */
+async function checkDeclaredTypes(client: pg.PoolClient, columns: Record<string, string> | undefined): Promise<void> {
+  for (const [column, type] of Object.entries(columns ?? {})) {
+    let oid: unknown = null;
+    try {
+      oid = (await client.query<{ oid: unknown }>('select to_regtype($1)::oid as oid', [type])).rows[0]?.oid ?? null;
+    } catch {
+      // PostgreSQL 16 raises on text that is not a type name at all; later versions return null.
+    }
+    if (oid === null) {
+      throw new PermanentError(
+        `resource.columns.${column}: ${JSON.stringify(type)} is not a type of the destination database`,
+        'declare a plain PostgreSQL type name such as bigint, numeric(12,2), timestamptz, jsonb or text[] (no constraints, defaults or identity clauses)',
+      );
+    }
+  }
 }
 
 /** What staging learned about the incoming columns. */
@@ -417,12 +440,20 @@ async function stage(client: pg.PoolClient, req: LoadRequest, typed = false): Pr
     for await (const row of rows) {
       let reject = row[ROW_REJECT];
       const fields: string[] = new Array(columns.length).fill('\\N');
+      const rawOf = new Map<string, string>();
       for (const raw in row) {
         let name = rawToName.get(raw);
         if (name === undefined) {
           name = namer.name(raw);
           rawToName.set(raw, name);
         }
+        // "ID" and "id" share a column (see ColumnNamer): a row may fill it from one, not with two different values.
+        const present = row[raw] !== null && row[raw] !== undefined && !(textValues && row[raw] === '');
+        const other = present ? rawOf.get(name) : undefined;
+        if (other !== undefined && fields[indexOf.get(name)!] !== copyField(valueToText(row[raw]))) {
+          reject ??= `columns ${JSON.stringify(other)} and ${JSON.stringify(raw)} both map to column "${name}" and hold different values`;
+        }
+        if (present) rawOf.set(name, raw);
         let index = indexOf.get(name);
         if (index === undefined) {
           await addColumn(name);
@@ -432,8 +463,9 @@ async function stage(client: pg.PoolClient, req: LoadRequest, typed = false): Pr
         const value = row[raw];
         if (value === null || value === undefined || (textValues && value === '')) continue;
         const text = valueToText(value)!;
-        if (text.includes('\u0000')) {
-          reject ??= `column "${name}" contains a NUL character, which PostgreSQL text cannot store`;
+        const unrepresentable = unrepresentableInText(text);
+        if (unrepresentable) {
+          reject ??= `column "${name}" ${unrepresentable}`;
           continue;
         }
         fields[index] = copyField(text);
@@ -706,7 +738,7 @@ async function ensureUniqueKey(client: pg.PoolClient, schema: string, table: str
   );
   if (found.rowCount) return;
   try {
-    await client.query(`create unique index ${quoteIdent(`${table.slice(0, 40)}_sluice_pk`)} on ${qualifiedName(schema, table)} (${key.map(quoteIdent).join(', ')})`);
+    await client.query(`create unique index ${quoteIdent(derivedName(table, 'sluice_pk'))} on ${qualifiedName(schema, table)} (${key.map(quoteIdent).join(', ')})`);
   } catch (err) {
     throw new PermanentError(
       `cannot merge into "${table}" on (${key.join(', ')}): ${errorMessage(err)}`,

@@ -11,6 +11,7 @@ import { readRows } from './read';
 import { filesStoreFor, resolveInside, type FileRef } from './store';
 
 export { listFiles, type ListedFile, type ListProgress } from './list';
+export { OutsideRootsError } from './roots';
 export { isGzipped, readFileRows, readRows, type CsvOptions, type FileFormat, type ReadOptions } from './read';
 export { FileChangedError, filesStoreFor, type FileRef, type FilesStore, type RandomAccessFile } from './store';
 

@@ -10,11 +10,13 @@
  * user space, so a rewrite always invalidates the entry, as in git's index).
  */
 import { createHash } from 'node:crypto';
-import { createReadStream, type Dirent, type Stats } from 'node:fs';
-import { readdir, stat } from 'node:fs/promises';
+import type { Dirent, Stats } from 'node:fs';
+import { lstat, readdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import picomatch from 'picomatch';
+import { filesRoots } from '../../config';
 import { errorMessage, PermanentError } from '../../errors';
+import { containedRealPath, openContained, realRoots } from './roots';
 
 export interface ListedFile {
   /** Relative to the source directory, with "/" separators. */
@@ -39,7 +41,13 @@ const UNLIMITED_DEPTH = Number.POSITIVE_INFINITY;
  * only the top level, `**\/*.csv` any depth; dotfiles never match), sorted by path in code-unit
  * order so every listing of the same directory is in the same order.
  */
-export async function listFiles(dir: string, pattern: string, onProgress?: (p: ListProgress) => void): Promise<ListedFile[]> {
+export async function listFiles(
+  dir: string,
+  pattern: string,
+  onProgress?: (p: ListProgress) => void,
+  /** The directories that may be read (SLUICE_FILES_ROOTS by default; see roots.ts). */
+  roots: readonly string[] = filesRoots(),
+): Promise<ListedFile[]> {
   const isMatch = picomatch(pattern, { dot: false });
   // `*` never crosses a "/", so only a pattern with `**` needs to descend without limit.
   const maxDepth = pattern.includes('**') ? UNLIMITED_DEPTH : pattern.split('/').length - 1;
@@ -55,8 +63,13 @@ export async function listFiles(dir: string, pattern: string, onProgress?: (p: L
   if (!rootStats.isDirectory()) {
     throw new PermanentError(`source.path ${dir} is not a directory`, 'point source.path at a directory and select files with source.pattern');
   }
+  // Walk the real directory: `..` and symlinks in source.path resolve before the roots judge it.
+  const allowed = await realRoots(roots);
+  const requested = dir;
+  dir = await containedRealPath(`source.path ${requested}`, requested, allowed);
+  const refused: { path: string; stats: Stats; error: string }[] = [];
 
-  const found: { path: string; stats: Stats }[] = [];
+  const found: { path: string; stats: Stats; error?: string }[] = [];
   const walk = async (relativeDir: string, depth: number): Promise<void> => {
     let entries: Dirent[];
     try {
@@ -72,10 +85,21 @@ export async function listFiles(dir: string, pattern: string, onProgress?: (p: L
       let isFile = entry.isFile();
       let isDir = entry.isDirectory();
       if (entry.isSymbolicLink()) {
-        // Follow links to files; links to directories are not descended (they can form cycles).
+        // Follow links to files that stay inside a root; links to directories are not descended
+        // (they can form cycles). A link out of the roots is listed as refused: loading it fails
+        // that file, with the message naming the roots.
         const target = await stat(join(dir, path)).catch(() => undefined);
         isFile = target?.isFile() ?? false;
         isDir = false;
+        if (isFile && isMatch(path)) {
+          try {
+            await containedRealPath(path, join(dir, path), allowed);
+          } catch (err) {
+            const link = await lstat(join(dir, path)).catch(() => undefined);
+            if (link) refused.push({ path, stats: link, error: errorMessage(err) });
+            continue;
+          }
+        }
       }
       if (isDir && depth < maxDepth) await walk(path, depth + 1);
       else if (isFile && isMatch(path)) {
@@ -85,14 +109,16 @@ export async function listFiles(dir: string, pattern: string, onProgress?: (p: L
     }
   };
   await walk('', 0);
+  for (const { path, stats, error } of refused) found.push({ path, stats, error });
   found.sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0));
 
   const listed: ListedFile[] = [];
   const progress: ListProgress = { files: 0, bytesHashed: 0 };
-  for (const { path, stats } of found) {
+  for (const { path, stats, error } of found) {
     const base = { path, size: stats.size, mtimeMs: stats.mtimeMs };
     try {
-      listed.push({ ...base, fingerprint: await fingerprintOf(join(dir, path), stats, progress, onProgress) });
+      if (error !== undefined) throw new Error(error);
+      listed.push({ ...base, fingerprint: await fingerprintOf(path, join(dir, path), stats, allowed, progress, onProgress) });
     } catch (err) {
       listed.push({ ...base, fingerprint: `unreadable:${stats.size}:${stats.mtimeMs}`, error: errorMessage(err) });
     }
@@ -114,13 +140,21 @@ function statKey(stats: Stats): string {
   return `${stats.dev}:${stats.ino}:${stats.size}:${stats.mtimeMs}:${stats.ctimeMs}`;
 }
 
-async function fingerprintOf(absPath: string, stats: Stats, progress: ListProgress, onProgress?: (p: ListProgress) => void): Promise<string> {
+async function fingerprintOf(
+  path: string,
+  absPath: string,
+  stats: Stats,
+  roots: readonly string[],
+  progress: ListProgress,
+  onProgress?: (p: ListProgress) => void,
+): Promise<string> {
   const key = statKey(stats);
   const cached = fingerprintCache.get(absPath);
   if (cached?.key === key) return cached.fingerprint;
   const hash = createHash('sha256');
   let sinceReport = 0;
-  for await (const chunk of createReadStream(absPath) as AsyncIterable<Buffer>) {
+  const handle = await openContained(path, absPath, roots);
+  for await (const chunk of handle.createReadStream() as AsyncIterable<Buffer>) {
     hash.update(chunk);
     progress.bytesHashed += chunk.length;
     sinceReport += chunk.length;

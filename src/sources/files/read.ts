@@ -7,8 +7,8 @@
  */
 import { Parser, type CsvError, type Options } from 'csv-parse';
 import { createReadStream } from 'node:fs';
+import type { FileHandle } from 'node:fs/promises';
 import { pipeline, Transform, type Readable } from 'node:stream';
-import { StringDecoder } from 'node:string_decoder';
 import { createGunzip } from 'node:zlib';
 import { errorMessage, PermanentError, TransientError } from '../../errors';
 import { ROW_REJECT, ROW_SOURCE, type Row } from '../types';
@@ -18,6 +18,10 @@ export type FileFormat = 'csv' | 'jsonl';
 
 export interface CsvOptions {
   delimiter?: string;
+  /** The quote character (default "); the input schema refuses control characters here and in delimiter/escape. */
+  quote?: string;
+  /** The character that escapes a quote inside a quoted field (default: the quote itself). */
+  escape?: string;
   /** false when the first record is data: columns are then named column_1, column_2, ... */
   header?: boolean;
 }
@@ -30,6 +34,8 @@ export interface ReadOptions {
   onBytes?: (chunk: Buffer) => void;
   /** Aborting destroys the file stream, and the generator throws the abort error as it is. */
   signal?: AbortSignal;
+  /** The file already opened (see roots.ts: containment is checked on the descriptor); read instead of opening absPath. Closed when reading ends. */
+  handle?: FileHandle;
 }
 
 /**
@@ -37,6 +43,8 @@ export interface ReadOptions {
  * swallowing the rest of a large file into memory; past it the file fails (see below).
  */
 const MAX_RECORD_CHARS = 32 * 1024 * 1024;
+/** The longest JSON Lines line accepted, in bytes; a longer one is a reject, and the next line is read. */
+export const MAX_LINE_BYTES = 32 * 1024 * 1024;
 /** How much of a bad record's text a reject reason quotes. */
 const SNIPPET_CHARS = 200;
 
@@ -108,7 +116,7 @@ function snippet(text: string): string {
 
 /** A CSV record with the lines it spans in the file. */
 interface NumberedRecord {
-  fields: string[];
+  fields: Uint8Array[];
   first: number;
   last: number;
 }
@@ -147,7 +155,7 @@ class NumberedCsvParser extends Parser {
 
   override push(chunk: unknown, encoding?: BufferEncoding): boolean {
     if (chunk === null) return super.push(null, encoding);
-    const record: NumberedRecord = { fields: chunk as string[], ...this.span(this.info.lines) };
+    const record: NumberedRecord = { fields: chunk as Uint8Array[], ...this.span(this.info.lines) };
     return super.push(record, encoding);
   }
 }
@@ -189,8 +197,13 @@ async function* csvRows(input: Readable, options: ReadOptions): AsyncGenerator<R
   const { label } = options;
   const hasHeader = options.csv?.header ?? true;
   const parser = new NumberedCsvParser({
-    bom: true,
+    // Fields as bytes: each is decoded strictly below, so invalid UTF-8 rejects its row instead
+    // of becoming U+FFFD. (csv-parse's own BOM handling would switch it back to strings.)
+    encoding: null,
+    bom: false,
     delimiter: options.csv?.delimiter ?? ',',
+    quote: options.csv?.quote ?? '"',
+    escape: options.csv?.escape ?? options.csv?.quote ?? '"',
     // Arrays, not objects: the column count is checked here, so a short or long record is
     // rejected with its line instead of being silently padded or cut.
     columns: false,
@@ -202,11 +215,39 @@ async function* csvRows(input: Readable, options: ReadOptions): AsyncGenerator<R
     max_record_size: MAX_RECORD_CHARS,
   });
   // pipeline carries a read error into the parser, which ends the loop below with it.
-  const records = pipeline(input, parser, () => undefined) as AsyncIterable<NumberedRecord>;
+  const records = pipeline(input, withoutBom(), parser, () => undefined) as AsyncIterable<NumberedRecord>;
 
   let columns: string[] | undefined;
-  for await (const { fields, first, last } of records) {
+  let headerProblem: string | undefined;
+  for await (const record of records) {
     while (parser.skipped.length) yield skippedRow(label, parser.skipped.shift()!);
+    const { first, last } = record;
+    const decoded = decodeFields(record.fields);
+    if (headerProblem !== undefined) {
+      // No row of the file can be named: each one is a reject that says why (a reader never throws on bytes).
+      const row = newRow();
+      row[ROW_SOURCE] = `${label}:${first}`;
+      row[ROW_REJECT] = `${at(label, first, last)}: ${headerProblem}`;
+      yield row;
+      continue;
+    }
+    if (typeof decoded === 'number') {
+      if (!columns && hasHeader) {
+        headerProblem = `the header (line ${first}) is not valid UTF-8 (field ${decoded + 1}, bytes ${hexSnippet(record.fields[decoded]!)}), so no row of the file can be named; save the file as UTF-8`;
+        const row = newRow();
+        row[ROW_SOURCE] = `${label}:${first}`;
+        row[ROW_REJECT] = `${at(label, first, last)}: ${headerProblem}`;
+        yield row;
+        continue;
+      }
+      const row = newRow();
+      row[ROW_SOURCE] = `${label}:${first}`;
+      const column = columns?.[decoded] ?? `column_${decoded + 1}`;
+      row[ROW_REJECT] = `${at(label, first, last)}: invalid UTF-8 in column ${JSON.stringify(column)} (bytes ${hexSnippet(record.fields[decoded]!)}); save the file as UTF-8`;
+      yield row;
+      continue;
+    }
+    const fields = decoded;
     // A line of spaces is blank too, not a one-column record.
     if (fields.length === 1 && fields[0]!.trim() === '') continue;
     if (!columns) {
@@ -231,26 +272,100 @@ async function* csvRows(input: Readable, options: ReadOptions): AsyncGenerator<R
   while (parser.skipped.length) yield skippedRow(label, parser.skipped.shift()!);
 }
 
-/** The lines of a text stream, without their terminators, numbered from 1. */
-async function* lines(input: Readable): AsyncGenerator<[line: number, text: string]> {
-  const decoder = new StringDecoder('utf8');
-  let pending = '';
-  let n = 0;
-  for await (const chunk of input as AsyncIterable<Buffer>) {
-    pending += decoder.write(chunk);
+const strictUtf8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
+
+/** Each field as text, or the index of the first field that is not valid UTF-8. */
+function decodeFields(fields: Uint8Array[]): string[] | number {
+  const out: string[] = new Array(fields.length);
+  for (let i = 0; i < fields.length; i++) {
+    try {
+      out[i] = strictUtf8.decode(fields[i]);
+    } catch {
+      return i;
+    }
+  }
+  return out;
+}
+
+function hexSnippet(bytes: Uint8Array): string {
+  const shown = Buffer.from(bytes.subarray(0, 24)).toString('hex').replace(/(..)(?!$)/g, '$1 ');
+  return bytes.length > 24 ? `${shown} ...` : shown;
+}
+
+/** Drops a UTF-8 byte order mark at the start of the stream. */
+function withoutBom(): Transform {
+  let head: Buffer | undefined = Buffer.alloc(0);
+  const BOM = Buffer.from([0xef, 0xbb, 0xbf]);
+  return new Transform({
+    transform(chunk: Buffer, _encoding, done) {
+      if (head === undefined) return done(null, chunk);
+      head = Buffer.concat([head, chunk]);
+      if (head.length < BOM.length && BOM.subarray(0, head.length).equals(head)) return done();
+      const out = head.subarray(0, 3).equals(BOM) ? head.subarray(3) : head;
+      head = undefined;
+      done(null, out);
+    },
+    flush(done) {
+      if (head?.length) this.push(head);
+      done();
+    },
+  });
+}
+
+/** A line of a byte stream: its bytes without the terminator, or how many bytes it had when it ran past the cap. */
+type Line = { line: number; bytes: Buffer } | { line: number; oversized: number };
+
+/**
+ * The lines of a byte stream, numbered from 1, in one pass: each chunk is searched once for
+ * "\n" from where the last search stopped, so a line costs time linear in its length, and a line
+ * longer than `maxBytes` is dropped as it streams (only its length is kept), so memory stays
+ * bounded. Lines stay bytes so that each can be checked as UTF-8 on its own. (readline and
+ * split2 decode first, turning invalid bytes into U+FFFD, and neither reports an oversized line
+ * with its number: readline has no cap, split2 re-splits its whole pending text on every chunk
+ * and skips an overflow silently.)
+ */
+export async function* byteLines(input: AsyncIterable<Buffer>, maxBytes: number): AsyncGenerator<Line> {
+  let parts: Buffer[] = [];
+  let length = 0;
+  let line = 0;
+  const take = (): Line => {
+    line++;
+    const out: Line = length > maxBytes ? { line, oversized: length } : { line, bytes: parts.length === 1 ? parts[0]! : Buffer.concat(parts, length) };
+    parts = [];
+    length = 0;
+    return out;
+  };
+  for await (const chunk of input) {
     let start = 0;
-    for (let end = pending.indexOf('\n'); end !== -1; end = pending.indexOf('\n', start)) {
-      yield [++n, pending.slice(start, end)];
+    for (let end = chunk.indexOf(10, start); end !== -1; end = chunk.indexOf(10, start)) {
+      if (length + (end - start) <= maxBytes) parts.push(chunk.subarray(start, end));
+      length += end - start;
+      yield take();
       start = end + 1;
     }
-    pending = pending.slice(start);
+    if (start < chunk.length) {
+      if (length + (chunk.length - start) <= maxBytes) parts.push(chunk.subarray(start));
+      else parts = [];
+      length += chunk.length - start;
+    }
   }
-  pending += decoder.end();
-  if (pending.length) yield [++n, pending];
+  if (length > 0) yield take();
 }
 
 async function* jsonlRows(input: Readable, label: string): AsyncGenerator<Row> {
-  for await (const [line, rawText] of lines(input)) {
+  for await (const next of byteLines(input as AsyncIterable<Buffer>, MAX_LINE_BYTES)) {
+    const { line } = next;
+    if ('oversized' in next) {
+      yield { [ROW_REJECT]: `${at(label, line)}: the line is ${next.oversized} bytes, longer than the ${MAX_LINE_BYTES} bytes a JSON Lines line may have`, [ROW_SOURCE]: `${label}:${line}` };
+      continue;
+    }
+    let rawText: string;
+    try {
+      rawText = strictUtf8.decode(next.bytes);
+    } catch {
+      yield { [ROW_REJECT]: `${at(label, line)}: invalid UTF-8 (bytes ${hexSnippet(next.bytes)}); save the file as UTF-8`, [ROW_SOURCE]: `${label}:${line}` };
+      continue;
+    }
     const text = line === 1 ? rawText.replace(/^\uFEFF/, '') : rawText;
     if (text.trim() === '') continue;
     let value: unknown;

@@ -10,12 +10,13 @@
  */
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { open as openFile, stat } from 'node:fs/promises';
+import { stat } from 'node:fs/promises';
 import { isAbsolute, relative, resolve } from 'node:path';
 import { Transform, type Readable } from 'node:stream';
 import { PermanentError } from '../../errors';
 import type { FilesSource } from '../../inputs';
 import { listFiles, type ListedFile, type ListProgress } from './list';
+import { openContained, realRoots } from './roots';
 
 /** The part of a listed file a read needs: which file, and which version of it. */
 export type FileRef = Pick<ListedFile, 'path' | 'fingerprint'> & { size?: number };
@@ -93,7 +94,9 @@ export class LocalStore implements FilesStore {
         done(actual === file.fingerprint ? null : new FileChangedError(file.path, file.fingerprint, actual));
       },
     });
-    const stream = createReadStream(absPath, { signal: options.signal });
+    // Containment (SLUICE_FILES_ROOTS) is checked on the descriptor actually read: see roots.ts.
+    const contained = await openContained(file.path, absPath, await realRoots());
+    const stream = createReadStream(absPath, { fd: contained, signal: options.signal });
     stream.on('error', (err) => verify.destroy(err));
     return stream.pipe(verify);
   }
@@ -103,10 +106,12 @@ export class LocalStore implements FilesStore {
     // Hash first (one sequential read), then read ranges of the same inode; a stat after the
     // reads catches a rewrite in between.
     const hash = createHash('sha256');
-    for await (const chunk of createReadStream(absPath, { signal: options.signal }) as AsyncIterable<Buffer>) hash.update(chunk);
+    const roots = await realRoots();
+    const hashed = await openContained(file.path, absPath, roots);
+    for await (const chunk of createReadStream(absPath, { fd: hashed, signal: options.signal }) as AsyncIterable<Buffer>) hash.update(chunk);
     const actual = `sha256:${hash.digest('hex')}`;
     if (actual !== file.fingerprint) throw new FileChangedError(file.path, file.fingerprint, actual);
-    const handle = await openFile(absPath, 'r');
+    const handle = await openContained(file.path, absPath, roots);
     const before = await handle.stat();
     return {
       size: before.size,

@@ -19,7 +19,7 @@ import type { CursorPosition, PostgresSource } from '../../inputs';
 import type { Tie } from '../../plan/cursor';
 import { quoteIdent } from '../../schema/identifiers';
 import type { SourceColumn } from '../types';
-import { describeSource, PORTABLE_SESSION, relation } from './index';
+import { checkOneStatement, describeSource, oneStatement, PORTABLE_SESSION, relation } from './index';
 
 /** The columns that order the source: the cursor, then the primary key. */
 export interface Keyset {
@@ -180,9 +180,10 @@ export async function openSnapshot(url: string): Promise<SourceSnapshot> {
   }
   return {
     async query<R extends pg.QueryResultRow>(text: string, values: unknown[] = []) {
-      return (await client.query<R>(text, values)).rows;
+      return (await client.query<R>(oneStatement(text, values))).rows;
     },
     async copyOut(select, sink, tap) {
+      await checkOneStatement(client, select);
       const out = client.query(copyTo(`copy (${select}) to stdout`));
       await (tap ? pipeline(out, tap, sink) : pipeline(out, sink));
     },

@@ -18,8 +18,30 @@ import type { Extracted, SourceColumn } from '../types';
 /** Object ids below this are PostgreSQL's own (built-in types), the same on every server. */
 const FIRST_NORMAL_OID = 16384;
 
-/** Session settings that make COPY text portable between servers: UTC, ISO dates, exact floats. */
-export const PORTABLE_SESSION = `set timezone = 'UTC'; set datestyle = 'ISO, YMD'; set intervalstyle = 'postgres'; set extra_float_digits = 3`;
+/**
+ * Session settings that make COPY text portable between servers: UTC, ISO dates, exact floats;
+ * and every transaction read-only, so even a statement that got past the checks below cannot write.
+ */
+export const PORTABLE_SESSION = `set timezone = 'UTC'; set datestyle = 'ISO, YMD'; set intervalstyle = 'postgres'; set extra_float_digits = 3; set default_transaction_read_only = on`;
+
+/**
+ * A query sent over the extended protocol, whose Parse step takes exactly one statement:
+ * "select 1; commit; drop table t" is refused by the server itself ("cannot insert multiple
+ * commands into a prepared statement") instead of running as three. Everything that carries
+ * source.query uses it; node-postgres would otherwise send a query without parameters as a
+ * simple-protocol string, which runs any number of statements.
+ */
+export function oneStatement(text: string, values: unknown[] = []): pg.QueryConfig {
+  return { text, values, queryMode: 'extended' } as pg.QueryConfig;
+}
+
+/**
+ * COPY goes over the simple protocol (pg-copy-streams), so the SELECT inside it is first parsed
+ * on its own over the extended protocol: only one statement gets as far as COPY.
+ */
+export async function checkOneStatement(client: pg.Client, select: string): Promise<void> {
+  await client.query(oneStatement(`select from (${select}) as sluice_one_statement limit 0`));
+}
 
 export interface SourceFilter {
   /** rows with start <= column < end */
@@ -50,7 +72,9 @@ async function withClient<T>(url: string, fn: (client: pg.Client) => Promise<T>)
 export async function describeSource(url: string, source: PostgresSource): Promise<SourceColumn[]> {
   return withClient(url, async (client) => {
     try {
-      const r = await client.query({ text: `select * from ${relation(source)} limit 0`, rowMode: 'array' });
+      // Read-only and one statement (see oneStatement): describing a query runs it as far as planning.
+      await client.query('begin read only');
+      const r = await client.query({ ...oneStatement(`select * from ${relation(source)} limit 0`), rowMode: 'array' });
       const oids = r.fields.map((f) => f.dataTypeID);
       const mods = r.fields.map((f) => f.dataTypeModifier);
       const types = await client.query<{ i: number; type: string }>(
@@ -59,6 +83,7 @@ export async function describeSource(url: string, source: PostgresSource): Promi
         [oids, mods],
       );
       const byIndex = new Map(types.rows.map((t) => [Number(t.i), t.type]));
+      await client.query('rollback');
       return r.fields.map((f, i) => {
         const type = byIndex.get(i + 1);
         return { name: f.name, type: type ?? 'text', ...(type !== undefined && f.dataTypeID < FIRST_NORMAL_OID ? { builtin: true } : {}) };
@@ -117,6 +142,7 @@ export async function extractPostgres(url: string, source: PostgresSource, filte
       withClient(url, async (client) => {
         // REPEATABLE READ: one consistent snapshot even if the source changes mid-copy.
         await client.query('begin isolation level repeatable read read only');
+        await checkOneStatement(client, query);
         const out = client.query(copyTo(`copy (${query}) to stdout${format === 'binary' ? ' (format binary)' : ''}`));
         await pipeline(out, sink);
         await client.query('commit');
