@@ -71,13 +71,16 @@ describe('sluice command', () => {
       '    table: public.orders', // 6
       '  resource:', // 7
       '    writeDisposition: merj', // 8
-      '', // 9
+      '    primaryKey: [id]', // 9
+      '    mergKey: [id]', // 10
+      '', // 11
     ].join('\n');
     const r = readWorkflowFile('orders.yaml', yamlText);
     assert.equal(r.ok, false);
     assert.deepEqual(!r.ok && r.problems, [
       'orders.yaml:7: input.resource.name: required',
       'orders.yaml:8: input.resource.writeDisposition: Invalid option: expected one of "append"|"merge"|"replace"',
+      'orders.yaml:10: input.resource.mergKey: unknown field, did you mean mergeKey?',
     ]);
 
     const json = JSON.stringify({ workflow: 'incrementalWorkflow', input: { source: { kind: 'postgres', connection: 'X', table: 't' }, resource: { name: 'a' }, cursor: { column: 'u' }, once: 'yes' } }, null, 2);
