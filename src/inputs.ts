@@ -49,21 +49,52 @@ export const PostgresSource = z
     path: ['table'],
   });
 
-export const FilesSource = z.strictObject({
-  kind: z.literal('files'),
-  path: z.string().min(1, 'must be a directory').describe('the directory to read (inside SLUICE_FILES_ROOTS)'),
-  /** Glob relative to `path`; `**` descends into subdirectories. */
-  pattern: z.string().min(1).default('*').describe('glob relative to `path`; `**` descends into subdirectories'),
-  format: z.enum(['csv', 'jsonl']).describe('how the files are written; `.gz` files are decompressed either way'),
-  csv: z
-    .strictObject({
-      delimiter: z.string().length(1).default(',').describe('one character between fields'),
-      /** false when the file has no header row; columns are then named column_1, column_2, ... */
-      header: z.boolean().default(true).describe('false when the file has no header row; columns are then named column_1, column_2, ...'),
-    })
-    .optional()
-    .describe('CSV options'),
-});
+/** `s3://bucket/prefix/`: an object-storage location (any S3-compatible store). */
+const s3Url = z
+  .string()
+  .regex(
+    /^s3:\/\/[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](\/[^\u0000-\u001f]*)?$/,
+    'must be an object-storage URL like s3://bucket/prefix/ (bucket names are lower case letters, digits, dots and dashes)',
+  );
+
+export const FilesSource = z
+  .strictObject({
+    kind: z.literal('files'),
+    /** A local directory; give this or `url`. */
+    path: z.string().min(1, 'must be a directory').optional().describe('a local directory (inside SLUICE_FILES_ROOTS); give this or `url`'),
+    /** Object storage: `s3://bucket/prefix/`; give this or `path`. */
+    url: s3Url.optional().describe('object storage: `s3://bucket/prefix/`; give this or `path`'),
+    /**
+     * With `url`: NAME of the credentials, read by the worker from NAME_S3_ENDPOINT,
+     * NAME_S3_ACCESS_KEY_ID, NAME_S3_SECRET_ACCESS_KEY, NAME_S3_REGION, NAME_S3_FORCE_PATH_STYLE.
+     * Absent: the standard AWS chain (AWS_* variables, profiles, instance roles).
+     */
+    connection: envVarName.optional().describe('with `url`: NAME of the credentials, read from NAME_S3_ENDPOINT, NAME_S3_ACCESS_KEY_ID, NAME_S3_SECRET_ACCESS_KEY, NAME_S3_REGION, NAME_S3_FORCE_PATH_STYLE; absent: the standard AWS chain'),
+    /** Glob relative to `path` (or to the URL's prefix); `**` descends into subdirectories. */
+    pattern: z.string().min(1).default('*').describe('glob relative to `path` (or to the URL\'s prefix); `**` descends into subdirectories'),
+    format: z.enum(['csv', 'jsonl', 'parquet']).describe('how the files are written; `.gz` CSV and JSON Lines are decompressed either way'),
+    csv: z
+      .strictObject({
+        delimiter: z.string().length(1).default(',').describe('one character between fields'),
+        /** false when the file has no header row; columns are then named column_1, column_2, ... */
+        header: z.boolean().default(true).describe('false when the file has no header row; columns are then named column_1, column_2, ...'),
+      })
+      .optional()
+      .describe('CSV options'),
+  })
+  .superRefine((s, ctx) => {
+    if ((s.path === undefined) === (s.url === undefined)) {
+      ctx.addIssue({ code: 'custom', path: ['path'], message: 'give exactly one of "path" (a local directory) or "url" (s3://bucket/prefix/)' });
+    }
+    if (s.connection !== undefined && s.url === undefined) {
+      ctx.addIssue({ code: 'custom', path: ['connection'], message: '"connection" names object-storage credentials: it goes with "url", not "path"' });
+    }
+  });
+
+/** Where a files source reads: its directory or its s3:// URL, for messages and progress lines. */
+export function filesLocation(source: FilesSource): string {
+  return source.url ?? source.path ?? '';
+}
 
 export const RegisteredSource = z.strictObject({
   kind: z.literal('registered'),
@@ -431,15 +462,18 @@ function withoutPaths(raw: unknown, paths: PropertyKey[][]): unknown {
 /**
  * The known name a misspelled `name` most likely meant: the nearest by edit distance (a swap of
  * two neighbouring letters counts as one edit), ignoring case, if it is close enough to be a
- * typo rather than a different word. Undefined when nothing is that close.
+ * typo rather than a different word, or a name that begins with it. Undefined when nothing is that close.
  */
 export function closestName(name: string, known: readonly string[]): string | undefined {
   const wanted = name.toLowerCase();
   const limit = Math.max(1, Math.min(3, Math.floor(wanted.length / 3)));
   let best: { name: string; distance: number } | undefined;
   for (const candidate of known) {
-    const distance = editDistance(wanted, candidate.toLowerCase());
-    if (distance <= limit && (!best || distance < best.distance)) best = { name: candidate, distance };
+    const lower = candidate.toLowerCase();
+    const distance = editDistance(wanted, lower);
+    // A cut-off name ("created" for created_at) is a typo too, however many letters are missing.
+    const close = distance <= limit || (wanted.length >= 3 && lower.startsWith(wanted));
+    if (close && (!best || distance < best.distance)) best = { name: candidate, distance };
   }
   return best?.name;
 }

@@ -31,7 +31,8 @@ test('the reference has a row for every field of every input schema, with its de
   expectFields('`filesWorkflow`', '', FilesInput.shape);
   expectFields('`fullRefreshWorkflow`', '', FullRefreshInput.shape);
   expectFields('`pipelineWorkflow`', '', PipelineInput.shape);
-  expectFields('`source`', 'source.', { ...PostgresSource.shape, ...FilesSource.shape, ...RegisteredSource.shape });
+  expectFields('`source`', 'source.', { ...PostgresSource.shape, ...RegisteredSource.shape });
+  expectFields('`source` of filesWorkflow', 'source.', FilesSource.shape);
   expectFields('`resource`', 'resource.', Resource.shape);
   expectFields('`destination`', 'destination.', Destination.shape);
   assert.match(section('`incrementalWorkflow`'), /^\| `pageSize` \| integer 1 to 1000000 \| default `50000` \| rows per page read from the source/m);

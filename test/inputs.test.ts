@@ -42,6 +42,8 @@ describe('edit distance and suggestions', () => {
     assert.equal(closestName('nme', ['name', 'end']), 'name');
     assert.equal(closestName('a', ['b']), 'b', 'a one-letter key is one edit from any other one-letter key');
     assert.equal(closestName('id', ['end', 'start']), undefined);
+    assert.equal(closestName('created', ['id', 'created_at', 'updated_at']), 'created_at', 'a cut-off name');
+    assert.equal(closestName('up', ['updated_at']), undefined, 'two letters are too few to guess from');
   });
 });
 

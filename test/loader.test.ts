@@ -414,6 +414,25 @@ describe('load engine', () => {
     assert.deepEqual([remerged.path, remerged.rowsLoaded, remerged.rowsRejected], ['typed-staging', 5, 1]);
     assert.equal((await select(`select count(*)::int as n from ${schema}.paths_merge`))[0].n, 5);
     assert.match((await select(`select reason from ${schema}._sluice_rejects where load_id = 'paths-7'`))[0].reason, /primary key column "id" is missing/);
+
+    // A merge key that is the source's own primary key: into a new (or empty) table every row is
+    // an insert, so it goes direct; into a full one it stages in binary and skips the dedupe.
+    await db.query(`create table ${src}.keyed (id bigint primary key, v text); insert into ${src}.keyed select i, 'v' || i from generate_series(1, 6) i`);
+    const keyed = { kind: 'postgres' as const, connection: 'X', table: `${src}.keyed` };
+    const mergeKeyed = async (loadId: string) =>
+      loadResource({ url, schema, table: 'paths_keyed', resource: Resource.parse({ name: 'paths_keyed', writeDisposition: 'merge', primaryKey: ['id'] }), loadId, data: await extractPostgres(url, keyed) });
+    const first = await mergeKeyed('paths-8');
+    assert.deepEqual([first.path, first.rowsLoaded], ['direct', 6]);
+    await db.query(`update ${src}.keyed set v = 'changed' where id = 2; insert into ${src}.keyed values (7, 'new')`);
+    const second = await mergeKeyed('paths-9');
+    assert.deepEqual([second.path, second.rowsLoaded], ['typed-staging', 7]);
+    assert.deepEqual(
+      await select(`select id::int, v, _sluice_load_id as load from ${schema}.paths_keyed where _sluice_load_id = 'paths-9' order by id`),
+      [{ id: 2, v: 'changed', load: 'paths-9' }, { id: 7, v: 'new', load: 'paths-9' }],
+      'only changed and new rows are written',
+    );
+    const pk = await select(`select count(*)::int as n from pg_index where indrelid = $1::regclass and indisprimary`, [`${schema}.paths_keyed`]);
+    assert.equal(pk[0].n, 1, 'a merge table gets its primary key on the direct path too');
   });
 
   test('a backfill partition creates its table with an index on the partition column, which the range delete uses', async () => {

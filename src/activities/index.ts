@@ -12,6 +12,7 @@ import { createFullRefreshActivities } from './full-refresh';
 import { createFileActivities } from './files';
 import { createIncrementalActivities } from './incremental';
 import { destinationTable, summarize, withHeartbeat, workflowOf, type ActivityDeps, type LoadSummary } from './context';
+import { createPreflightActivities } from './preflight';
 import type { PartitionRange } from '../sources/types';
 
 export type { ActivityDeps, LoadSummary } from './context';
@@ -31,6 +32,7 @@ export function createActivities(deps: ActivityDeps) {
     ...createFullRefreshActivities(),
     ...createFileActivities(deps),
     ...createIncrementalActivities(),
+    ...createPreflightActivities(),
 
     async sluiceEnvironment(): Promise<{ searchAttributes: boolean }> {
       return { searchAttributes: deps.searchAttributesRegistered };

@@ -30,7 +30,7 @@ function jsonSchema(schema: z.ZodType): JsonSchema {
 /** Parts every workflow shares get one section each; fields of that shape link to it. */
 const SHARED: { anchor: string; field: string; title: string; intro: string; schema: z.ZodType }[] = [
   { anchor: 'source', field: 'source', title: '`source`', intro: 'Where the rows come from, by `kind`.', schema: Source },
-  { anchor: 'files-source', field: 'source', title: '`source` of filesWorkflow', intro: 'A directory of files.', schema: FilesSource },
+  { anchor: 'files-source', field: 'source', title: '`source` of filesWorkflow', intro: 'A local directory or an object-storage prefix (s3://bucket/prefix/).', schema: FilesSource },
   { anchor: 'resource', field: 'resource', title: '`resource`', intro: 'What the rows are and how they are written.', schema: Resource },
   { anchor: 'destination', field: 'destination', title: '`destination`', intro: 'Where the rows go. May be omitted.', schema: Destination },
 ];
@@ -129,7 +129,13 @@ function sharedSection(part: (typeof SHARED)[number], links: Map<string, string>
   const own = new Map([...links].filter(([, anchor]) => anchor !== `#${part.anchor}`));
   const variants = s.oneOf ?? s.anyOf;
   const body = variants
-    ? variants.map((v) => `Kind ${typeText(v.properties?.kind ?? {})}:\n\n${table(rows(v, part.field, own))}`).join('\n\n')
+    ? variants
+        .map((v) => {
+          const kind = `Kind ${typeText(v.properties?.kind ?? {})}`;
+          const link = own.get(shapeKey(v));
+          return link ? `${kind}: see [below](${link}).` : `${kind}:\n\n${table(rows(v, part.field, own))}`;
+        })
+        .join('\n\n')
     : table(rows(s, part.field, own));
   return `### ${part.title}\n\n<a id="${part.anchor}"></a>${part.intro}\n\n${body}`;
 }

@@ -37,6 +37,11 @@ export type Extracted =
        * `copyTo(sink, 'binary')` may then be piped into a binary COPY of columns of those types.
        */
       binary?: boolean;
+      /**
+       * The source table's unique keys whose columns are all NOT NULL (a primary key, say), by
+       * source column name: one read of the source holds no two rows with the same such key.
+       */
+      uniqueKeys?: () => Promise<string[][]>;
       /** Writes the source's COPY rows (columns in `columns` order, text unless asked for binary) into `sink`, then ends it. */
       copyTo(sink: Writable, format?: 'text' | 'binary'): Promise<void>;
     };

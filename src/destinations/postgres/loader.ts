@@ -187,6 +187,8 @@ interface Staged {
   exact: boolean;
   /** Staging columns have the incoming types (binary COPY), not text: the plan must not change any type. */
   typed?: boolean;
+  /** The merge key is a unique, non-null key of the source: staging holds no duplicate keys. */
+  uniqueKey?: boolean;
   rows: number;
 }
 
@@ -216,8 +218,35 @@ async function choosePath(client: pg.PoolClient, req: LoadRequest): Promise<Load
   const columns = sourceColumns(req.data);
   if (columns.some((c) => declared.has(c.name) && declared.get(c.name) !== c.type)) return 'text-staging';
   if (new Set(columns.map((c) => c.name)).size !== columns.length) return 'text-staging';
-  if (!exactPlan(req, columns, await targetColumns(client, req))) return 'text-staging';
-  return req.resource.writeDisposition === 'merge' || req.resource.primaryKey?.length ? 'typed-staging' : 'direct';
+  const existing = await targetColumns(client, req);
+  if (!exactPlan(req, columns, existing)) return 'text-staging';
+  if (req.resource.writeDisposition === 'merge') return (await mergeIsInsert(client, req, existing !== undefined)) ? 'direct' : 'typed-staging';
+  return req.resource.primaryKey?.length ? 'typed-staging' : 'direct';
+}
+
+/** Whether the merge key is one of the source's own unique, non-null keys: then a load holds no two rows of one key and none without one. */
+async function uniqueSourceKey(req: LoadRequest): Promise<boolean> {
+  const { resource, data } = req;
+  if (data.kind !== 'copy' || !data.uniqueKeys || !resource.primaryKey?.length) return false;
+  const namer = new ColumnNamer();
+  const wanted = new Set(resource.primaryKey.map((k) => namer.name(k)));
+  const sourceNames = new Map(sourceColumns(data).map((c, i) => [data.columns[i]!.name, c.name]));
+  const same = (key: string[]) => key.length === wanted.size && key.every((k) => wanted.has(sourceNames.get(k) ?? ''));
+  return (await data.uniqueKeys()).some(same);
+}
+
+/**
+ * A merge into a table that does not exist yet or is empty, of a source whose merge key is unique
+ * and never null, with no hardDelete or mergeKey: every row is an insert, so it takes the direct
+ * path (loadDirect checks again under the table lock that the table is still empty).
+ */
+async function mergeIsInsert(client: pg.PoolClient, req: LoadRequest, exists: boolean): Promise<boolean> {
+  if (req.resource.hardDelete || req.resource.mergeKey?.length || !(await uniqueSourceKey(req))) return false;
+  return !exists || (await tableIsEmpty(client, req));
+}
+
+async function tableIsEmpty(client: pg.PoolClient, req: LoadRequest): Promise<boolean> {
+  return (await client.query(`select 1 from ${qualifiedName(req.schema, req.table)} limit 1`)).rowCount === 0;
 }
 
 async function targetColumns(client: pg.PoolClient, req: LoadRequest): Promise<sql.TargetColumn[] | undefined> {
@@ -243,27 +272,32 @@ function exactPlan(req: LoadRequest, columns: sql.TargetColumn[], existing: sql.
   return exact && plan.columns.length === columns.length && plan.columns.every((c, i) => c.name === columns[i]!.name && c.type === columns[i]!.type) ? plan : undefined;
 }
 
-/** The load ran its checks before taking the table lock; a schema change in between sends it round again. */
-function tableChanged(table: string): Error {
-  return new Error(`the columns of "${table}" changed while this load was starting; the retry plans it again`);
+/** The load chose its path before taking the table lock; a change in between sends it round again (retryable). */
+function tableChanged(table: string, what = 'the columns of'): Error {
+  return new Error(`${what} "${table}" changed while this load was starting; the retry plans it again`);
 }
 
 /**
  * The direct path: the target is created (or gets new columns) if needed, what the load
  * supersedes is deleted, and the source's binary COPY goes straight into the target with the load
  * id appended to every row, all in the load's transaction. Loads into a table whose columns
- * already fit share the table lock, so backfill partitions COPY in parallel.
+ * already fit share the table lock, so backfill partitions COPY in parallel. A merge gets here
+ * only when it is all inserts (mergeIsInsert): the table is created with its primary key.
  */
 async function loadDirect(client: pg.PoolClient, req: LoadRequest): Promise<LoadResult> {
   const source = req.data as Extract<Extracted, { kind: 'copy' }>;
   const columns = sourceColumns(source);
   const before = await targetColumns(client, req);
+  const merge = req.resource.writeDisposition === 'merge';
   const planned = exactPlan(req, columns, before);
-  const shared = planned !== undefined && !planned.create && planned.add.length === 0;
+  const shared = !merge && planned !== undefined && !planned.create && planned.add.length === 0;
   await lockTable(client, req, shared);
   const plan = exactPlan(req, columns, await targetColumns(client, req));
   if (!plan || (shared && (plan.create || plan.add.length))) throw tableChanged(req.table);
-  await applySchemaPlan(client, req, plan, undefined);
+  const primaryKey = merge ? req.resource.primaryKey!.map((k) => new ColumnNamer().name(k)) : undefined;
+  if (merge && !plan.create && !(await tableIsEmpty(client, req))) throw tableChanged(req.table, 'the rows of');
+  await applySchemaPlan(client, req, plan, primaryKey);
+  if (primaryKey && !plan.create) await ensureUniqueKey(client, req.schema, req.table, primaryKey);
   await deleteSuperseded(client, req, new ColumnNamer());
   const target = qualifiedName(req.schema, req.table);
   const sink = client.query(
@@ -311,7 +345,7 @@ async function stage(client: pg.PoolClient, req: LoadRequest, typed = false): Pr
       const tap = new BinaryCopyTap({ onProgress: req.onProgress });
       await Promise.all([source.copyTo(tap, 'binary'), pipeline(tap, sink)]);
       req.onProgress?.(tap.rows);
-      return { columns, incoming, exact: true, typed: true, rows: sink.rowCount };
+      return { columns, incoming, exact: true, typed: true, uniqueKey: await uniqueSourceKey(req), rows: sink.rowCount };
     }
     await client.query(sql.createStagingSql(columns));
     const sink = client.query(copyFrom(`copy ${quoteIdent(sql.STAGING_TABLE)} (${columns.map(quoteIdent).join(', ')}) from stdin`));
@@ -596,20 +630,19 @@ async function finalize(client: pg.PoolClient, req: LoadRequest, staged: Staged)
       if (mergeKey) await client.query(sql.deleteByMergeKeySql(insertPlan, mergeKey));
       if (primaryKey) {
         // Temp tables have no statistics: without them the planner guesses row counts and may
-        // join staging to the target with nested loops. Worth its ~0.1 s only for big merges.
-        if (staged.rows >= 50_000) await client.query(`analyze ${quoteIdent(sql.STAGING_TABLE)}`);
+        // join staging to the target with nested loops. Only the key columns matter for the join.
+        if (staged.rows >= 50_000) await client.query(`analyze ${quoteIdent(sql.STAGING_TABLE)} (${primaryKey.map(quoteIdent).join(', ')})`);
         const merge = sql.mergeSql({ ...insertPlan, primaryKey });
-        const duplicates = (await client.query(merge.dedupe)).rowCount ?? 0;
+        // A source whose own unique, non-null key is the merge key has no in-batch duplicates.
+        const duplicates = staged.uniqueKey ? 0 : ((await client.query(merge.dedupe)).rowCount ?? 0);
         let flagged = 0;
-        if (merge.hardDelete && hardDelete) {
-          await client.query(merge.hardDelete);
+        if (hardDelete) {
           const r = await client.query<{ n: string }>(
             `select count(*) as n from ${quoteIdent(sql.STAGING_TABLE)} where ${quoteIdent(hardDelete)}::boolean is true`,
           );
           flagged = Number(r.rows[0]!.n);
         }
-        if (merge.update) await client.query(merge.update, [req.loadId]);
-        await client.query(merge.insert, [req.loadId]);
+        await client.query(merge.merge, [req.loadId]);
         // Rows delivered: every surviving key, whether it was inserted, changed or already equal.
         rowsLoaded = staged.rows - rowsRejected - duplicates - flagged;
       } else {

@@ -85,6 +85,16 @@ export function selectSql(source: PostgresSource, columns: SourceColumn[], filte
   return `select ${cols} from ${relation(source)}${where.length ? ` where ${where.join(' and ')}` : ''}`;
 }
 
+/** The relation's unique indexes ($1) without predicate or expressions whose columns are all NOT NULL. */
+export function uniqueKeysSql(): string {
+  return `select array_agg(a.attname::text order by k.n) as columns
+    from pg_index i cross join lateral unnest(i.indkey::int2[]) with ordinality as k(attnum, n)
+    join pg_attribute a on a.attrelid = i.indrelid and a.attnum = k.attnum
+    where i.indrelid = to_regclass($1) and i.indisunique and i.indpred is null and i.indexprs is null
+    group by i.indexrelid
+    having bool_and(a.attnotnull)`;
+}
+
 /** A partition (or the whole relation) as COPY text for the loader's fast path. */
 export async function extractPostgres(url: string, source: PostgresSource, filter: SourceFilter = {}): Promise<Extracted> {
   const columns = await describeSource(url, source);
@@ -100,6 +110,8 @@ export async function extractPostgres(url: string, source: PostgresSource, filte
     columns,
     // Binary COPY names element types by OID in arrays and records: only built-in types are portable.
     binary: columns.length > 0 && columns.every((c) => c.builtin),
+    // A query may join or repeat rows: only a table's own constraints say a key is unique.
+    uniqueKeys: async () => (source.table ? withClient(url, async (client) => (await client.query<{ columns: string[] }>(uniqueKeysSql(), [relation(source)])).rows.map((r) => r.columns)) : []),
     copyTo: (sink: Writable, format = 'text') =>
       withClient(url, async (client) => {
         // REPEATABLE READ: one consistent snapshot even if the source changes mid-copy.
