@@ -5,7 +5,7 @@
  */
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
@@ -103,6 +103,16 @@ describe('sluice command', () => {
     assert.deepEqual(!pipeline.ok && pipeline.problems, [
       'p.yaml:9: input.steps[0].input.resource.writeDisposition: Invalid option: expected one of "append"|"merge"|"replace"',
     ]);
+  });
+
+  test('the example files under docs/examples, which the README starts, are valid', async () => {
+    const examples = join(REPO, 'docs', 'examples');
+    const names = (await readdir(examples)).sort();
+    assert.deepEqual(names, ['backfill-orders.yaml', 'files-payments.yaml', 'sync-customers.json']);
+    for (const name of names) {
+      const r = readWorkflowFile(name, await readFile(join(examples, name), 'utf8'));
+      assert.ok(r.ok, `${name}: ${!r.ok && r.problems.join('; ')}`);
+    }
   });
 
   test('--help on every command, through npx as a user types it', async () => {
