@@ -38,11 +38,11 @@ export const duration = z.string().regex(/^\d+(ms|s|m|h|d)$/, 'must be a duratio
 export const PostgresSource = z
   .strictObject({
     kind: z.literal('postgres'),
-    connection: envVarName,
+    connection: envVarName.describe('NAME of the environment variable that holds the source connection string, like SOURCE_DATABASE_URL'),
     /** `schema.table` or `table`. */
-    table: z.string().min(1).optional(),
+    table: z.string().min(1).optional().describe('`schema.table` or `table`; give exactly one of table or query'),
     /** A SELECT whose result is the resource; partition and cursor filters are wrapped around it. */
-    query: z.string().min(1).optional(),
+    query: z.string().min(1).optional().describe('a SELECT whose result is the resource; partition and cursor filters are wrapped around it'),
   })
   .refine((s) => (s.table === undefined) !== (s.query === undefined), {
     message: 'give exactly one of "table" or "query"',
@@ -70,28 +70,29 @@ export const FilesSource = z
   .strictObject({
     kind: z.literal('files'),
     /** A local directory; give this or `url`. */
-    path: z.string().min(1, 'must be a directory').optional(),
+    path: z.string().min(1, 'must be a directory').optional().describe('a local directory (inside SLUICE_FILES_ROOTS); give this or `url`'),
     /** Object storage: `s3://bucket/prefix/`; give this or `path`. */
-    url: s3Url.optional(),
+    url: s3Url.optional().describe('object storage: `s3://bucket/prefix/`; give this or `path`'),
     /**
      * With `url`: NAME of the credentials, read by the worker from NAME_S3_ENDPOINT,
      * NAME_S3_ACCESS_KEY_ID, NAME_S3_SECRET_ACCESS_KEY, NAME_S3_REGION, NAME_S3_FORCE_PATH_STYLE.
      * Absent: the standard AWS chain (AWS_* variables, profiles, instance roles).
      */
-    connection: envVarName.optional(),
+    connection: envVarName.optional().describe('with `url`: NAME of the credentials, read from NAME_S3_ENDPOINT, NAME_S3_ACCESS_KEY_ID, NAME_S3_SECRET_ACCESS_KEY, NAME_S3_REGION, NAME_S3_FORCE_PATH_STYLE; absent: the standard AWS chain'),
     /** Glob relative to `path` (or to the URL's prefix); `**` descends into subdirectories. */
-    pattern: z.string().min(1).default('*'),
-    format: z.enum(['csv', 'jsonl', 'parquet']),
+    pattern: z.string().min(1).default('*').describe('glob relative to `path` (or to the URL\'s prefix); `**` descends into subdirectories'),
+    format: z.enum(['csv', 'jsonl', 'parquet']).describe('how the files are written; `.gz` CSV and JSON Lines are decompressed either way'),
     csv: z
       .strictObject({
-        delimiter: csvCharacter.default(','),
+        delimiter: csvCharacter.default(',').describe('one character between fields (no control characters)'),
         /** The quote character (default "); `escape` escapes a quote inside a quoted field (default: the quote itself). */
-        quote: csvCharacter.optional(),
-        escape: csvCharacter.optional(),
+        quote: csvCharacter.optional().describe('the quote character (default ")'),
+        escape: csvCharacter.optional().describe('escapes a quote inside a quoted field (default: the quote itself)'),
         /** false when the file has no header row; columns are then named column_1, column_2, ... */
-        header: z.boolean().default(true),
+        header: z.boolean().default(true).describe('false when the file has no header row; columns are then named column_1, column_2, ...'),
       })
-      .optional(),
+      .optional()
+      .describe('CSV options'),
   })
   .superRefine((s, ctx) => {
     if ((s.path === undefined) === (s.url === undefined)) {
@@ -110,9 +111,9 @@ export function filesLocation(source: FilesSource): string {
 export const RegisteredSource = z.strictObject({
   kind: z.literal('registered'),
   /** `source.resource`, as registered in the worker's source registry (e.g. "demo.events"). */
-  name: z.string().regex(/^[\w-]+\.[\w-]+$/, 'must be "source.resource", like demo.events'),
+  name: z.string().regex(/^[\w-]+\.[\w-]+$/, 'must be "source.resource", like demo.events').describe('`source.resource` as registered in the worker (SLUICE_SOURCES), like demo.events'),
   /** Free-form options handed to the resource's extract function. */
-  options: z.record(z.string(), z.unknown()).optional(),
+  options: z.record(z.string(), z.unknown()).optional().describe("free-form options handed to the resource's extract function"),
 });
 
 export const Source = z.discriminatedUnion('kind', [PostgresSource, FilesSource, RegisteredSource]);
@@ -126,9 +127,9 @@ export const ContractMode = z.enum(['evolve', 'freeze', 'discard_row', 'discard_
  * widening to text, `discard_row` (the default) sends the row to _sluice_rejects.
  */
 export const SchemaContract = z.strictObject({
-  tables: ContractMode.default('evolve'),
-  columns: ContractMode.default('evolve'),
-  dataTypes: ContractMode.default('discard_row'),
+  tables: ContractMode.default('evolve').describe('whether a new table may be created'),
+  columns: ContractMode.default('evolve').describe('whether new columns may be added'),
+  dataTypes: ContractMode.default('discard_row').describe('values that do not fit their column: `evolve` widens it to text, `discard_row` sends the row to _sluice_rejects (safe widening always happens)'),
 });
 
 const keyList = z
@@ -137,17 +138,17 @@ const keyList = z
 
 export const Resource = z
   .strictObject({
-    name: z.string().min(1),
+    name: z.string().min(1).describe('the resource name, as _sluice_loads, _sluice_rejects and `sluice status` know it'),
     /** Destination table; defaults to the normalized resource name. */
-    table: z.string().min(1).optional(),
-    writeDisposition: z.enum(['append', 'merge', 'replace']).default('append'),
-    primaryKey: keyList.optional(),
+    table: z.string().min(1).optional().describe('destination table; defaults to the normalized resource name'),
+    writeDisposition: z.enum(['append', 'merge', 'replace']).default('append').describe('`append` inserts, `merge` upserts on primaryKey, `replace` swaps the whole table'),
+    primaryKey: keyList.optional().describe('column or columns that identify a row; needed by `merge`; rows without it are rejected'),
     /** With merge: delete every destination row whose merge key occurs in the load, then insert. */
-    mergeKey: keyList.optional(),
+    mergeKey: keyList.optional().describe('with merge: delete every destination row whose merge key occurs in the load, then insert'),
     /** With merge: rows whose value in this column is true are deleted from the destination. */
-    hardDelete: columnName.optional(),
-    columns: z.record(z.string(), pgTypeName).optional(),
-    schemaContract: SchemaContract.optional(),
+    hardDelete: columnName.optional().describe('with merge: rows whose value in this column is true are deleted from the destination'),
+    columns: z.record(z.string(), pgTypeName).optional().describe('declared PostgreSQL column types, like {"amount": "numeric(12,2)"}; a value that does not cast is rejected; other columns are inferred'),
+    schemaContract: SchemaContract.optional().describe('what may change in the destination schema (dlt-style schema contract)'),
   })
   .superRefine((r, ctx) => {
     if (r.writeDisposition === 'merge' && !r.primaryKey && !r.mergeKey) {
@@ -163,8 +164,8 @@ export const Resource = z
   });
 
 export const Destination = z.strictObject({
-  connection: envVarName.default('DATABASE_URL'),
-  schema: z.string().min(1).default('public'),
+  connection: envVarName.default('DATABASE_URL').describe('NAME of the environment variable that holds the destination connection string'),
+  schema: z.string().min(1).default('public').describe('destination schema; created when missing'),
 });
 
 const defaultDestination = { connection: 'DATABASE_URL', schema: 'public' };
@@ -180,27 +181,27 @@ export const Granularity = z.enum(['hour', 'day', 'month']);
 export const BackfillInput = z
   .strictObject({
     ...common,
-    partitionColumn: columnName,
-    start: isoDateOrTimestamp,
+    partitionColumn: columnName.describe('the date or timestamp column that partitions the source'),
+    start: isoDateOrTimestamp.describe('first partition: a date like 2024-01-01 or a UTC timestamp like 2024-01-01T05:00:00Z'),
     /** Inclusive: the partition that contains `end` is the last one. */
-    end: isoDateOrTimestamp,
-    granularity: Granularity.default('day'),
-    parallel: z.number().int().min(1).max(500).default(4),
+    end: isoDateOrTimestamp.describe('last partition, inclusive: the partition that contains `end` is the last one'),
+    granularity: Granularity.default('day').describe('one partition per hour, day or month (UTC)'),
+    parallel: z.number().int().min(1).max(500).default(4).describe('at most this many partitions in flight; the setParallel signal changes it'),
     /** Re-run only these partition keys (e.g. the failed ones of an earlier run). */
-    onlyPartitions: z.array(z.string().min(1)).optional(),
+    onlyPartitions: z.array(z.string().min(1)).optional().describe('re-run only these partition keys, e.g. the failed ones of an earlier run'),
     /** Attempts per partition before it is recorded as failed. */
-    maxAttempts: z.number().int().min(1).max(100).default(5),
+    maxAttempts: z.number().int().min(1).max(100).default(5).describe('attempts per partition before it is recorded as failed'),
     /** Skip partitions an earlier run (any workflow id) committed; the result lists them. */
-    skipLoaded: z.boolean().optional(),
+    skipLoaded: z.boolean().optional().describe('skip partitions an earlier run (any workflow id) committed; the result lists them'),
     /** Complete (not FAILED) even when partitions failed for good. */
-    allowFailures: z.boolean().optional(),
+    allowFailures: z.boolean().optional().describe('complete (not FAILED) even when partitions, files or steps failed for good'),
     /**
      * Stop starting partitions after this many failed for good in a row (the run then ends
      * FAILED). 10: a broken setup (wrong table, column or connection) fails every partition, so it
      * stops after ten instead of failing the whole range, while scattered bad partitions, each
      * followed by good ones, never stop it.
      */
-    maxConsecutiveFailures: z.number().int().min(1).default(10),
+    maxConsecutiveFailures: z.number().int().min(1).default(10).describe('stop starting partitions after this many failed for good in a row (the run then ends FAILED)'),
     /** Internal: what a run hands to its continue-as-new successor. */
     continuation: z
       .strictObject({
@@ -217,7 +218,8 @@ export const BackfillInput = z
         paused: z.boolean(),
         parallel: z.number().int().min(1),
       })
-      .optional(),
+      .optional()
+      .describe('Internal: what a run hands to its continue-as-new successor; never set it yourself'),
   })
   .superRefine((b, ctx) => {
     if (b.source.kind === 'files') {
@@ -232,17 +234,17 @@ export const BackfillInput = z
   });
 
 export const CursorSpec = z.strictObject({
-  column: columnName,
-  initialValue: z.union([z.string(), z.number()]).optional(),
+  column: columnName.describe('the column that grows with every change, like updated_at'),
+  initialValue: z.union([z.string(), z.number()]).optional().describe('where the first sync starts (rows past it); from the beginning when omitted'),
   /** Start over from initialValue, ignoring the cursor saved in _sluice_state. */
-  reset: z.boolean().default(false),
+  reset: z.boolean().default(false).describe('start over from initialValue, ignoring the cursor saved in _sluice_state'),
   /** Re-read this far behind the cursor, for sources that stamp rows before they commit. */
-  lag: duration.optional(),
+  lag: duration.optional().describe('re-read this far behind the cursor (like 5m), for sources that stamp rows before they commit'),
 });
 
 const schedule = {
-  once: z.boolean().optional(),
-  every: duration.optional(),
+  once: z.boolean().optional().describe('true: run once and finish; give either once or every'),
+  every: duration.optional().describe('keep running, once per this interval (30s, 5m, 1h, 1d); the syncNow signal runs at once'),
 };
 
 function requireSchedule(s: { once?: boolean; every?: string }, ctx: z.RefinementCtx) {
@@ -274,10 +276,10 @@ export const SyncMode = z.enum(['start', 'continue', 'restart']);
 export const IncrementalInput = z
   .strictObject({
     ...common,
-    cursor: CursorSpec,
+    cursor: CursorSpec.describe('which column orders the changes, and where to start'),
     ...schedule,
     /** Rows per page read from the source; each page is committed with its cursor. */
-    pageSize: z.number().int().min(1).max(1_000_000).default(50_000),
+    pageSize: z.number().int().min(1).max(1_000_000).default(50_000).describe('rows per page read from the source; each page is committed together with its cursor'),
     continuation: z
       .strictObject({
         cursor: z.unknown(),
@@ -302,7 +304,8 @@ export const IncrementalInput = z
           })
           .optional(),
       })
-      .optional(),
+      .optional()
+      .describe('Internal: what a run hands to its continue-as-new successor; never set it yourself'),
   })
   .superRefine((s, ctx) => {
     requireSchedule(s, ctx);
@@ -318,12 +321,12 @@ export const FilesInput = z
   .strictObject({
     ...common,
     source: FilesSource,
-    parallel: z.number().int().min(1).max(500).default(4),
+    parallel: z.number().int().min(1).max(500).default(4).describe('at most this many files in flight; the setParallel signal changes it'),
     ...schedule,
     /** Attempts per file before it is recorded as failed (unreadable files and bad data fail at once). */
-    maxAttempts: z.number().int().min(1).max(100).default(5),
+    maxAttempts: z.number().int().min(1).max(100).default(5).describe('attempts per file before it is recorded as failed (unreadable files and bad data fail at once)'),
     /** With `once`: complete (not FAILED) even when files failed for good. */
-    allowFailures: z.boolean().optional(),
+    allowFailures: z.boolean().optional().describe('complete (not FAILED) even when partitions, files or steps failed for good'),
     /** Internal: what a run hands to its continue-as-new successor. */
     continuation: z
       .strictObject({
@@ -346,7 +349,8 @@ export const FilesInput = z
         paused: z.boolean(),
         parallel: z.number().int().min(1),
       })
-      .optional(),
+      .optional()
+      .describe('Internal: what a run hands to its continue-as-new successor; never set it yourself'),
   })
   .superRefine(requireSchedule);
 
@@ -365,21 +369,21 @@ export const WorkflowType = z.enum([
 ]);
 
 export const PipelineStep = z.strictObject({
-  name: z.string().min(1),
-  workflow: WorkflowType,
+  name: z.string().min(1).describe('the step name, unique in the pipeline'),
+  workflow: WorkflowType.describe('the workflow type the step runs as a child workflow'),
   /** The child workflow's own input; validated by the child when it starts. */
-  input: z.record(z.string(), z.unknown()),
-  dependsOn: z.array(z.string().min(1)).default([]),
+  input: z.record(z.string(), z.unknown()).describe("the child workflow's own input (see its section); checked before any step runs"),
+  dependsOn: z.array(z.string().min(1)).default([]).describe('steps that must succeed first; a failed step skips everything downstream'),
 });
 
 export const PipelineInput = z.strictObject({
-  name: z.string().min(1),
-  steps: z.array(PipelineStep).min(1, 'a pipeline needs at least one step'),
-  parallel: z.number().int().min(1).max(100).default(2),
+  name: z.string().min(1).describe('the pipeline name'),
+  steps: z.array(PipelineStep).min(1, 'a pipeline needs at least one step').describe('the steps, run in dependency order'),
+  parallel: z.number().int().min(1).max(100).default(2).describe('at most this many steps running at once'),
   /** Re-run only these steps (and nothing else), e.g. the failed and skipped ones of an earlier run. */
-  onlySteps: z.array(z.string().min(1)).optional(),
+  onlySteps: z.array(z.string().min(1)).optional().describe("re-run only these steps, e.g. the result's `rerun` of an earlier run"),
   /** Complete (not FAILED) even when steps failed. */
-  allowFailures: z.boolean().optional(),
+  allowFailures: z.boolean().optional().describe('complete (not FAILED) even when partitions, files or steps failed for good'),
 });
 
 export type Source = z.infer<typeof Source>;
@@ -424,8 +428,8 @@ export function parseInput<S extends z.ZodType>(
   schema: S,
   raw: unknown,
   options: { unknownKeys?: 'reject' | 'strip' } = {},
-): { ok: true; value: z.infer<S> } | { ok: false; message: string } {
-  const lines: string[] = [];
+): { ok: true; value: z.infer<S> } | { ok: false; message: string; problems: InputProblem[] } {
+  const problems: InputProblem[] = [];
   const unknown: PropertyKey[][] = [];
   const result = schema.safeParse(raw, {
     error: (issue) => {
@@ -437,7 +441,7 @@ export function parseInput<S extends z.ZodType>(
           const path = [...(issue.path ?? []), key];
           unknown.push(path);
           const near = closestName(key, known);
-          lines.push(`${pathText(path)}: unknown field${near ? `, did you mean ${near}?` : known.length ? ` (known: ${known.join(', ')})` : ''}`);
+          problems.push({ path, message: `unknown field${near ? `, did you mean ${near}?` : known.length ? ` (known: ${known.join(', ')})` : ''}` });
         }
         return 'unknown field';
       }
@@ -451,9 +455,16 @@ export function parseInput<S extends z.ZodType>(
   for (const issue of others) {
     // A missing discriminator ("kind") comes back as a union issue with zod's own wording.
     const missing = issue.code === 'invalid_union' && valueAt(raw, issue.path) === undefined;
-    lines.push(`${pathText(issue.path)}: ${missing ? `required (${issue.message})` : issue.message}`);
+    problems.push({ path: issue.path, message: missing ? `required (${issue.message})` : issue.message });
   }
-  return { ok: false, message: [...new Set(lines)].join("; ") };
+  const lines = problems.map((p) => `${pathText(p.path)}: ${p.message}`);
+  return { ok: false, message: [...new Set(lines)].join("; "), problems };
+}
+
+/** One bad field: where it is in the input, and what is wrong with it. */
+export interface InputProblem {
+  path: readonly PropertyKey[];
+  message: string;
 }
 
 /** Keys the workflows write for themselves (continue-as-new state): never suggested to users. */

@@ -5,7 +5,7 @@
  */
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
@@ -71,13 +71,16 @@ describe('sluice command', () => {
       '    table: public.orders', // 6
       '  resource:', // 7
       '    writeDisposition: merj', // 8
-      '', // 9
+      '    primaryKey: [id]', // 9
+      '    mergKey: [id]', // 10
+      '', // 11
     ].join('\n');
     const r = readWorkflowFile('orders.yaml', yamlText);
     assert.equal(r.ok, false);
     assert.deepEqual(!r.ok && r.problems, [
       'orders.yaml:7: input.resource.name: required',
       'orders.yaml:8: input.resource.writeDisposition: Invalid option: expected one of "append"|"merge"|"replace"',
+      'orders.yaml:10: input.resource.mergKey: unknown field, did you mean mergeKey?',
     ]);
 
     const json = JSON.stringify({ workflow: 'incrementalWorkflow', input: { source: { kind: 'postgres', connection: 'X', table: 't' }, resource: { name: 'a' }, cursor: { column: 'u' }, once: 'yes' } }, null, 2);
@@ -100,6 +103,16 @@ describe('sluice command', () => {
     assert.deepEqual(!pipeline.ok && pipeline.problems, [
       'p.yaml:9: input.steps[0].input.resource.writeDisposition: Invalid option: expected one of "append"|"merge"|"replace"',
     ]);
+  });
+
+  test('the example files under docs/examples, which the README starts, are valid', async () => {
+    const examples = join(REPO, 'docs', 'examples');
+    const names = (await readdir(examples)).sort();
+    assert.deepEqual(names, ['backfill-orders.yaml', 'files-payments.yaml', 'sync-customers.json']);
+    for (const name of names) {
+      const r = readWorkflowFile(name, await readFile(join(examples, name), 'utf8'));
+      assert.ok(r.ok, `${name}: ${!r.ok && r.problems.join('; ')}`);
+    }
   });
 
   test('--help on every command, through npx as a user types it', async () => {

@@ -6,7 +6,7 @@
  */
 import { isMap, isScalar, isSeq, LineCounter, parseDocument, type Document } from 'yaml';
 import { z } from 'zod';
-import { WorkflowType } from '../inputs';
+import { parseInput, WorkflowType, type InputProblem, type PipelineInput } from '../inputs';
 import { pipelineProblems, STEP_INPUT_SCHEMAS } from '../plan/dag';
 
 export interface WorkflowFile {
@@ -35,57 +35,43 @@ export function readWorkflowFile(fileName: string, text: string): ReadResult {
     return { ok: false, problems: doc.errors.map((e) => `${at(e.pos[0])}: ${e.message.split('\n')[0]}`) };
   }
   const raw: unknown = doc.toJS();
-  const problems = (issues: z.core.$ZodIssue[], prefix: Path) =>
-    issues.flatMap((issue) => describeIssue(issue, [...prefix, ...issue.path], raw).map((p) => `${at(locate(doc, p.path))}: ${p.text}`));
+  // In the order of the file's lines, as an editor would walk them.
+  const located = (problems: InputProblem[], prefix: Path) => [
+    ...new Set(
+      problems
+        .map((p) => ({ offset: locate(doc, [...prefix, ...p.path]), field: fieldName([...prefix, ...p.path]), message: p.message }))
+        .sort((a, b) => a.offset - b.offset)
+        .map((p) => `${at(p.offset)}: ${p.field}: ${p.message}`),
+    ),
+  ];
 
-  const shape = FileShape.safeParse(raw);
-  if (!shape.success) {
-    if (raw === null || typeof raw !== 'object' || Array.isArray(raw)) {
-      return { ok: false, problems: [`${fileName}:1: expected a mapping with workflow:, id: (optional) and input:`] };
-    }
-    return { ok: false, problems: problems(shape.error.issues, []) };
+  if (raw === null || typeof raw !== 'object' || Array.isArray(raw)) {
+    return { ok: false, problems: [`${fileName}:1: expected a mapping with workflow:, id: (optional) and input:`] };
   }
-  const file = shape.data;
-  const schema = STEP_INPUT_SCHEMAS[file.workflow];
-  const parsed = schema.safeParse(file.input);
-  if (!parsed.success) return { ok: false, problems: problems(parsed.error.issues, ['input']) };
+  const shape = parseInput(FileShape, raw);
+  if (!shape.ok) return { ok: false, problems: located(shape.problems, []) };
+  const file = shape.value;
+  const parsed = parseInput(STEP_INPUT_SCHEMAS[file.workflow], file.input);
+  if (!parsed.ok) return { ok: false, problems: located(parsed.problems, ['input']) };
 
   if (file.workflow === 'pipelineWorkflow') {
     // Each step's input is judged by its own workflow's schema, at its own line.
-    const steps = (parsed.data as { steps: { workflow: WorkflowType; input: unknown }[] }).steps;
-    const stepProblems = steps.flatMap((step, i) => {
-      const result = STEP_INPUT_SCHEMAS[step.workflow].safeParse(step.input);
-      return result.success ? [] : problems(result.error.issues, ['input', 'steps', i, 'input']);
+    const pipeline = parsed.value as PipelineInput;
+    const stepProblems = pipeline.steps.flatMap((step, i) => {
+      const result = parseInput(STEP_INPUT_SCHEMAS[step.workflow], step.input);
+      return result.ok ? [] : located(result.problems, ['input', 'steps', i, 'input']);
     });
     if (stepProblems.length > 0) return { ok: false, problems: stepProblems };
-    const graph = pipelineProblems(parsed.data as Parameters<typeof pipelineProblems>[0]);
+    const graph = pipelineProblems(pipeline);
     if (graph.length > 0) return { ok: false, problems: graph.map((p) => `${at(locate(doc, ['input', 'steps']))}: input.${p}`) };
   }
   return { ok: true, value: { workflow: file.workflow, id: file.id, input: file.input } };
-}
-
-/** One line per problem, each at the path where it should be pointed out. */
-function describeIssue(issue: z.core.$ZodIssue, path: Path, raw: unknown): { path: Path; text: string }[] {
-  if (issue.code === 'unrecognized_keys') {
-    return issue.keys.map((key) => ({ path: [...path, key], text: `${fieldName([...path, key])}: unknown field` }));
-  }
-  const missing = issue.code === 'invalid_type' && valueAt(raw, path) === undefined;
-  return [{ path, text: `${fieldName(path)}: ${missing ? 'required' : issue.message}` }];
 }
 
 export function fieldName(path: Path): string {
   let name = '';
   for (const seg of path) name += typeof seg === 'number' ? `[${seg}]` : `${name ? '.' : ''}${String(seg)}`;
   return name || '(file)';
-}
-
-function valueAt(raw: unknown, path: Path): unknown {
-  let value = raw;
-  for (const seg of path) {
-    if (value === null || typeof value !== 'object') return undefined;
-    value = (value as Record<PropertyKey, unknown>)[seg];
-  }
-  return value;
 }
 
 /**
