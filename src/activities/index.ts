@@ -11,6 +11,7 @@ import { errorMessage, hintFor, isTransient } from '../errors';
 import type { Destination, Resource, Source } from '../inputs';
 import { normalizeIdentifier } from '../schema/identifiers';
 import { extract } from '../sources';
+import { createCdcActivities } from './cdc';
 import { createFullRefreshActivities } from './full-refresh';
 import { createFileActivities } from './files';
 import { createIncrementalActivities } from './incremental';
@@ -94,6 +95,7 @@ export function createActivities(deps: ActivityDeps) {
     ...createFullRefreshActivities(),
     ...createFileActivities(deps),
     ...createIncrementalActivities(),
+    ...createCdcActivities(),
 
     async sluiceEnvironment(): Promise<{ searchAttributes: boolean }> {
       return { searchAttributes: deps.searchAttributesRegistered };
