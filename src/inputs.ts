@@ -345,7 +345,8 @@ export const CdcInput = z
   .superRefine((c, ctx) => {
     const seen = new Map<string, string>();
     c.source.tables.forEach((t, i) => {
-      const name = t.split('.')[1]!.toLowerCase();
+      const name = t.split('.')[1]?.toLowerCase();
+      if (name === undefined) return; // not schema-qualified: reported by the pattern
       const other = seen.get(name);
       if (other !== undefined) {
         ctx.addIssue({ code: 'custom', path: ['source', 'tables', i], message: `${t} and ${other} would both land as ${c.destination.schema}.${name}: load them with two workflows into different destination schemas` });

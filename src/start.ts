@@ -12,7 +12,7 @@ import { mkdir } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { readConfig } from './config';
 import { closePools } from './destinations/postgres/pool';
-import { EXAMPLES, queryCommand, resultCommand, startCommand, type CommandContext } from './dev/examples';
+import { CDC_EXAMPLE, EXAMPLES, queryCommand, resultCommand, signalCommand, startCommand, type CommandContext } from './dev/examples';
 import { isListening } from './dev/ports';
 import { startEmbeddedPostgres } from './dev/postgres';
 import { seedDemo } from './dev/seed';
@@ -86,6 +86,13 @@ async function main(): Promise<void> {
     lines.push(`#   result:   ${resultCommand(example.workflowId, ctx)}`);
     lines.push(`#   rows:     psql '${databaseUrl}' -c '${example.check}'`);
     if (uiUrl) lines.push(`#   watch:    ${uiUrl}/namespaces/${config.namespace}/workflows/${example.workflowId}`);
+  }
+  if (available.has(CDC_EXAMPLE.workflowType)) {
+    lines.push('', `# ${CDC_EXAMPLE.title}: runs until stopped`, startCommand(CDC_EXAMPLE, ctx));
+    lines.push(`#   change demo rows: psql '${databaseUrl}' -c "${CDC_EXAMPLE.change}"`);
+    lines.push(`#   see them arrive:  psql '${databaseUrl}' -c '${CDC_EXAMPLE.check}'`);
+    lines.push(`#   progress: ${queryCommand(CDC_EXAMPLE.workflowId, ctx)}`);
+    lines.push(`#   stop (and drop its replication slot): ${signalCommand(CDC_EXAMPLE.workflowId, 'stop', CDC_EXAMPLE.stop, ctx)}`);
   }
   lines.push('', 'Ctrl-C stops the worker and everything npm start started; the next npm start resumes from .sluice/.', '');
   console.log(lines.join('\n'));

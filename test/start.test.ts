@@ -12,7 +12,7 @@ import { after, describe, test } from 'node:test';
 import { promisify } from 'node:util';
 import pg from 'pg';
 import { freePort } from '../src/dev/ports';
-import { uniqueName } from './helpers';
+import { uniqueName, waitFor } from './helpers';
 
 const exec = promisify(execFile);
 const root = join(__dirname, '..');
@@ -79,6 +79,17 @@ describe('npm start', () => {
       const rows = await db.query(`select (select count(*) from raw.orders)::int as loaded, (select count(*) from demo.orders)::int as source`);
       assert.equal(rows.rows[0].loaded, rows.rows[0].source);
       assert.ok(rows.rows[0].loaded > 0);
+      // The CDC example: the printed psql change arrives, and the printed stop drops the slot.
+      const change = /^#   change demo rows: psql '[^']+' -c "(.*)"$/m.exec(output)?.[1];
+      assert.ok(change, output);
+      await waitFor('the CDC snapshot', async () => (await db.query(`select 1 from cdc.orders where id = 2`).catch(() => ({ rowCount: 0 }))).rowCount === 1, 120_000);
+      await db.query(change);
+      await waitFor('the change to arrive', async () =>
+        (await db.query(`select 1 from cdc.orders where id = 1 and status = 'refunded'`)).rowCount === 1 &&
+        (await db.query(`select 1 from cdc.orders where id = 2 and _sluice_deleted_at is not null`)).rowCount === 1, 120_000);
+      const stopLine = /^#   stop \(and drop its replication slot\): (.*)$/m.exec(output)![1]!;
+      await exec('bash', ['-c', stopLine], { cwd: tmpdir() });
+      await waitFor('the slot to be dropped', async () => (await db.query(`select 1 from pg_replication_slots where slot_name like 'sluice_demo_cdc%'`)).rowCount === 0, 120_000);
     } finally {
       await db.end();
     }
