@@ -299,6 +299,9 @@ class StreamConsumer {
       }
       await this.handle(message.message);
     }
+    // Cancelled inside a transaction: what the batch holds is not complete to any commit, so none
+    // of it is applied; it was never acknowledged, and the next call receives it again.
+    if (this.tx) return;
     if (!this.batch.empty) await this.flush();
     if (this.acked > this.committed) {
       // Nothing was pending up to `acked`: record it, so the saved position and its lag are current.
