@@ -52,8 +52,8 @@ async function main(): Promise<void> {
       create schema src;
       create table src.bench (id bigint primary key, v int not null, note text, at timestamptz not null);
       insert into src.bench select i, i % 1000, 'row ' || i, timestamptz '2024-01-01' + i * interval '1 second' from generate_series(1, ${CHANGES}) i;
-      create publication native_pub for table src.bench;
-      create database native_sub;`);
+      create publication native_pub for table src.bench;`);
+    await source.query('create database native_sub');
     // The native subscriber: same table, initial copy by the subscription itself.
     const subUrl = db.url.replace(/\/sluice$/, '/native_sub');
     const sub = new pg.Client(subUrl);
