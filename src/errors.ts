@@ -15,6 +15,14 @@ export class PermanentError extends Error {
   }
 }
 
+/** A failure that a retry can heal (a dropped connection to object storage, a 503): always retried. */
+export class TransientError extends Error {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = 'TransientError';
+  }
+}
+
 interface PgLikeError {
   code?: string;
   message?: string;
@@ -28,6 +36,7 @@ const TRANSIENT_NODE_CODES = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT',
 
 export function isTransient(err: unknown): boolean {
   if (err instanceof PermanentError) return false;
+  if (err instanceof TransientError) return true;
   const code = (err as PgLikeError | undefined)?.code;
   if (typeof code !== 'string') {
     // Errors without a code are lost connections and the like ("Connection terminated unexpectedly").

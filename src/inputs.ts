@@ -36,7 +36,7 @@ const isoDateOrTimestamp = z
 export const duration = z.string().regex(/^\d+(ms|s|m|h|d)$/, 'must be a duration like 30s, 5m, 1h or 1d');
 
 export const PostgresSource = z
-  .object({
+  .strictObject({
     kind: z.literal('postgres'),
     connection: envVarName,
     /** `schema.table` or `table`. */
@@ -49,22 +49,53 @@ export const PostgresSource = z
     path: ['table'],
   });
 
-export const FilesSource = z.object({
-  kind: z.literal('files'),
-  path: z.string().min(1, 'must be a directory'),
-  /** Glob relative to `path`; `**` descends into subdirectories. */
-  pattern: z.string().min(1).default('*'),
-  format: z.enum(['csv', 'jsonl']),
-  csv: z
-    .object({
-      delimiter: z.string().length(1).default(','),
-      /** false when the file has no header row; columns are then named column_1, column_2, ... */
-      header: z.boolean().default(true),
-    })
-    .optional(),
-});
+/** `s3://bucket/prefix/`: an object-storage location (any S3-compatible store). */
+const s3Url = z
+  .string()
+  .regex(
+    /^s3:\/\/[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](\/[^\u0000-\u001f]*)?$/,
+    'must be an object-storage URL like s3://bucket/prefix/ (bucket names are lower case letters, digits, dots and dashes)',
+  );
 
-export const RegisteredSource = z.object({
+export const FilesSource = z
+  .strictObject({
+    kind: z.literal('files'),
+    /** A local directory; give this or `url`. */
+    path: z.string().min(1, 'must be a directory').optional(),
+    /** Object storage: `s3://bucket/prefix/`; give this or `path`. */
+    url: s3Url.optional(),
+    /**
+     * With `url`: NAME of the credentials, read by the worker from NAME_S3_ENDPOINT,
+     * NAME_S3_ACCESS_KEY_ID, NAME_S3_SECRET_ACCESS_KEY, NAME_S3_REGION, NAME_S3_FORCE_PATH_STYLE.
+     * Absent: the standard AWS chain (AWS_* variables, profiles, instance roles).
+     */
+    connection: envVarName.optional(),
+    /** Glob relative to `path` (or to the URL's prefix); `**` descends into subdirectories. */
+    pattern: z.string().min(1).default('*'),
+    format: z.enum(['csv', 'jsonl', 'parquet']),
+    csv: z
+      .strictObject({
+        delimiter: z.string().length(1).default(','),
+        /** false when the file has no header row; columns are then named column_1, column_2, ... */
+        header: z.boolean().default(true),
+      })
+      .optional(),
+  })
+  .superRefine((s, ctx) => {
+    if ((s.path === undefined) === (s.url === undefined)) {
+      ctx.addIssue({ code: 'custom', path: ['path'], message: 'give exactly one of "path" (a local directory) or "url" (s3://bucket/prefix/)' });
+    }
+    if (s.connection !== undefined && s.url === undefined) {
+      ctx.addIssue({ code: 'custom', path: ['connection'], message: '"connection" names object-storage credentials: it goes with "url", not "path"' });
+    }
+  });
+
+/** Where a files source reads: its directory or its s3:// URL, for messages and progress lines. */
+export function filesLocation(source: FilesSource): string {
+  return source.url ?? source.path ?? '';
+}
+
+export const RegisteredSource = z.strictObject({
   kind: z.literal('registered'),
   /** `source.resource`, as registered in the worker's source registry (e.g. "demo.events"). */
   name: z.string().regex(/^[\w-]+\.[\w-]+$/, 'must be "source.resource", like demo.events'),
@@ -82,7 +113,7 @@ export const ContractMode = z.enum(['evolve', 'freeze', 'discard_row', 'discard_
  * (integer -> bigint -> numeric, date -> timestamptz) always happens; `evolve` also allows
  * widening to text, `discard_row` (the default) sends the row to _sluice_rejects.
  */
-export const SchemaContract = z.object({
+export const SchemaContract = z.strictObject({
   tables: ContractMode.default('evolve'),
   columns: ContractMode.default('evolve'),
   dataTypes: ContractMode.default('discard_row'),
@@ -93,7 +124,7 @@ const keyList = z
   .transform((k) => (typeof k === 'string' ? [k] : k));
 
 export const Resource = z
-  .object({
+  .strictObject({
     name: z.string().min(1),
     /** Destination table; defaults to the normalized resource name. */
     table: z.string().min(1).optional(),
@@ -119,7 +150,7 @@ export const Resource = z
     }
   });
 
-export const Destination = z.object({
+export const Destination = z.strictObject({
   connection: envVarName.default('DATABASE_URL'),
   schema: z.string().min(1).default('public'),
 });
@@ -135,7 +166,7 @@ const common = {
 export const Granularity = z.enum(['hour', 'day', 'month']);
 
 export const BackfillInput = z
-  .object({
+  .strictObject({
     ...common,
     partitionColumn: columnName,
     start: isoDateOrTimestamp,
@@ -149,12 +180,12 @@ export const BackfillInput = z
     maxAttempts: z.number().int().min(1).max(100).default(5),
     /** Internal: what a run hands to its continue-as-new successor. */
     continuation: z
-      .object({
+      .strictObject({
         nextIndex: z.number().int().min(0),
         succeeded: z.number().int().min(0),
         rows: z.number().int().min(0),
         rejected: z.number().int().min(0),
-        failed: z.array(z.object({ partition: z.string(), error: z.string() })),
+        failed: z.array(z.strictObject({ partition: z.string(), error: z.string() })),
         paused: z.boolean(),
         parallel: z.number().int().min(1),
       })
@@ -172,7 +203,7 @@ export const BackfillInput = z
     }
   });
 
-export const CursorSpec = z.object({
+export const CursorSpec = z.strictObject({
   column: columnName,
   initialValue: z.union([z.string(), z.number()]).optional(),
   /** Start over from initialValue, ignoring the cursor saved in _sluice_state. */
@@ -201,6 +232,7 @@ function requireSchedule(s: { once?: boolean; every?: string }, ctx: z.Refinemen
  * next rows are those with cursor >= `cursor`; `cursor: null` means from the beginning). `tie`
  * summarizes the primary keys loaded at `cursor` (their count and the sum of their hashes), so
  * the next sync can tell whether rows arrived at that value late without keeping the keys.
+ * Not user input (it is read back from _sluice_state and heartbeats), so it is not strict.
  */
 export const CursorPosition = z.object({
   cursor: z.union([z.string(), z.number()]).nullable(),
@@ -212,14 +244,14 @@ export const CursorPosition = z.object({
 export const SyncMode = z.enum(['start', 'continue', 'restart']);
 
 export const IncrementalInput = z
-  .object({
+  .strictObject({
     ...common,
     cursor: CursorSpec,
     ...schedule,
     /** Rows per page read from the source; each page is committed with its cursor. */
     pageSize: z.number().int().min(1).max(1_000_000).default(50_000),
     continuation: z
-      .object({
+      .strictObject({
         cursor: z.unknown(),
         tiebreak: z.unknown().optional(),
         syncs: z.number().int(),
@@ -234,7 +266,7 @@ export const IncrementalInput = z
         lastError: z.string().optional(),
         /** Present when the run continued as new in the middle of a sync: that sync's mode and counts so far. */
         inSync: z
-          .object({
+          .strictObject({
             mode: SyncMode,
             rows: z.number().int().min(0),
             pages: z.number().int().min(0),
@@ -255,7 +287,7 @@ export const IncrementalInput = z
   });
 
 export const FilesInput = z
-  .object({
+  .strictObject({
     ...common,
     source: FilesSource,
     parallel: z.number().int().min(1).max(500).default(4),
@@ -264,7 +296,7 @@ export const FilesInput = z
     maxAttempts: z.number().int().min(1).max(100).default(5),
     /** Internal: what a run hands to its continue-as-new successor. */
     continuation: z
-      .object({
+      .strictObject({
         /** Every file loaded so far, as [path, fingerprint, version]: tuples keep large directories small in history. */
         files: z.array(z.tuple([z.string(), z.string(), z.number().int().min(1)])),
         /** Passes completed ("every"). */
@@ -274,11 +306,11 @@ export const FilesInput = z
         rejected: z.number().int().min(0),
         /** Present when the run continued as new in the middle of a pass: that pass's counts so far. */
         pass: z
-          .object({
+          .strictObject({
             loaded: z.number().int().min(0),
             rows: z.number().int().min(0),
             rejected: z.number().int().min(0),
-            failed: z.array(z.object({ file: z.string(), error: z.string(), fingerprint: z.string() })),
+            failed: z.array(z.strictObject({ file: z.string(), error: z.string(), fingerprint: z.string() })),
           })
           .optional(),
         paused: z.boolean(),
@@ -288,7 +320,7 @@ export const FilesInput = z
   })
   .superRefine(requireSchedule);
 
-export const FullRefreshInput = z.object({ ...common }).superRefine((s, ctx) => {
+export const FullRefreshInput = z.strictObject({ ...common }).superRefine((s, ctx) => {
   if (s.source.kind === 'files') {
     ctx.addIssue({ code: 'custom', path: ['source', 'kind'], message: 'fullRefreshWorkflow reads "postgres" or "registered" sources' });
   }
@@ -363,7 +395,7 @@ export const WorkflowType = z.enum([
   'pipelineWorkflow',
 ]);
 
-export const PipelineStep = z.object({
+export const PipelineStep = z.strictObject({
   name: z.string().min(1),
   workflow: WorkflowType,
   /** The child workflow's own input; validated by the child when it starts. */
@@ -371,7 +403,7 @@ export const PipelineStep = z.object({
   dependsOn: z.array(z.string().min(1)).default([]),
 });
 
-export const PipelineInput = z.object({
+export const PipelineInput = z.strictObject({
   name: z.string().min(1),
   steps: z.array(PipelineStep).min(1, 'a pipeline needs at least one step'),
   parallel: z.number().int().min(1).max(100).default(2),
@@ -412,19 +444,102 @@ export interface Progress {
 }
 
 /**
- * Validates `raw` and names every bad field: `resource.writeDisposition: Invalid option ...`.
- * Returns the parsed value or the message; callers decide how to fail (workflows fail
- * non-retryably, the CLI prints and exits).
+ * Validates `raw` and names every bad field: `resource.writeDispositon: unknown field, did you
+ * mean writeDisposition?`, `partitionColumn: required`. Returns the parsed value or the message;
+ * callers decide how to fail (workflows fail non-retryably, the CLI prints and exits).
+ *
+ * `unknownKeys: 'strip'` drops unknown keys instead of refusing them: what inputs parsed
+ * before the schemas became strict did, so workflows started then still replay.
  */
 export function parseInput<S extends z.ZodType>(
   schema: S,
   raw: unknown,
+  options: { unknownKeys?: 'reject' | 'strip' } = {},
 ): { ok: true; value: z.infer<S> } | { ok: false; message: string } {
-  const result = schema.safeParse(raw);
-  if (result.success) return { ok: true, value: result.data };
-  const lines = result.error.issues.map((issue) => {
-    const path = issue.path.map(String).join('.');
-    return `${path || '(input)'}: ${issue.message}`;
+  const lines: string[] = [];
+  const unknown: PropertyKey[][] = [];
+  const result = schema.safeParse(raw, {
+    error: (issue) => {
+      if (issue.code === 'unrecognized_keys') {
+        // The strict object that raised it knows its own keys: suggest the nearest one.
+        const shape = (issue.inst as { _zod?: { def?: { shape?: object } } } | undefined)?._zod?.def?.shape ?? {};
+        const known = Object.keys(shape).filter((key) => !INTERNAL_KEYS.has(key));
+        for (const key of issue.keys) {
+          const path = [...(issue.path ?? []), key];
+          unknown.push(path);
+          const near = closestName(key, known);
+          lines.push(`${pathText(path)}: unknown field${near ? `, did you mean ${near}?` : known.length ? ` (known: ${known.join(', ')})` : ''}`);
+        }
+        return 'unknown field';
+      }
+      if (issue.input === undefined && issue.code === 'invalid_type') return 'required';
+      return undefined;
+    },
   });
-  return { ok: false, message: lines.join('; ') };
+  if (result.success) return { ok: true, value: result.data };
+  const others = result.error.issues.filter((issue) => issue.code !== 'unrecognized_keys');
+  if (options.unknownKeys === 'strip' && others.length === 0) return parseInput(schema, withoutPaths(raw, unknown));
+  for (const issue of others) {
+    // A missing discriminator ("kind") comes back as a union issue with zod's own wording.
+    const missing = issue.code === 'invalid_union' && valueAt(raw, issue.path) === undefined;
+    lines.push(`${pathText(issue.path)}: ${missing ? `required (${issue.message})` : issue.message}`);
+  }
+  return { ok: false, message: [...new Set(lines)].join("; ") };
+}
+
+/** Keys the workflows write for themselves (continue-as-new state): never suggested to users. */
+const INTERNAL_KEYS = new Set(['continuation']);
+
+function valueAt(raw: unknown, path: readonly PropertyKey[]): unknown {
+  let node = raw;
+  for (const step of path) node = node && typeof node === 'object' ? (node as Record<PropertyKey, unknown>)[step] : undefined;
+  return node;
+}
+
+function pathText(path: readonly PropertyKey[] | undefined): string {
+  return path?.length ? path.map(String).join('.') : '(input)';
+}
+
+/** A copy of `raw` without the keys at `paths` (each path ends in the key to drop). */
+function withoutPaths(raw: unknown, paths: PropertyKey[][]): unknown {
+  // Inputs arrive as JSON, so a JSON round trip copies them exactly (and works inside the workflow sandbox).
+  const copy = JSON.parse(JSON.stringify(raw)) as unknown;
+  for (const path of paths) {
+    const node = valueAt(copy, path.slice(0, -1));
+    if (node && typeof node === 'object') delete (node as Record<PropertyKey, unknown>)[path[path.length - 1]!];
+  }
+  return copy;
+}
+
+/**
+ * The known name a misspelled `name` most likely meant: the nearest by edit distance (a swap of
+ * two neighbouring letters counts as one edit), ignoring case, if it is close enough to be a
+ * typo rather than a different word, or a name that begins with it. Undefined when nothing is that close.
+ */
+export function closestName(name: string, known: readonly string[]): string | undefined {
+  const wanted = name.toLowerCase();
+  const limit = Math.max(1, Math.min(3, Math.floor(wanted.length / 3)));
+  let best: { name: string; distance: number } | undefined;
+  for (const candidate of known) {
+    const lower = candidate.toLowerCase();
+    const distance = editDistance(wanted, lower);
+    // A cut-off name ("created" for created_at) is a typo too, however many letters are missing.
+    const close = distance <= limit || (wanted.length >= 3 && lower.startsWith(wanted));
+    if (close && (!best || distance < best.distance)) best = { name: candidate, distance };
+  }
+  return best?.name;
+}
+
+/** Optimal string alignment distance: insertions, deletions, substitutions and adjacent swaps. */
+export function editDistance(a: string, b: string): number {
+  const rows: number[][] = Array.from({ length: a.length + 1 }, (_, i) => Array.from({ length: b.length + 1 }, (_, j) => (i === 0 ? j : j === 0 ? i : 0)));
+  for (let i = 1; i <= a.length; i++) {
+    for (let j = 1; j <= b.length; j++) {
+      const cost = a[i - 1] === b[j - 1] ? 0 : 1;
+      let d = Math.min(rows[i - 1]![j]! + 1, rows[i]![j - 1]! + 1, rows[i - 1]![j - 1]! + cost);
+      if (i > 1 && j > 1 && a[i - 1] === b[j - 2] && a[i - 2] === b[j - 1]) d = Math.min(d, rows[i - 2]![j - 2]! + 1);
+      rows[i]![j] = d;
+    }
+  }
+  return rows[a.length]![b.length]!;
 }

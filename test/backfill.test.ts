@@ -271,17 +271,17 @@ describe('backfillWorkflow', () => {
     });
   });
 
-  test('a missing source table fails its partitions in seconds, naming the table', async () => {
-    const started = Date.now();
-    const result = (await stack.withWorker(() =>
-      stack.client.workflow.execute('backfillWorkflow', {
-        taskQueue: stack.taskQueue,
-        workflowId: `backfill-missing-${stack.schema}`,
-        args: [ordersInput({ source: { kind: 'postgres', connection: 'SOURCE_DATABASE_URL', table: `${stack.sourceSchema}.nope` }, end: '2024-01-02' })],
-      }),
-    )) as BackfillResult;
-    assert.equal(result.failed.length, 2);
-    assert.match(result.failed[0]!.error, /nope/);
-    assert.ok(Date.now() - started < 30_000, 'no retry loop on a permanent error');
+  test('a missing source table fails the run once, before any partition, naming the table', async () => {
+    const err = await stack.withWorker(() =>
+      stack.client.workflow
+        .execute('backfillWorkflow', {
+          taskQueue: stack.taskQueue,
+          workflowId: `backfill-missing-${stack.schema}`,
+          args: [ordersInput({ source: { kind: 'postgres', connection: 'SOURCE_DATABASE_URL', table: `${stack.sourceSchema}.nope` }, end: '2024-01-02' })],
+        })
+        .catch((e: unknown) => e),
+    );
+    assert.ok(err instanceof WorkflowFailedError, `expected WorkflowFailedError, got ${err}`);
+    assert.match((err.cause as Error).message, /source\.table: .*nope/);
   });
 });

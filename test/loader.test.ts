@@ -358,6 +358,8 @@ describe('load engine', () => {
     const data = await extractPostgres(url, { kind: 'postgres', connection: 'X', table: `${src}.t` });
     const r = await loadResource({ url, schema, table: 'typed', resource: Resource.parse({ name: 'typed' }), loadId: 'typed-1', data });
     assert.equal(r.rowsLoaded, 2);
+    assert.equal(r.path, 'direct', 'binary COPY straight into the new table');
+    assert.deepEqual(await select(`select distinct _sluice_load_id from ${schema}.typed`), [{ _sluice_load_id: 'typed-1' }]);
     const types = await select(
       `select attname, format_type(atttypid, atttypmod) as t from pg_attribute where attrelid = '${schema}.typed'::regclass and attnum > 0 order by attnum`,
     );
@@ -369,5 +371,96 @@ describe('load engine', () => {
       union all
       (select id, amount, at, doc, tags, flag, d, f, note from ${schema}.typed except all select id, amount, at, doc, tags, flag, d, f, note from ${src}.t)) x`);
     assert.equal(diff[0].n, 0);
+  });
+
+  test('PostgreSQL sources: direct COPY when the types are the source\'s own, text staging with rejects when a declared type differs', async () => {
+    const src = uniqueName('src_paths');
+    await db.query(`create schema ${src};
+      create table ${src}.t (id bigint, code text, at timestamptz, n numeric(12,2));
+      insert into ${src}.t select i, case when i = 3 then 'x' || i else i::text end, timestamptz '2024-01-01' + i * interval '1 hour', i / 4.0 from generate_series(1, 5) i`);
+    const source = { kind: 'postgres' as const, connection: 'X', table: `${src}.t` };
+    const run = async (table: string, resource: Record<string, unknown>, loadId: string, extra: Partial<LoadRequest> = {}) =>
+      loadResource({ url, schema, table, resource: Resource.parse({ name: table, ...resource }), loadId, data: await extractPostgres(url, source), ...extra });
+
+    // New table, then the same table again (append and replace): direct, rows exact, one load id each.
+    assert.equal((await run('paths', { writeDisposition: 'append' }, 'paths-1')).path, 'direct');
+    const again = await run('paths', { writeDisposition: 'append' }, 'paths-2');
+    assert.deepEqual([again.path, again.rowsLoaded], ['direct', 5]);
+    assert.deepEqual(await select(`select _sluice_load_id as id, count(*)::int as n from ${schema}.paths group by 1 order by 1`), [{ id: 'paths-1', n: 5 }, { id: 'paths-2', n: 5 }]);
+    assert.equal((await run('paths', { writeDisposition: 'append' }, 'paths-2')).alreadyLoaded, true, 'a committed load id is never applied again');
+    const replaced = await run('paths', { writeDisposition: 'replace' }, 'paths-3');
+    assert.deepEqual([replaced.path, replaced.rowsLoaded], ['direct', 5]);
+    assert.deepEqual(await select(`select _sluice_load_id as id, count(*)::int as n from ${schema}.paths group by 1`), [{ id: 'paths-3', n: 5 }]);
+
+    // A declared type that differs from the source's: every value is checked, the bad one is rejected.
+    const declared = await run('paths_declared', { writeDisposition: 'append', columns: { code: 'integer' } }, 'paths-4');
+    assert.deepEqual([declared.path, declared.rowsLoaded, declared.rowsRejected], ['text-staging', 4, 1]);
+    const rejects = await select(`select reason, "row"->>'code' as code from ${schema}._sluice_rejects where load_id = 'paths-4'`);
+    assert.equal(rejects.length, 1);
+    assert.equal(rejects[0].code, 'x3');
+    assert.match(rejects[0].reason, /column "code" \(integer\)/);
+
+    // An existing column of another type than the source's: the general path, which widens or checks.
+    await db.query(`create table ${schema}.paths_existing (id integer, code text, at timestamptz, n numeric(12,2), _sluice_load_id text not null)`);
+    const widened = await run('paths_existing', { writeDisposition: 'append' }, 'paths-5');
+    assert.deepEqual([widened.path, widened.rowsLoaded], ['text-staging', 5]);
+    assert.deepEqual(widened.schemaChanges, ['widened column id from integer to bigint']);
+
+    // Merge (and any load with a primary key) stages in binary, then merges set-based.
+    const merged = await run('paths_merge', { writeDisposition: 'merge', primaryKey: ['id'] }, 'paths-6');
+    assert.deepEqual([merged.path, merged.rowsLoaded], ['typed-staging', 5]);
+    await db.query(`update ${src}.t set n = n + 100 where id = 2; insert into ${src}.t values (2, 'dup', null, 1), (null, 'no key', null, 1)`);
+    const remerged = await run('paths_merge', { writeDisposition: 'merge', primaryKey: ['id'] }, 'paths-7');
+    assert.deepEqual([remerged.path, remerged.rowsLoaded, remerged.rowsRejected], ['typed-staging', 5, 1]);
+    assert.equal((await select(`select count(*)::int as n from ${schema}.paths_merge`))[0].n, 5);
+    assert.match((await select(`select reason from ${schema}._sluice_rejects where load_id = 'paths-7'`))[0].reason, /primary key column "id" is missing/);
+
+    // A merge key that is the source's own primary key: into a new (or empty) table every row is
+    // an insert, so it goes direct; into a full one it stages in binary and skips the dedupe.
+    await db.query(`create table ${src}.keyed (id bigint primary key, v text); insert into ${src}.keyed select i, 'v' || i from generate_series(1, 6) i`);
+    const keyed = { kind: 'postgres' as const, connection: 'X', table: `${src}.keyed` };
+    const mergeKeyed = async (loadId: string) =>
+      loadResource({ url, schema, table: 'paths_keyed', resource: Resource.parse({ name: 'paths_keyed', writeDisposition: 'merge', primaryKey: ['id'] }), loadId, data: await extractPostgres(url, keyed) });
+    const first = await mergeKeyed('paths-8');
+    assert.deepEqual([first.path, first.rowsLoaded], ['direct', 6]);
+    await db.query(`update ${src}.keyed set v = 'changed' where id = 2; insert into ${src}.keyed values (7, 'new')`);
+    const second = await mergeKeyed('paths-9');
+    assert.deepEqual([second.path, second.rowsLoaded], ['typed-staging', 7]);
+    assert.deepEqual(
+      await select(`select id::int, v, _sluice_load_id as load from ${schema}.paths_keyed where _sluice_load_id = 'paths-9' order by id`),
+      [{ id: 2, v: 'changed', load: 'paths-9' }, { id: 7, v: 'new', load: 'paths-9' }],
+      'only changed and new rows are written',
+    );
+    const pk = await select(`select count(*)::int as n from pg_index where indrelid = $1::regclass and indisprimary`, [`${schema}.paths_keyed`]);
+    assert.equal(pk[0].n, 1, 'a merge table gets its primary key on the direct path too');
+  });
+
+  test('a backfill partition creates its table with an index on the partition column, which the range delete uses', async () => {
+    const src = uniqueName('src_part');
+    await db.query(`create schema ${src}; create table ${src}.t (id bigint, "Created At" timestamptz);
+      insert into ${src}.t select i, timestamptz '2024-01-01' + i * interval '1 minute' from generate_series(1, 100) i`);
+    const range = { column: 'Created At', start: '2024-01-01T00:00:00Z', end: '2024-01-02T00:00:00Z' };
+    const partition = await extractPostgres(url, { kind: 'postgres', connection: 'X', table: `${src}.t` }, { range });
+    await loadResource({ url, schema, table: 'parted', resource: Resource.parse({ name: 'parted', writeDisposition: 'append' }), loadId: 'parted-1', data: partition, replaceRange: range });
+    await load('parted_rows', { writeDisposition: 'append' }, [{ id: 1, day: '2024-01-01T05:00:00Z' }], { loadId: 'parted-2', replaceRange: { column: 'day', start: '2024-01-01', end: '2024-01-02' } });
+    for (const [table, column] of [['parted', 'created_at'], ['parted_rows', 'day']]) {
+      const indexes = await select(
+        `select a.attname from pg_index i join pg_attribute a on a.attrelid = i.indrelid and a.attnum = any(i.indkey)
+          where i.indrelid = $1::regclass and i.indnatts = 1`,
+        [`${schema}.${table}`],
+      );
+      assert.deepEqual(indexes.map((r) => r.attname), [column], `${table} has an index on ${column}`);
+    }
+    const client = await db.connect();
+    try {
+      await client.query('begin');
+      await client.query(`insert into ${schema}.parted select i, timestamptz '2020-01-01' + i * interval '1 second', 'filler' from generate_series(1, 20000) i`);
+      await client.query(`analyze ${schema}.parted`);
+      const explain = (await client.query(`explain delete from ${schema}.parted where created_at >= $1::timestamptz and created_at < $2::timestamptz`, [range.start, range.end])).rows;
+      assert.match(explain.map((r) => r['QUERY PLAN']).join('\n'), /Index|Bitmap/);
+    } finally {
+      await client.query('rollback');
+      client.release();
+    }
   });
 });

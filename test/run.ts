@@ -8,13 +8,15 @@
  *   npm run test:replay              replay tests only (no servers needed)
  */
 import { spawn } from 'node:child_process';
-import { chmod, mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
+import { chmod, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { bundleWorkflows } from '../src/dev/bundle';
 import { freePort } from '../src/dev/ports';
 import { startEmbeddedPostgres } from '../src/dev/postgres';
 import { startDevServer } from '../src/dev/temporal-server';
+import { resolveWeed, startS3Server, WEED_INSTALL_HELP } from '../src/dev/s3-server';
+import { randomBytes } from 'node:crypto';
 
 async function main(): Promise<number> {
   const args = process.argv.slice(2);
@@ -49,6 +51,27 @@ async function main(): Promise<number> {
       env.TEMPORAL_ADDRESS = server.address;
       env.DATABASE_URL = db.url;
       console.log(`test stack: Temporal ${server.address}, PostgreSQL ${db.url} (ready in ${Date.now() - started} ms)`);
+      // Object storage only for the files that use it (test/s3.ts): it takes seconds to start.
+      const needsS3 = (await Promise.all(files.map((f) => readFile(f, 'utf8').catch(() => '')))).some((text) => text.includes('requireS3('));
+      if (needsS3) {
+        const weed = resolveWeed(env);
+        if (weed) {
+          const s3 = await startS3Server({ dir: join(scratch, 's3'), weed, accessKeyId: `test${randomBytes(6).toString('hex')}`, secretAccessKey: randomBytes(18).toString('hex') });
+          stops.push(s3.stop);
+          // Tests name this store as `"connection": "TEST_S3"`.
+          Object.assign(env, {
+            SLUICE_WEED_PATH: weed,
+            TEST_S3_S3_ENDPOINT: s3.endpoint,
+            TEST_S3_S3_ACCESS_KEY_ID: s3.accessKeyId,
+            TEST_S3_S3_SECRET_ACCESS_KEY: s3.secretAccessKey,
+            TEST_S3_S3_REGION: s3.region,
+            TEST_S3_S3_FORCE_PATH_STYLE: 'true',
+          });
+          console.log(`test stack: SeaweedFS S3 ${s3.endpoint}`);
+        } else {
+          env.SLUICE_TEST_S3_MISSING = `no S3 server for the object-storage tests: ${WEED_INSTALL_HELP}`;
+        }
+      }
     }
     return await new Promise<number>((resolveCode) => {
       const child = spawn(

@@ -31,7 +31,7 @@ import {
   type CdcTable,
 } from '../sources/postgres/cdc/setup';
 import { seenBySnapshot, type XidSnapshot } from '../sources/postgres/cdc/snapshot';
-import { withHeartbeat, workflowOf } from './index';
+import { withHeartbeat, workflowOf } from './context';
 
 export interface CdcSetupRequest {
   source: CdcSource;

@@ -18,8 +18,8 @@ import { ensureMetadata, loadResource, readState, type LoadResult } from '../des
 import { getPool } from '../destinations/postgres/pool';
 import type { Destination, FilesSource, Resource } from '../inputs';
 import { qualifiedName } from '../schema/identifiers';
-import { extractFile, listFiles, type ListedFile } from '../sources/files';
-import { destinationTable, summarize, withHeartbeat, workflowOf, type ActivityDeps, type LoadSummary } from './index';
+import { extractFile, filesStoreFor, type ListedFile } from '../sources/files';
+import { destinationTable, summarize, withHeartbeat, workflowOf, type ActivityDeps, type LoadSummary } from './context';
 
 export interface LoadFileRequest {
   source: FilesSource;
@@ -75,9 +75,17 @@ function isLoadedFile(value: unknown): value is LoadedFile {
 
 export function createFileActivities(_deps: ActivityDeps) {
   return {
-    /** The files the source's directory and pattern select, with their fingerprints (this reads every new or touched file once). */
+    /**
+     * The files the source's directory or prefix and pattern select, with their fingerprints
+     * (locally this reads every new or touched file once; object storage lists ETags).
+     */
     async listSourceFiles(source: FilesSource): Promise<ListedFile[]> {
-      return withHeartbeat((progress) => listFiles(source.path, source.pattern, (p) => progress({ ...p })));
+      return withHeartbeat(async (progress) => {
+        const store = await filesStoreFor(source);
+        const listed: ListedFile[] = [];
+        for await (const file of store.list(source.pattern, (p) => progress({ ...p }))) listed.push(file);
+        return listed;
+      });
     },
 
     /** Files that earlier runs loaded for this resource, so a new run skips them. */
@@ -135,7 +143,7 @@ export function createFileActivities(_deps: ActivityDeps) {
             runId,
             partition: file.path,
             attempt: ctx.info.attempt,
-            data: extractFile(req.source, file, { signal: ctx.cancellationSignal }),
+            data: await extractFile(req.source, file, { signal: ctx.cancellationSignal }),
             state: { key: fileStateKey(req.resource.name, file.path), value: state },
             onProgress: (rows) => progress({ file: file.path, rows }),
           });

@@ -9,7 +9,7 @@ import { resolveConnection } from '../config';
 import { loadResource } from '../destinations/postgres/loader';
 import type { Destination, Resource, Source } from '../inputs';
 import { extract } from '../sources';
-import { destinationTable, summarize, withHeartbeat, workflowOf } from './index';
+import { destinationTable, summarize, withHeartbeat, workflowOf } from './context';
 
 export interface RefreshTableRequest {
   source: Source;

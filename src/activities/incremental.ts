@@ -49,7 +49,7 @@ import {
   resolveKeyset,
 } from '../sources/postgres/incremental';
 import { ROW_REJECT, type Extracted, type Row } from '../sources/types';
-import { destinationTable, withHeartbeat, workflowOf } from './index';
+import { destinationTable, withHeartbeat, workflowOf } from './context';
 
 export function incrementalStateKey(resource: Resource): string {
   return `incremental:${destinationTable(resource)}`;

@@ -129,7 +129,7 @@ function dependencyMap(steps: readonly DagStep[]): Map<string, readonly string[]
 }
 
 /** The schema each workflow type validates its input with, so a pipeline can check its steps up front. */
-const STEP_INPUT_SCHEMAS: Record<WorkflowType, z.ZodType> = {
+export const STEP_INPUT_SCHEMAS: Record<WorkflowType, z.ZodType> = {
   backfillWorkflow: BackfillInput,
   incrementalWorkflow: IncrementalInput,
   filesWorkflow: FilesInput,
@@ -143,7 +143,7 @@ const STEP_INPUT_SCHEMAS: Record<WorkflowType, z.ZodType> = {
  * workflow would judge it, and steps that would never finish (`every`) and so never let their
  * dependents start. A typo in step 5 fails the pipeline now, not after steps 1 to 4 ran for hours.
  */
-export function pipelineProblems(input: PipelineInput): string[] {
+export function pipelineProblems(input: PipelineInput, options: Parameters<typeof parseInput>[2] = {}): string[] {
   const problems = dagProblems(input.steps);
   const names = new Set(input.steps.map((s) => s.name));
   for (const only of input.onlySteps ?? []) {
@@ -151,7 +151,7 @@ export function pipelineProblems(input: PipelineInput): string[] {
   }
   input.steps.forEach((step, i) => {
     const where = `steps[${i}] ("${step.name}")`;
-    const parsed = parseInput(STEP_INPUT_SCHEMAS[step.workflow], step.input);
+    const parsed = parseInput(STEP_INPUT_SCHEMAS[step.workflow], step.input, options);
     if (!parsed.ok) problems.push(`${where}.input is not a valid ${step.workflow} input: ${parsed.message}`);
     if ('every' in step.input && step.input.every !== undefined) {
       problems.push(`${where}.input has "every", so the step would never finish and its dependents never start: use "once": true in a pipeline step`);

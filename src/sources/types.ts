@@ -11,6 +11,8 @@ export interface SourceColumn {
   name: string;
   /** PostgreSQL type as format_type() prints it. */
   type: string;
+  /** A type PostgreSQL itself defines (not an extension's, a domain or an enum): the same on every server. */
+  builtin?: boolean;
 }
 
 /**
@@ -30,8 +32,18 @@ export type Extracted =
   | {
       kind: 'copy';
       columns: SourceColumn[];
-      /** Writes the source's COPY text rows (columns in `columns` order) into `sink`, then ends it. */
-      copyTo(sink: Writable): Promise<void>;
+      /**
+       * Set when every column is a built-in type whose binary form means the same on any server:
+       * `copyTo(sink, 'binary')` may then be piped into a binary COPY of columns of those types.
+       */
+      binary?: boolean;
+      /**
+       * The source table's unique keys whose columns are all NOT NULL (a primary key, say), by
+       * source column name: one read of the source holds no two rows with the same such key.
+       */
+      uniqueKeys?: () => Promise<string[][]>;
+      /** Writes the source's COPY rows (columns in `columns` order, text unless asked for binary) into `sink`, then ends it. */
+      copyTo(sink: Writable, format?: 'text' | 'binary'): Promise<void>;
     };
 
 /** A partition of a backfill: rows with start <= partitionColumn < end (UTC instants). */

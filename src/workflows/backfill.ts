@@ -3,7 +3,7 @@ import type { Activities, LoadSummary } from '../activities';
 import { BackfillInput, type Progress } from '../inputs';
 import { partitionAt, partitionCount, partitionFromKey } from '../plan/partitions';
 import type { PartitionRange } from '../sources/types';
-import { formatCount, handlePauseResume, handleSetParallel, progressQuery, rootMessage, searchStatus, validateInput } from './shared';
+import { checkBeforeFanOut, formatCount, handlePauseResume, handleSetParallel, preflightCheck, progressQuery, rootMessage, searchStatus, validateInput } from './shared';
 
 const { loadPartition } = wf.proxyActivities<Activities>({
   startToCloseTimeout: '6h',
@@ -93,6 +93,7 @@ export async function backfillWorkflow(rawInput: unknown): Promise<BackfillResul
   const setStatus = await searchStatus(input.resource.name);
   setStatus('running');
   showProgress();
+  if (!carried) await checkBeforeFanOut('backfillWorkflow', [preflightCheck(input)], () => setStatus('failed'));
 
   const runPartition = async (partition: PartitionRange) => {
     inFlight.add(partition.key);

@@ -1,8 +1,8 @@
 import * as wf from '@temporalio/workflow';
 import type { Activities, LoadSummary } from '../activities';
-import { FilesInput, type Progress } from '../inputs';
+import { filesLocation, FilesInput, type Progress } from '../inputs';
 import type { ListedFile } from '../sources/files';
-import { formatCount, handlePauseResume, handleSetParallel, progressQuery, rootMessage, searchStatus, syncNowSignal, validateInput } from './shared';
+import { checkBeforeFanOut, formatCount, handlePauseResume, handleSetParallel, preflightCheck, progressQuery, rootMessage, searchStatus, syncNowSignal, validateInput } from './shared';
 import { durationMs } from '../plan/duration';
 
 const { readFilesState, listSourceFiles } = wf.proxyActivities<Activities>({
@@ -107,7 +107,7 @@ export async function filesWorkflow(rawInput: unknown): Promise<FilesResult> {
         ? `${known.size} files loaded so far`
         : `${p.done}/${pass.listed} files (${pass.loaded} loaded, ${pass.skipped} unchanged)`;
     const lines = [
-      `**${what}** ${input.resource.name} from ${input.source.path}/${input.source.pattern}: ${counts}, ` +
+      `**${what}** ${input.resource.name} from ${filesLocation(input.source)}/${input.source.pattern}: ${counts}, ` +
         `${formatCount(rows)} rows${rejected ? `, ${formatCount(rejected)} rejected` : ''}, ${pass.failed.length} failed, parallel ${parallel}`,
     ];
     if (everyMs !== undefined) {
@@ -137,6 +137,7 @@ export async function filesWorkflow(rawInput: unknown): Promise<FilesResult> {
   const setStatus = await searchStatus(input.resource.name);
   setStatus('running');
   showProgress();
+  if (!carried) await checkBeforeFanOut('filesWorkflow', [preflightCheck(input)], () => setStatus('failed'));
 
   if (!carried) {
     // A new run starts from what earlier runs committed; continued runs carry the map instead.
@@ -206,7 +207,7 @@ export async function filesWorkflow(rawInput: unknown): Promise<FilesResult> {
       if (everyMs === undefined) {
         setStatus('failed');
         showProgress();
-        throw wf.ApplicationFailure.nonRetryable(`cannot list ${input.source.path}/${input.source.pattern}: ${listError}`, 'ListFailed');
+        throw wf.ApplicationFailure.nonRetryable(`cannot list ${filesLocation(input.source)}/${input.source.pattern}: ${listError}`, 'ListFailed');
       }
       // A long-running sync outlives a directory that is briefly unavailable: try again next pass.
       listing = [];

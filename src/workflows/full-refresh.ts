@@ -1,8 +1,8 @@
 import * as wf from '@temporalio/workflow';
 import type { Activities } from '../activities';
 import type { RefreshSummary } from '../activities/full-refresh';
-import { FullRefreshInput, type Progress } from '../inputs';
-import { formatCount, progressQuery, rootMessage, searchStatus, validateInput } from './shared';
+import { filesLocation, FullRefreshInput, type Progress } from '../inputs';
+import { checkBeforeFanOut, formatCount, preflightCheck, progressQuery, rootMessage, searchStatus, validateInput } from './shared';
 
 const { refreshTable } = wf.proxyActivities<Activities>({
   startToCloseTimeout: '6h',
@@ -64,6 +64,7 @@ export async function fullRefreshWorkflow(rawInput: unknown): Promise<FullRefres
   const setStatus = await searchStatus(resource.name);
   setStatus('running');
   showProgress();
+  await checkBeforeFanOut('fullRefreshWorkflow', [preflightCheck(input)], () => setStatus('failed'));
 
   try {
     summary = await refreshTable({ source: input.source, resource, destination: input.destination });
@@ -93,6 +94,6 @@ function describeSource(source: FullRefreshInput['source']): string {
     case 'registered':
       return source.name;
     case 'files':
-      return source.path;
+      return filesLocation(source);
   }
 }

@@ -4,7 +4,7 @@ import type { SyncCounts, SyncResult } from '../activities/incremental';
 import { CursorPosition, IncrementalInput, type Progress, type SyncMode } from '../inputs';
 import { describePosition, initialPosition } from '../plan/cursor';
 import { durationMs } from '../plan/duration';
-import { formatCount, handlePauseResume, progressQuery, rootMessage, searchStatus, syncNowSignal, validateInput } from './shared';
+import { checkBeforeFanOut, formatCount, handlePauseResume, preflightCheck, progressQuery, rootMessage, searchStatus, syncNowSignal, validateInput } from './shared';
 
 const { readIncrementalState } = wf.proxyActivities<Activities>({
   startToCloseTimeout: '1m',
@@ -116,6 +116,7 @@ export async function incrementalWorkflow(rawInput: unknown): Promise<Incrementa
   const setStatus = await searchStatus(input.resource.name);
   setStatus('running');
   showProgress();
+  if (!carried) await checkBeforeFanOut('incrementalWorkflow', [preflightCheck(input)], () => setStatus('failed'));
 
   // A first sync from saved state checks the tie group ('start'); one from nothing just reads
   // ('continue'); a reset reads from initialValue and replaces what the destination has from there.

@@ -1,7 +1,7 @@
 import * as wf from '@temporalio/workflow';
 import { PipelineInput, type Progress, type WorkflowType } from '../inputs';
 import { blockedSteps, pipelineProblems, readySteps, type StepStatus } from '../plan/dag';
-import { formatCount, handleSetParallel, progressQuery, rootMessage, searchStatus, validateInput } from './shared';
+import { formatCount, handleSetParallel, progressQuery, rootMessage, searchStatus, unknownKeysPolicy, validateInput } from './shared';
 
 
 export interface StepReport {
@@ -48,7 +48,7 @@ export interface PipelineResult {
  */
 export async function pipelineWorkflow(rawInput: unknown): Promise<PipelineResult> {
   const input = validateInput('pipelineWorkflow', PipelineInput, rawInput);
-  const problems = pipelineProblems(input);
+  const problems = pipelineProblems(input, { unknownKeys: unknownKeysPolicy() });
   if (problems.length) {
     throw wf.ApplicationFailure.nonRetryable(`invalid pipelineWorkflow input: ${problems.join('; ')}`, 'InvalidInput');
   }

@@ -17,6 +17,7 @@ import type { ContractMode, Resource } from '../../inputs';
 import { ColumnNamer, qualifiedName, quoteIdent } from '../../schema/identifiers';
 import { canonicalType, copyField, valueToText, widenByValue, widenType } from '../../schema/types';
 import { ROW_REJECT, ROW_SOURCE, type Extracted } from '../../sources/types';
+import { BinaryCopyTap, binaryTextField } from './binary-copy';
 import { getPool } from './pool';
 import * as sql from './sql';
 
@@ -48,8 +49,19 @@ export interface LoadRequest {
   onProgress?: (rowsStaged: number) => void;
 }
 
+/**
+ * How the rows reached the table. `direct`: a PostgreSQL source's binary COPY straight into the
+ * target (its types are the target's, so no value can fail). `typed-staging`: the same binary
+ * COPY into a staging table of the source's types, for merges and key checks. `text-staging`:
+ * COPY text into an all-text staging table, then every value is checked by its type's input
+ * function and bad rows go to _sluice_rejects.
+ */
+export type LoadPath = 'direct' | 'typed-staging' | 'text-staging';
+
 export interface LoadResult {
   loadId: string;
+  /** Absent when the load had committed before (`alreadyLoaded`). */
+  path?: LoadPath;
   rowsLoaded: number;
   rowsRejected: number;
   /** True when this load_id had already committed: nothing was written this time. */
@@ -140,10 +152,10 @@ export async function loadResource(req: LoadRequest): Promise<LoadResult> {
         schemaChanges: [],
       };
     }
-    const staged = await stage(client, req);
-    const result = await finalize(client, req, staged);
+    const path = await choosePath(client, req);
+    const result = path === 'direct' ? await loadDirect(client, req) : await finalize(client, req, await stage(client, req, path === 'typed-staging'));
     await client.query('commit');
-    return result;
+    return { ...result, path };
   } catch (err) {
     broken = true;
     await client.query('rollback').catch(() => undefined);
@@ -173,18 +185,168 @@ interface Staged {
   incoming: Map<string, string | undefined>;
   /** Columns whose values are known to be valid for their incoming type (a PostgreSQL source's own COPY output). */
   exact: boolean;
+  /** Staging columns have the incoming types (binary COPY), not text: the plan must not change any type. */
+  typed?: boolean;
+  /** The merge key is a unique, non-null key of the source: staging holds no duplicate keys. */
+  uniqueKey?: boolean;
   rows: number;
 }
 
-async function stage(client: pg.PoolClient, req: LoadRequest): Promise<Staged> {
+function declaredTypes(resource: Resource): Map<string, string> {
   const declared = new Map<string, string>();
   const namer = new ColumnNamer();
-  for (const [raw, type] of Object.entries(req.resource.columns ?? {})) declared.set(namer.name(raw), canonicalType(type));
+  for (const [raw, type] of Object.entries(resource.columns ?? {})) declared.set(namer.name(raw), canonicalType(type));
+  return declared;
+}
+
+/** A PostgreSQL source's columns, normalized, with their exact types. */
+function sourceColumns(source: Extract<Extracted, { kind: 'copy' }>): sql.TargetColumn[] {
+  const namer = new ColumnNamer();
+  return source.columns.map((c) => ({ name: namer.name(c.name), type: canonicalType(c.type) }));
+}
+
+/**
+ * The binary paths need a PostgreSQL source of built-in types, no declared type that differs
+ * from the source's, and a target whose columns have exactly the source's types (or no target
+ * yet), so that no value can fail its column. Direct also needs a load that checks no key
+ * (append or replace without primaryKey); the rest stage in binary. The table's columns are
+ * read again under the table lock (assertStillExact) before anything is written.
+ */
+async function choosePath(client: pg.PoolClient, req: LoadRequest): Promise<LoadPath> {
+  if (req.data.kind !== 'copy' || !req.data.binary) return 'text-staging';
+  const declared = declaredTypes(req.resource);
+  const columns = sourceColumns(req.data);
+  if (columns.some((c) => declared.has(c.name) && declared.get(c.name) !== c.type)) return 'text-staging';
+  if (new Set(columns.map((c) => c.name)).size !== columns.length) return 'text-staging';
+  const existing = await targetColumns(client, req);
+  if (!exactPlan(req, columns, existing)) return 'text-staging';
+  if (req.resource.writeDisposition === 'merge') return (await mergeIsInsert(client, req, existing !== undefined)) ? 'direct' : 'typed-staging';
+  return req.resource.primaryKey?.length ? 'typed-staging' : 'direct';
+}
+
+/** Whether the merge key is one of the source's own unique, non-null keys: then a load holds no two rows of one key and none without one. */
+async function uniqueSourceKey(req: LoadRequest): Promise<boolean> {
+  const { resource, data } = req;
+  if (data.kind !== 'copy' || !data.uniqueKeys || !resource.primaryKey?.length) return false;
+  const namer = new ColumnNamer();
+  const wanted = new Set(resource.primaryKey.map((k) => namer.name(k)));
+  const sourceNames = new Map(sourceColumns(data).map((c, i) => [data.columns[i]!.name, c.name]));
+  const same = (key: string[]) => key.length === wanted.size && key.every((k) => wanted.has(sourceNames.get(k) ?? ''));
+  return (await data.uniqueKeys()).some(same);
+}
+
+/**
+ * A merge into a table that does not exist yet or is empty, of a source whose merge key is unique
+ * and never null, with no hardDelete or mergeKey: every row is an insert, so it takes the direct
+ * path (loadDirect checks again under the table lock that the table is still empty).
+ */
+async function mergeIsInsert(client: pg.PoolClient, req: LoadRequest, exists: boolean): Promise<boolean> {
+  if (req.resource.hardDelete || req.resource.mergeKey?.length || !(await uniqueSourceKey(req))) return false;
+  return !exists || (await tableIsEmpty(client, req));
+}
+
+async function tableIsEmpty(client: pg.PoolClient, req: LoadRequest): Promise<boolean> {
+  return (await client.query(`select 1 from ${qualifiedName(req.schema, req.table)} limit 1`)).rowCount === 0;
+}
+
+async function targetColumns(client: pg.PoolClient, req: LoadRequest): Promise<sql.TargetColumn[] | undefined> {
+  const rows = (await client.query<sql.TargetColumn>(sql.targetColumnsSql(), [qualifiedName(req.schema, req.table)])).rows;
+  return rows.length ? rows.filter((c) => c.name !== sql.LOAD_ID_COLUMN).map((c) => ({ name: c.name, type: canonicalType(c.type) })) : undefined;
+}
+
+/** The schema plan when every incoming column lands in a column of its own type, else undefined. */
+function exactPlan(req: LoadRequest, columns: sql.TargetColumn[], existing: sql.TargetColumn[] | undefined): SchemaPlan | undefined {
+  let plan: SchemaPlan;
+  try {
+    plan = planSchema({
+      table: req.table,
+      existing,
+      incoming: new Map(columns.map((c) => [c.name, c.type])),
+      declared: new Set(declaredTypes(req.resource).keys()),
+      contract: { ...CONTRACT_DEFAULTS, ...req.resource.schemaContract },
+    });
+  } catch {
+    return undefined; // a contract says no: the general path reports it
+  }
+  const exact = plan.widen.length === 0 && plan.dropped.length === 0 && plan.nullIfInvalid.length === 0 && plan.rejectIfPresent.length === 0;
+  return exact && plan.columns.length === columns.length && plan.columns.every((c, i) => c.name === columns[i]!.name && c.type === columns[i]!.type) ? plan : undefined;
+}
+
+/** The load chose its path before taking the table lock; a change in between sends it round again (retryable). */
+function tableChanged(table: string, what = 'the columns of'): Error {
+  return new Error(`${what} "${table}" changed while this load was starting; the retry plans it again`);
+}
+
+/**
+ * The direct path: the target is created (or gets new columns) if needed, what the load
+ * supersedes is deleted, and the source's binary COPY goes straight into the target with the load
+ * id appended to every row, all in the load's transaction. Loads into a table whose columns
+ * already fit share the table lock, so backfill partitions COPY in parallel. A merge gets here
+ * only when it is all inserts (mergeIsInsert): the table is created with its primary key.
+ */
+async function loadDirect(client: pg.PoolClient, req: LoadRequest): Promise<LoadResult> {
+  const source = req.data as Extract<Extracted, { kind: 'copy' }>;
+  const columns = sourceColumns(source);
+  const before = await targetColumns(client, req);
+  const merge = req.resource.writeDisposition === 'merge';
+  const planned = exactPlan(req, columns, before);
+  const shared = !merge && planned !== undefined && !planned.create && planned.add.length === 0;
+  await lockTable(client, req, shared);
+  const plan = exactPlan(req, columns, await targetColumns(client, req));
+  if (!plan || (shared && (plan.create || plan.add.length))) throw tableChanged(req.table);
+  const primaryKey = merge ? req.resource.primaryKey!.map((k) => new ColumnNamer().name(k)) : undefined;
+  if (merge && !plan.create && !(await tableIsEmpty(client, req))) throw tableChanged(req.table, 'the rows of');
+  await applySchemaPlan(client, req, plan, primaryKey);
+  if (primaryKey && !plan.create) await ensureUniqueKey(client, req.schema, req.table, primaryKey);
+  await deleteSuperseded(client, req, new ColumnNamer());
+  const target = qualifiedName(req.schema, req.table);
+  const sink = client.query(
+    copyFrom(`copy ${target} (${[...columns.map((c) => c.name), sql.LOAD_ID_COLUMN].map(quoteIdent).join(', ')}) from stdin (format binary)`),
+  );
+  const tap = new BinaryCopyTap({ append: binaryTextField(req.loadId), onProgress: req.onProgress });
+  await Promise.all([source.copyTo(tap, 'binary'), pipeline(tap, sink)]);
+  req.onProgress?.(tap.rows);
+  return record(client, req, { rowsLoaded: sink.rowCount, rowsRejected: 0, changes: plan.changes });
+}
+
+/**
+ * Serializes sluice's schema changes and writes to one table: loads stage in parallel and
+ * finish one at a time, so two loads never widen a column against each other. Direct loads
+ * that change no schema share it.
+ */
+async function lockTable(client: pg.PoolClient, req: LoadRequest, shared = false): Promise<void> {
+  await client.query(`select pg_advisory_xact_lock${shared ? '_shared' : ''}(hashtextextended($1, 0))`, [`sluice-table:${req.schema}.${req.table}`]);
+}
+
+/** Creates the table or adds its new columns; a table created for a backfill gets an index on the partition column. */
+async function applySchemaPlan(client: pg.PoolClient, req: LoadRequest, plan: SchemaPlan, primaryKey: string[] | undefined): Promise<void> {
+  const { schema, table } = req;
+  if (plan.create) {
+    await client.query(sql.createTableSql(schema, table, plan.columns, primaryKey));
+    const partition = req.replaceRange && new ColumnNamer().name(req.replaceRange.column);
+    if (partition && plan.columns.some((c) => c.name === partition)) await client.query(sql.createPartitionIndexSql(schema, table, partition));
+  }
+  for (const column of plan.add) await client.query(sql.addColumnSql(schema, table, column));
+  for (const column of plan.widen) await client.query(sql.widenColumnSql(schema, table, column));
+}
+
+async function stage(client: pg.PoolClient, req: LoadRequest, typed = false): Promise<Staged> {
+  const declared = declaredTypes(req.resource);
+  const namer = new ColumnNamer();
 
   if (req.data.kind === 'copy') {
     const source = req.data;
     const columns = source.columns.map((c) => namer.name(c.name));
     const incoming = new Map<string, string | undefined>(columns.map((name, i) => [name, declared.get(name) ?? canonicalType(source.columns[i]!.type)]));
+    if (typed) {
+      // Staging of the source's own types, filled by binary COPY: nothing to parse or cast.
+      await client.query(sql.createStagingSql(sourceColumns(source)));
+      const sink = client.query(copyFrom(`copy ${quoteIdent(sql.STAGING_TABLE)} (${columns.map(quoteIdent).join(', ')}) from stdin (format binary)`));
+      const tap = new BinaryCopyTap({ onProgress: req.onProgress });
+      await Promise.all([source.copyTo(tap, 'binary'), pipeline(tap, sink)]);
+      req.onProgress?.(tap.rows);
+      return { columns, incoming, exact: true, typed: true, uniqueKey: await uniqueSourceKey(req), rows: sink.rowCount };
+    }
     await client.query(sql.createStagingSql(columns));
     const sink = client.query(copyFrom(`copy ${quoteIdent(sql.STAGING_TABLE)} (${columns.map(quoteIdent).join(', ')}) from stdin`));
     const counter = lineCounter(req.onProgress);
@@ -404,14 +566,8 @@ function baseType(type: string): string {
 
 async function finalize(client: pg.PoolClient, req: LoadRequest, staged: Staged): Promise<LoadResult> {
   const { schema, table, resource } = req;
-  const target = qualifiedName(schema, table);
-  // Serializes sluice's schema changes and writes to one table: loads stage in parallel and
-  // finish one at a time, so two loads never widen a column against each other.
-  await client.query('select pg_advisory_xact_lock(hashtextextended($1, 0))', [`sluice-table:${schema}.${table}`]);
-  const existingRows = await client.query<sql.TargetColumn>(sql.targetColumnsSql(), [target]);
-  const existing = existingRows.rows.length
-    ? existingRows.rows.filter((c) => c.name !== sql.LOAD_ID_COLUMN).map((c) => ({ name: c.name, type: canonicalType(c.type) }))
-    : undefined;
+  await lockTable(client, req);
+  const existing = await targetColumns(client, req);
   const namer = new ColumnNamer();
   const norm = (names: string[] | undefined) => names?.map((n) => namer.name(n));
   const primaryKey = norm(resource.primaryKey);
@@ -439,11 +595,8 @@ async function finalize(client: pg.PoolClient, req: LoadRequest, staged: Staged)
     declared,
     contract: { ...CONTRACT_DEFAULTS, ...resource.schemaContract },
   });
-  if (plan.create) {
-    await client.query(sql.createTableSql(schema, table, plan.columns, resource.writeDisposition === 'merge' ? primaryKey : undefined));
-  }
-  for (const column of plan.add) await client.query(sql.addColumnSql(schema, table, column));
-  for (const column of plan.widen) await client.query(sql.widenColumnSql(schema, table, column));
+  if (staged.typed && plan.columns.some((c) => staged.columns.includes(c.name) && c.type !== staged.incoming.get(c.name))) throw tableChanged(table);
+  await applySchemaPlan(client, req, plan, resource.writeDisposition === 'merge' ? primaryKey : undefined);
   if (resource.writeDisposition === 'merge' && primaryKey && !plan.create) await ensureUniqueKey(client, schema, table, primaryKey);
 
   for (const name of plan.nullIfInvalid) {
@@ -477,20 +630,19 @@ async function finalize(client: pg.PoolClient, req: LoadRequest, staged: Staged)
       if (mergeKey) await client.query(sql.deleteByMergeKeySql(insertPlan, mergeKey));
       if (primaryKey) {
         // Temp tables have no statistics: without them the planner guesses row counts and may
-        // join staging to the target with nested loops. Worth its ~0.1 s only for big merges.
-        if (staged.rows >= 50_000) await client.query(`analyze ${quoteIdent(sql.STAGING_TABLE)}`);
+        // join staging to the target with nested loops. Only the key columns matter for the join.
+        if (staged.rows >= 50_000) await client.query(`analyze ${quoteIdent(sql.STAGING_TABLE)} (${primaryKey.map(quoteIdent).join(', ')})`);
         const merge = sql.mergeSql({ ...insertPlan, primaryKey });
-        const duplicates = (await client.query(merge.dedupe)).rowCount ?? 0;
+        // A source whose own unique, non-null key is the merge key has no in-batch duplicates.
+        const duplicates = staged.uniqueKey ? 0 : ((await client.query(merge.dedupe)).rowCount ?? 0);
         let flagged = 0;
-        if (merge.hardDelete && hardDelete) {
-          await client.query(merge.hardDelete);
+        if (hardDelete) {
           const r = await client.query<{ n: string }>(
             `select count(*) as n from ${quoteIdent(sql.STAGING_TABLE)} where ${quoteIdent(hardDelete)}::boolean is true`,
           );
           flagged = Number(r.rows[0]!.n);
         }
-        if (merge.update) await client.query(merge.update, [req.loadId]);
-        await client.query(merge.insert, [req.loadId]);
+        await client.query(merge.merge, [req.loadId]);
         // Rows delivered: every surviving key, whether it was inserted, changed or already equal.
         rowsLoaded = staged.rows - rowsRejected - duplicates - flagged;
       } else {

@@ -59,8 +59,9 @@ export function metadataDdl(schema: string): string[] {
   ];
 }
 
-export function createStagingSql(columns: string[]): string {
-  const cols = columns.map((c) => `${quoteIdent(c)} text`);
+/** Staging of all-text columns (names), or of typed ones (a binary COPY of a PostgreSQL source). */
+export function createStagingSql(columns: (string | TargetColumn)[]): string {
+  const cols = columns.map((c) => (typeof c === 'string' ? `${quoteIdent(c)} text` : `${quoteIdent(c.name)} ${c.type}`));
   return `create temp table ${quoteIdent(STAGING_TABLE)} (
     ${quoteIdent(SEQ)} bigint generated always as identity,
     ${quoteIdent(SRC)} text,
@@ -82,6 +83,11 @@ export function createTableSql(schema: string, table: string, columns: TargetCol
   defs.push(`${quoteIdent(LOAD_ID_COLUMN)} text not null`);
   if (primaryKey?.length) defs.push(`primary key (${primaryKey.map(quoteIdent).join(', ')})`);
   return `create table if not exists ${qualifiedName(schema, table)} (\n  ${defs.join(',\n  ')}\n)`;
+}
+
+/** The index a backfill partition's range delete (deleteRangeSql) uses, on tables sluice creates. */
+export function createPartitionIndexSql(schema: string, table: string, column: string): string {
+  return `create index if not exists ${quoteIdent(`${table.slice(0, 36)}_${column.slice(0, 16)}_sluice_idx`)} on ${qualifiedName(schema, table)} (${quoteIdent(column)})`;
 }
 
 export function addColumnSql(schema: string, table: string, column: TargetColumn): string {
@@ -166,47 +172,42 @@ function keyMatch(keys: string[], types: Map<string, string>, left: string, righ
 export interface MergeStatements {
   /** Deletes all but the last staged row of each key; its row count is the number of in-batch duplicates. */
   dedupe: string;
-  /** With hardDelete: removes target rows whose latest staged row is flagged. */
-  hardDelete?: string;
-  /** Updates target rows whose values differ ($1 = load id). Absent when every column is a key column. */
-  update?: string;
-  /** Inserts keys the target does not have yet ($1 = load id). */
-  insert: string;
+  /**
+   * One MERGE ($1 = load id): with hardDelete, target rows whose latest staged row is flagged go;
+   * rows whose values differ are updated (unchanged rows are not rewritten and keep their
+   * _sluice_load_id); keys the target does not have yet are inserted.
+   */
+  merge: string;
 }
 
 /**
  * Merge as set operations the planner runs as hash joins, not one speculative insert per row:
- * drop in-batch duplicates (last one wins), update rows that changed (unchanged rows are not
- * rewritten and keep their _sluice_load_id), insert new keys. The per-table lock taken by the
- * loader keeps other sluice loads of the table out between the update and the insert.
+ * drop in-batch duplicates (last one wins), then one MERGE joins staging to the target once for
+ * deletes, updates and inserts. The per-table lock taken by the loader keeps other sluice loads
+ * of the table out.
  */
 export function mergeSql(p: InsertPlan & { primaryKey: string[] }): MergeStatements {
   const target = qualifiedName(p.schema, p.table);
   const stage = quoteIdent(STAGING_TABLE);
   const types = new Map(p.columns.map((c) => [c.name, c.type]));
   const flagged = p.hardDelete ? `l.${quoteIdent(p.hardDelete)}::boolean is true` : undefined;
-  const live = flagged ? ` and not coalesce(${flagged}, false)` : '';
-  const statements: MergeStatements = {
-    dedupe: `delete from ${stage} s using ${stage} d where ${keyMatch(p.primaryKey, types, 'd', 's', true)} and d.${quoteIdent(SEQ)} > s.${quoteIdent(SEQ)}`,
-    insert: `insert into ${target} (${[...p.columns.map((c) => quoteIdent(c.name)), quoteIdent(LOAD_ID_COLUMN)].join(', ')})
-    select ${castList(p.columns, 'l')}, $1 from ${stage} l
-    where not exists (select 1 from ${target} t where ${keyMatch(p.primaryKey, types, 't', 'l', false)})${live}`,
-  };
-  if (flagged) {
-    statements.hardDelete = `delete from ${target} t using ${stage} l where ${keyMatch(p.primaryKey, types, 't', 'l', false)} and ${flagged}`;
-  }
+  const whens: string[] = [];
+  if (flagged) whens.push(`when matched and ${flagged} then delete`);
   const values = p.columns.filter((c) => !p.primaryKey.includes(c.name));
   if (values.length) {
     const cmp = (alias: string, c: TargetColumn, cast: boolean) => {
       const v = `${alias}.${quoteIdent(c.name)}${cast ? `::${c.type}` : ''}`;
       return NO_EQUALITY.test(c.type) ? `(${v})::text` : v;
     };
-    statements.update = `update ${target} t set ${[...values.map((c) => `${quoteIdent(c.name)} = l.${quoteIdent(c.name)}::${c.type}`), `${quoteIdent(LOAD_ID_COLUMN)} = $1`].join(', ')}
-    from ${stage} l
-    where ${keyMatch(p.primaryKey, types, 't', 'l', false)}${live}
-      and (${values.map((c) => cmp('t', c, false)).join(', ')}) is distinct from (${values.map((c) => cmp('l', c, true)).join(', ')})`;
+    whens.push(`when matched and (${values.map((c) => cmp('t', c, false)).join(', ')}) is distinct from (${values.map((c) => cmp('l', c, true)).join(', ')})
+      then update set ${[...values.map((c) => `${quoteIdent(c.name)} = l.${quoteIdent(c.name)}::${c.type}`), `${quoteIdent(LOAD_ID_COLUMN)} = $1`].join(', ')}`);
   }
-  return statements;
+  whens.push(`when not matched${flagged ? ` and not coalesce(${flagged}, false)` : ''}
+      then insert (${[...p.columns.map((c) => quoteIdent(c.name)), quoteIdent(LOAD_ID_COLUMN)].join(', ')}) values (${castList(p.columns, 'l')}, $1)`);
+  return {
+    dedupe: `delete from ${stage} s using ${stage} d where ${keyMatch(p.primaryKey, types, 'd', 's', true)} and d.${quoteIdent(SEQ)} > s.${quoteIdent(SEQ)}`,
+    merge: `merge into ${target} t using ${stage} l on ${keyMatch(p.primaryKey, types, 't', 'l', false)}\n    ${whens.join('\n    ')}`,
+  };
 }
 
 /** delete-insert on a merge key: every destination row whose key occurs in the load is replaced. */

@@ -10,9 +10,10 @@ import { createReadStream } from 'node:fs';
 import { pipeline, Transform, type Readable } from 'node:stream';
 import { StringDecoder } from 'node:string_decoder';
 import { createGunzip } from 'node:zlib';
-import { errorMessage, PermanentError } from '../../errors';
+import { errorMessage, PermanentError, TransientError } from '../../errors';
 import { ROW_REJECT, ROW_SOURCE, type Row } from '../types';
 
+/** The formats read as a byte stream; Parquet needs random access (see parquet.ts). */
 export type FileFormat = 'csv' | 'jsonl';
 
 export interface CsvOptions {
@@ -44,17 +45,27 @@ export function isGzipped(path: string): boolean {
 }
 
 export async function* readFileRows(absPath: string, format: FileFormat, options: ReadOptions): AsyncGenerator<Row> {
-  const decoded = openDecoded(absPath, options);
+  yield* readRows(createReadStream(absPath, { signal: options.signal }), absPath, format, options);
+}
+
+/**
+ * Rows of a CSV or JSON Lines byte stream (a local file, an object-storage body). `name` decides
+ * gunzip (".gz"). Errors of `input` are the file's: permanent unless they are TransientError
+ * (a dropped connection), which the activity retries.
+ */
+export async function* readRows(input: Readable, name: string, format: FileFormat, options: ReadOptions): AsyncGenerator<Row> {
+  const decoded = decode(input, name, options);
   try {
     if (format === 'csv') yield* csvRows(decoded, options);
     else yield* jsonlRows(decoded, options.label);
   } catch (err) {
     // An aborted read (cancellation, worker shutdown) says nothing about the file: not permanent.
-    if (err instanceof PermanentError || options.signal?.aborted) throw err;
+    if (err instanceof PermanentError || err instanceof TransientError || options.signal?.aborted) throw err;
     throw unreadable(options.label, err);
   } finally {
     // A consumer that stops early (or fails) must not leave the file open.
     decoded.destroy();
+    input.destroy();
   }
 }
 
@@ -73,8 +84,7 @@ function unreadable(label: string, err: unknown): PermanentError {
 }
 
 /** The file's bytes, gunzipped when the name says so, as one readable whose errors are the file's. */
-function openDecoded(absPath: string, options: ReadOptions): Readable {
-  const file = createReadStream(absPath, { signal: options.signal });
+function decode(file: Readable, name: string, options: ReadOptions): Readable {
   const tap = new Transform({
     transform(chunk: Buffer, _encoding, done) {
       options.onBytes?.(chunk);
@@ -83,7 +93,7 @@ function openDecoded(absPath: string, options: ReadOptions): Readable {
   });
   // pipeline destroys every stage with the first error, so reading the last stage surfaces it.
   const noop = () => undefined;
-  return isGzipped(absPath) ? pipeline(file, tap, createGunzip(), noop) : pipeline(file, tap, noop);
+  return isGzipped(name) ? pipeline(file, tap, createGunzip(), noop) : pipeline(file, tap, noop);
 }
 
 /** Where a rejected row came from, for its reason: "orders.csv line 7". */

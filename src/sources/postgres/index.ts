@@ -14,6 +14,9 @@ import { qualifiedName, quoteIdent, splitQualified } from '../../schema/identifi
 import { literal } from '../../destinations/postgres/sql';
 import type { Extracted, SourceColumn } from '../types';
 
+/** Object ids below this are PostgreSQL's own (built-in types), the same on every server. */
+const FIRST_NORMAL_OID = 16384;
+
 /** Session settings that make COPY text portable between servers: UTC, ISO dates, exact floats. */
 export const PORTABLE_SESSION = `set timezone = 'UTC'; set datestyle = 'ISO, YMD'; set intervalstyle = 'postgres'; set extra_float_digits = 3`;
 
@@ -55,7 +58,10 @@ export async function describeSource(url: string, source: PostgresSource): Promi
         [oids, mods],
       );
       const byIndex = new Map(types.rows.map((t) => [Number(t.i), t.type]));
-      return r.fields.map((f, i) => ({ name: f.name, type: byIndex.get(i + 1) ?? 'text' }));
+      return r.fields.map((f, i) => {
+        const type = byIndex.get(i + 1);
+        return { name: f.name, type: type ?? 'text', ...(type !== undefined && f.dataTypeID < FIRST_NORMAL_OID ? { builtin: true } : {}) };
+      });
     } catch (err) {
       const code = (err as { code?: string }).code;
       if (code === '42P01' || code === '42601' || code === '3F000') {
@@ -79,6 +85,16 @@ export function selectSql(source: PostgresSource, columns: SourceColumn[], filte
   return `select ${cols} from ${relation(source)}${where.length ? ` where ${where.join(' and ')}` : ''}`;
 }
 
+/** The relation's unique indexes ($1) without predicate or expressions whose columns are all NOT NULL. */
+export function uniqueKeysSql(): string {
+  return `select array_agg(a.attname::text order by k.n) as columns
+    from pg_index i cross join lateral unnest(i.indkey::int2[]) with ordinality as k(attnum, n)
+    join pg_attribute a on a.attrelid = i.indrelid and a.attnum = k.attnum
+    where i.indrelid = to_regclass($1) and i.indisunique and i.indpred is null and i.indexprs is null
+    group by i.indexrelid
+    having bool_and(a.attnotnull)`;
+}
+
 /** A partition (or the whole relation) as COPY text for the loader's fast path. */
 export async function extractPostgres(url: string, source: PostgresSource, filter: SourceFilter = {}): Promise<Extracted> {
   const columns = await describeSource(url, source);
@@ -92,11 +108,15 @@ export async function extractPostgres(url: string, source: PostgresSource, filte
   return {
     kind: 'copy',
     columns,
-    copyTo: (sink: Writable) =>
+    // Binary COPY names element types by OID in arrays and records: only built-in types are portable.
+    binary: columns.length > 0 && columns.every((c) => c.builtin),
+    // A query may join or repeat rows: only a table's own constraints say a key is unique.
+    uniqueKeys: async () => (source.table ? withClient(url, async (client) => (await client.query<{ columns: string[] }>(uniqueKeysSql(), [relation(source)])).rows.map((r) => r.columns)) : []),
+    copyTo: (sink: Writable, format = 'text') =>
       withClient(url, async (client) => {
         // REPEATABLE READ: one consistent snapshot even if the source changes mid-copy.
         await client.query('begin isolation level repeatable read read only');
-        const out = client.query(copyTo(`copy (${query}) to stdout`));
+        const out = client.query(copyTo(`copy (${query}) to stdout${format === 'binary' ? ' (format binary)' : ''}`));
         await pipeline(out, sink);
         await client.query('commit');
       }),
