@@ -59,7 +59,10 @@ async function main(): Promise<void> {
     const sub = new pg.Client(subUrl);
     await sub.connect();
     await sub.query(`create schema src; create table src.bench (id bigint primary key, v int not null, note text, at timestamptz not null)`);
-    await sub.query(`create subscription native_sub connection 'host=localhost port=${port} dbname=sluice user=postgres password=sluice' publication native_pub`);
+    // On one server the subscription's slot must exist first: creating it inside CREATE
+    // SUBSCRIPTION would wait for that very transaction to end.
+    await source.query(`select pg_create_logical_replication_slot('native_sub', 'pgoutput')`);
+    await sub.query(`create subscription native_sub connection 'host=localhost port=${port} dbname=sluice user=postgres password=sluice' publication native_pub with (create_slot = false)`);
     await waitUntil('the native initial copy', async () => (await sub.query(`select bool_and(srsubstate = 'r') as ready from pg_subscription_rel`)).rows[0].ready === true);
 
     const native = await NativeConnection.connect({ address: server.address });
@@ -80,6 +83,7 @@ async function main(): Promise<void> {
         args: [{ source: { kind: 'postgres', connection: 'SOURCE_DATABASE_URL', tables: ['src.bench'] }, destination: { schema: 'sluice_dest' }, deletes: 'hard', batchWait: '500ms', batchChanges: 50_000 }],
       });
       await waitUntil('the sluice snapshot', async () => ((await handle.query<{ phase: string }>('progress')).phase === 'streaming'));
+      console.log('both appliers are streaming; the burst starts');
       rssPeak = 0;
 
       const started = Date.now();
