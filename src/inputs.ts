@@ -360,6 +360,67 @@ export const FullRefreshInput = z.strictObject({ ...common }).superRefine((s, ct
   }
 });
 
+/** `schema.table` as written in cdcWorkflow's source.tables: both parts required, no quoting. */
+const qualifiedTable = z
+  .string()
+  .regex(/^[A-Za-z_][A-Za-z0-9_$]*\.[A-Za-z_][A-Za-z0-9_$]*$/, 'must be a schema-qualified table name like public.orders');
+
+/** An identifier sluice creates on the source (slot, publication): PostgreSQL's slot-name rules. */
+const replicationName = z.string().regex(/^[a-z0-9_]{1,63}$/, 'must be 1-63 lower-case letters, digits or underscores');
+
+export const CdcSource = z.strictObject({
+  kind: z.literal('postgres'),
+  connection: envVarName,
+  tables: z.array(qualifiedTable).min(1, 'name at least one table, like ["public.orders"]'),
+});
+
+/**
+ * cdcWorkflow: snapshot, then logical-replication changes (CONTRACT.md). Unknown keys are
+ * refused (strict objects): a misspelt "delete" must not silently fall back to soft deletes.
+ */
+export const CdcInput = z
+  .strictObject({
+    source: CdcSource,
+    destination: z.strictObject(Destination.shape).default(defaultDestination),
+    deletes: z.enum(['hard', 'soft']).default('soft'),
+    /** An initial copy of each table, consistent with the stream. */
+    snapshot: z.boolean().default(true),
+    /** Replication slot and publication on the source; default: derived from the workflow id, created when missing. */
+    slot: replicationName.optional(),
+    publication: replicationName.optional(),
+    /** Tables copied at once during the snapshot. */
+    parallel: z.number().int().min(1).max(64).default(4),
+    /** A batch closes at the first commit after this many changes ... */
+    batchChanges: z.number().int().min(1).max(1_000_000).default(10_000),
+    /** ... or this long after its first change. */
+    batchWait: duration.default('1s'),
+    /** How long one streaming activity runs before it reports back (history stays bounded). */
+    streamWindow: duration.default('1m'),
+    /** Internal: what a run hands to its continue-as-new successor. */
+    continuation: z
+      .strictObject({
+        slot: z.string(),
+        publication: z.string(),
+        createdSlot: z.boolean(),
+        createdPublication: z.boolean(),
+        snapshotDone: z.boolean(),
+        paused: z.boolean(),
+      })
+      .optional(),
+  })
+  .superRefine((c, ctx) => {
+    const seen = new Map<string, string>();
+    c.source.tables.forEach((t, i) => {
+      const name = t.split('.')[1]?.toLowerCase();
+      if (name === undefined) return; // not schema-qualified: reported by the pattern
+      const other = seen.get(name);
+      if (other !== undefined) {
+        ctx.addIssue({ code: 'custom', path: ['source', 'tables', i], message: `${t} and ${other} would both land as ${c.destination.schema}.${name}: load them with two workflows into different destination schemas` });
+      }
+      seen.set(name, t);
+    });
+  });
+
 export const WorkflowType = z.enum([
   'backfillWorkflow',
   'incrementalWorkflow',
@@ -405,6 +466,8 @@ export type FullRefreshInput = z.infer<typeof FullRefreshInput>;
 export type PipelineInput = z.infer<typeof PipelineInput>;
 export type PipelineStep = z.infer<typeof PipelineStep>;
 export type WorkflowType = z.infer<typeof WorkflowType>;
+export type CdcInput = z.infer<typeof CdcInput>;
+export type CdcSource = z.infer<typeof CdcSource>;
 
 /** The `progress` query answer every sluice workflow gives (CONTRACT.md). */
 export interface Progress {

@@ -14,7 +14,7 @@ import { join, resolve } from 'node:path';
 import { readConfig } from './config';
 import { closePools } from './destinations/postgres/pool';
 import { alreadyRunningMessage } from './dev/already-running';
-import { EXAMPLES, filesExample, queryCommand, resultCommand, shellQuote, startCommand, type CommandContext } from './dev/examples';
+import { CDC_EXAMPLE, EXAMPLES, filesExample, queryCommand, resultCommand, shellQuote, signalCommand, startCommand, type CommandContext } from './dev/examples';
 import { isListening } from './dev/ports';
 import { startEmbeddedPostgres } from './dev/postgres';
 import { seedDemo, seedDropFolder } from './dev/seed';
@@ -138,6 +138,13 @@ async function main(): Promise<void> {
     lines.push(`#   result:   ${resultCommand(example.workflowId, ctx)}`);
     lines.push(`#   rows:     psql "$DATABASE_URL" -c ${shellQuote(example.check)}`);
     if (uiUrl) lines.push(`#   watch:    ${uiUrl}/namespaces/${config.namespace}/workflows/${example.workflowId}`);
+  }
+  if (available.has(CDC_EXAMPLE.workflowType)) {
+    lines.push('', `# ${CDC_EXAMPLE.title}: runs until stopped`, startCommand(CDC_EXAMPLE, ctx));
+    lines.push(`#   change demo rows: psql "$SOURCE_DATABASE_URL" -c ${shellQuote(CDC_EXAMPLE.change)}`);
+    lines.push(`#   see them arrive:  psql "$DATABASE_URL" -c ${shellQuote(CDC_EXAMPLE.check)}`);
+    lines.push(`#   progress: ${queryCommand(CDC_EXAMPLE.workflowId, ctx)}`);
+    lines.push(`#   stop (and drop its replication slot): ${signalCommand(CDC_EXAMPLE.workflowId, 'stop', CDC_EXAMPLE.stop, ctx)}`);
   }
   lines.push(
     '',

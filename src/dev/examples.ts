@@ -123,6 +123,31 @@ export function filesExample(dropsDir: string): Example {
   };
 }
 
+/**
+ * Change data capture of both demo tables. Long-running (it never completes by itself), so it
+ * is printed apart from EXAMPLES, with the psql line that changes demo rows and the stop signal.
+ */
+export const CDC_EXAMPLE: Example & { change: string; stop: Record<string, unknown> } = {
+  title: 'Stream every insert, update and delete of orders and customers (CDC)',
+  workflowType: 'cdcWorkflow',
+  workflowId: 'demo-cdc',
+  input: {
+    source: { kind: 'postgres', connection: 'SOURCE_DATABASE_URL', tables: ['demo.orders', 'demo.customers'] },
+    destination: { connection: 'DATABASE_URL', schema: 'cdc' },
+    deletes: 'soft',
+  },
+  check: 'select id, status, amount, _sluice_deleted_at from cdc.orders order by id desc limit 5',
+  change:
+    "begin; update demo.orders set status = 'refunded', updated_at = now() where id = 1; " +
+    "insert into demo.orders select max(id) + 1, 1, 9.99, 'placed', now(), now() from demo.orders; " +
+    'delete from demo.orders where id = 2; commit;',
+  stop: { dropSlot: true },
+};
+
+export function signalCommand(workflowId: string, signal: string, input: unknown, ctx: CommandContext): string {
+  return `${ctx.temporalCli} workflow signal${connectionFlags(ctx)} --workflow-id ${workflowId} --name ${signal} --input '${JSON.stringify(input)}'`;
+}
+
 export interface CommandContext {
   temporalCli: string;
   address: string;

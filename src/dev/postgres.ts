@@ -17,6 +17,8 @@ export interface EmbeddedDatabaseOptions {
   log?: (line: string) => void;
   /** Tests and benchmarks trade crash safety of the whole machine for speed; `npm start` keeps fsync on. */
   fast?: boolean;
+  /** `logical` (the default: change data capture needs it); tests of the refusal start a `replica` server. */
+  walLevel?: 'logical' | 'replica';
 }
 
 const USER = 'postgres';
@@ -39,7 +41,7 @@ export async function startEmbeddedPostgres(options: EmbeddedDatabaseOptions): P
     persistent: true,
     createPostgresUser: isRoot,
     postgresFlags: [
-      ...['-c', 'max_connections=200', '-c', 'wal_level=logical'],
+      ...['-c', 'max_connections=200', '-c', `wal_level=${options.walLevel ?? 'logical'}`, '-c', 'max_replication_slots=20', '-c', 'max_wal_senders=20'],
       ...(options.fast ? ['-c', 'fsync=off', '-c', 'synchronous_commit=off', '-c', 'full_page_writes=off'] : []),
     ],
     onLog: (message: unknown) => options.log?.(String(message)),

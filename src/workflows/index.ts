@@ -4,3 +4,4 @@ export { fullRefreshWorkflow } from './full-refresh';
 export { pipelineWorkflow } from './pipeline';
 export { filesWorkflow } from './files';
 export { incrementalWorkflow } from './incremental';
+export { cdcWorkflow } from './cdc';

@@ -1,0 +1,422 @@
+/**
+ * Activities of cdcWorkflow: set up the source (checks, publication, slot), copy one table's
+ * snapshot, stream changes for a bounded time, read the saved position, drop the slot.
+ *
+ * The stream's position lives in the destination: _sluice_state row `cdc:<slot>` holds the LSN
+ * up to which every change is applied, written by the same transaction as the batch. Each
+ * streaming call starts the slot there, skips any transaction that ends at or below it, and
+ * acknowledges the slot only up to an LSN the destination has committed (or, with nothing
+ * pending, the server's own position from a keepalive, so an idle slot never holds WAL).
+ */
+import { Context } from '@temporalio/activity';
+import { ApplicationFailure } from '@temporalio/common';
+import { resolveConnection } from '../config';
+import { applyBatch, type TableShape } from '../destinations/postgres/cdc-apply';
+import { ChangeBatch, emptyCounts, type ChangeValues, type TableCounts } from '../destinations/postgres/cdc-batch';
+import { loadResource, readState } from '../destinations/postgres/loader';
+import type { CdcSource, Destination } from '../inputs';
+import { splitQualified } from '../schema/identifiers';
+import { formatLsn, parseLsn, UNCHANGED, type LogicalMessage, type Value } from '../sources/postgres/cdc/pgoutput';
+import { ReplicationStream } from '../sources/postgres/cdc/replication';
+import {
+  checkSource,
+  currentWalLsn,
+  destinationNames,
+  dropSlotAndPublication,
+  ensurePublication,
+  ensureSlot,
+  snapshotTable,
+  typeNames,
+  withSourceClient,
+  type CdcTable,
+} from '../sources/postgres/cdc/setup';
+import { seenBySnapshot, type XidSnapshot } from '../sources/postgres/cdc/snapshot';
+import { withHeartbeat, workflowOf } from './context';
+
+export interface CdcSetupRequest {
+  source: CdcSource;
+  slot: string;
+  publication: string;
+}
+
+export interface CdcSetupResult {
+  tables: CdcTable[];
+  createdSlot: boolean;
+  createdPublication: boolean;
+  /** Where the slot stood when set up: part of the snapshot load ids, so a new slot means a new snapshot. */
+  slotLsn: string;
+}
+
+export interface CdcSnapshotRequest {
+  source: CdcSource;
+  destination: Destination;
+  table: CdcTable;
+  slot: string;
+  slotLsn: string;
+}
+
+export interface CdcStreamRequest {
+  source: CdcSource;
+  destination: Destination;
+  tables: CdcTable[];
+  slot: string;
+  publication: string;
+  deletes: 'hard' | 'soft';
+  batchChanges: number;
+  batchWaitMs: number;
+  /** How long one call streams before it returns (the workflow then calls again). */
+  windowMs: number;
+}
+
+/** What _sluice_state `cdc:<slot>` holds, and what the workflow shows. */
+export interface CdcPosition {
+  /** Everything up to this LSN is applied (or was nothing sluice had to apply). */
+  lsn: string | null;
+  lagBytes: number | null;
+  lagSeconds: number | null;
+  batches: number;
+  changes: number;
+  tables: Record<string, TableCounts>;
+  lastCommitAt: string | null;
+  /** Columns dropped at the source, `table.column`, each reported once. */
+  dropped: string[];
+  schemaChanges: string[];
+  /** Changes per second over the last streaming call. */
+  rate?: number;
+}
+
+export const stateKey = (slot: string) => `cdc:${slot}`;
+const snapshotKey = (slot: string, target: string) => `cdc:${slot}:snapshot:${target}`;
+
+function emptyPosition(): CdcPosition {
+  return { lsn: null, lagBytes: null, lagSeconds: null, batches: 0, changes: 0, tables: {}, lastCommitAt: null, dropped: [], schemaChanges: [] };
+}
+
+async function readPosition(destination: Destination, slot: string): Promise<CdcPosition> {
+  const saved = (await readState(resolveConnection(destination.connection), destination.schema, stateKey(slot))) as Partial<CdcPosition> | undefined;
+  return { ...emptyPosition(), ...saved, schemaChanges: [] };
+}
+
+export function createCdcActivities() {
+  return {
+    /** Refuses a source that cannot stream (non-retryably, with the fix); creates the publication, then the slot. */
+    async cdcSetup(req: CdcSetupRequest): Promise<CdcSetupResult> {
+      return withHeartbeat(() =>
+        withSourceClient(resolveConnection(req.source.connection), async (client) => {
+          const tables = await checkSource(client, req.source.tables);
+          const createdPublication = await ensurePublication(client, req.publication, req.source.tables);
+          const slot = await ensureSlot(client, req.slot);
+          return { tables, createdPublication, createdSlot: slot.created, slotLsn: slot.lsn };
+        }),
+      );
+    },
+
+    /** Copies one table under a snapshot taken after the slot exists; the snapshot's xids go to _sluice_state with the rows. */
+    async cdcSnapshotTable(req: CdcSnapshotRequest): Promise<{ rows: number }> {
+      const ctx = Context.current();
+      const { workflowId, runId } = workflowOf(ctx);
+      return withHeartbeat(async (progress) => {
+        const url = resolveConnection(req.source.connection);
+        const snap = await snapshotTable(url, req.table.source);
+        try {
+          const result = await loadResource({
+            url: resolveConnection(req.destination.connection),
+            schema: req.destination.schema,
+            table: req.table.target,
+            resource: { name: req.table.target, writeDisposition: 'merge', primaryKey: req.table.key },
+            loadId: `${req.slot}@${req.slotLsn}/snapshot/${req.table.target}`,
+            workflowId,
+            runId,
+            partition: 'snapshot',
+            attempt: ctx.info.attempt,
+            data: snap.data,
+            // The copy is the whole table: rows an earlier workflow left in the destination go.
+            supersede: { kind: 'from', column: req.table.key[0]!, value: null },
+            state: { key: snapshotKey(req.slot, req.table.target), value: { table: req.table.source, xids: snap.xids } },
+            onProgress: (rows) => progress({ table: req.table.target, rows }),
+          });
+          return { rows: result.rowsLoaded };
+        } finally {
+          await snap.release();
+        }
+      });
+    },
+
+    async cdcReadPosition(req: { destination: Destination; slot: string }): Promise<CdcPosition> {
+      return readPosition(req.destination, req.slot);
+    },
+
+    /** Streams and applies changes for up to `windowMs`, batch by batch; returns the position reached. */
+    async cdcStream(req: CdcStreamRequest): Promise<CdcPosition> {
+      const ctx = Context.current();
+      const { workflowId, runId } = workflowOf(ctx);
+      return withHeartbeat(async (progress) => {
+        const sourceUrl = resolveConnection(req.source.connection);
+        const destUrl = resolveConnection(req.destination.connection);
+        const position = await readPosition(req.destination, req.slot);
+        const filters = new Map<string, XidSnapshot>();
+        for (const t of req.tables) {
+          const saved = (await readState(destUrl, req.destination.schema, snapshotKey(req.slot, t.target))) as { xids?: XidSnapshot } | undefined;
+          if (saved?.xids) filters.set(t.target, saved.xids);
+        }
+        return withSourceClient(sourceUrl, async (source) => {
+          const startLsn = position.lsn ? parseLsn(position.lsn) : 0n;
+          const stream = await ReplicationStream.start(sourceUrl, req.slot, req.publication, startLsn);
+          try {
+            const consumer = new StreamConsumer(req, position, filters, source, startLsn, stream, async (batch, endLsn, commitTime) => {
+              const next = await nextPosition(source, position, batch, endLsn, commitTime);
+              const applied = await applyBatch({
+                url: destUrl,
+                schema: req.destination.schema,
+                deletes: req.deletes,
+                shapes: consumer.shapesByTarget(),
+                batch,
+                load: { loadId: `${workflowId}/cdc/${formatLsn(endLsn)}`, workflowId, runId, resource: stateKey(req.slot), partition: formatLsn(endLsn) },
+                state: { key: stateKey(req.slot), lsn: endLsn, value: { ...next, schemaChanges: [] } },
+                knownDropped: consumer.dropped,
+              });
+              Object.assign(position, next, { dropped: [...consumer.dropped] });
+              position.schemaChanges.push(...applied.schemaChanges);
+              progress(position);
+            });
+            await consumer.run(ctx.cancellationSignal);
+            return { ...position, rate: consumer.rate() };
+          } finally {
+            await stream.close();
+          }
+        });
+      });
+    },
+
+    /** Drops the slot (and the publication, when sluice created it): the source releases the WAL. */
+    async cdcDropSlot(req: { source: CdcSource; slot: string; publication?: string }): Promise<void> {
+      return withHeartbeat(() => withSourceClient(resolveConnection(req.source.connection), (client) => dropSlotAndPublication(client, req.slot, req.publication)));
+    },
+  };
+}
+
+async function nextPosition(source: import('pg').Client, position: CdcPosition, batch: ChangeBatch, endLsn: bigint, commitTime: Date | undefined): Promise<CdcPosition> {
+  const tables: Record<string, TableCounts> = { ...position.tables };
+  for (const [target, t] of batch.tables) {
+    const c = { ...(tables[target] ?? emptyCounts()) };
+    c.inserts += t.counts.inserts;
+    c.updates += t.counts.updates;
+    c.deletes += t.counts.deletes;
+    c.truncates += t.counts.truncates;
+    tables[target] = c;
+  }
+  const wal = parseLsn(await currentWalLsn(source));
+  return {
+    ...position,
+    lsn: formatLsn(endLsn),
+    lagBytes: Number(wal > endLsn ? wal - endLsn : 0n),
+    lagSeconds: commitTime ? Math.max(0, (Date.now() - commitTime.getTime()) / 1000) : 0,
+    batches: position.batches + (batch.empty ? 0 : 1),
+    changes: position.changes + batch.changes,
+    tables,
+    lastCommitAt: commitTime?.toISOString() ?? position.lastCommitAt,
+  };
+}
+
+interface Relation {
+  target: string;
+  shape: TableShape;
+  /** Destination column name of each relation column, in order. */
+  names: string[];
+  /** Index of each key column in the relation's columns. */
+  keyIndex: number[];
+}
+
+/** Reads one streaming call's messages: collects transactions into batches, flushes at commit boundaries, acknowledges. */
+class StreamConsumer {
+  private readonly relations = new Map<number, Relation>();
+  readonly dropped: Set<string>;
+  private batch = new ChangeBatch();
+  private batchStartedAt = 0;
+  private lastCommit: { endLsn: bigint; time: Date } | undefined;
+  private tx: { xid: number; skip: boolean; time: Date } | undefined;
+  /** Applied (committed in the destination) up to here. */
+  private committed: bigint;
+  /** Acknowledged to the server up to here: `committed`, or further when nothing is pending. */
+  private acked: bigint;
+  private lastStatusAt = 0;
+  private readonly startedAt = Date.now();
+  private readonly changesAtStart: number;
+  private readonly byName: Map<string, CdcTable>;
+
+  constructor(
+    private readonly req: CdcStreamRequest,
+    private readonly position: CdcPosition,
+    private readonly filters: Map<string, XidSnapshot>,
+    private readonly source: import('pg').Client,
+    start: bigint,
+    private readonly stream: ReplicationStream,
+    private readonly flushBatch: (batch: ChangeBatch, endLsn: bigint, commitTime: Date | undefined) => Promise<void>,
+  ) {
+    this.committed = start;
+    this.acked = start;
+    this.dropped = new Set(position.dropped);
+    this.changesAtStart = position.changes;
+    this.byName = new Map(req.tables.map((t) => {
+      const { schema, table } = splitQualified(t.source);
+      return [`${schema ?? 'public'}.${table}`, t];
+    }));
+  }
+
+  shapesByTarget(): Map<string, TableShape> {
+    return new Map([...this.relations.values()].map((r) => [r.target, r.shape]));
+  }
+
+  rate(): number {
+    const seconds = (Date.now() - this.startedAt) / 1000;
+    return seconds > 0 ? Math.round((this.position.changes - this.changesAtStart) / seconds) : 0;
+  }
+
+  async run(signal: AbortSignal): Promise<void> {
+    const deadline = this.startedAt + this.req.windowMs;
+    for (;;) {
+      const now = Date.now();
+      if (signal.aborted || (now >= deadline && !this.tx)) break;
+      const pending = !this.batch.empty;
+      if (pending && !this.tx && now - this.batchStartedAt >= this.req.batchWaitMs) {
+        await this.flush();
+        continue;
+      }
+      if (now - this.lastStatusAt >= 1_000) {
+        // Ask for a keepalive: with nothing pending its position may be acknowledged, and it
+        // keeps the walsender (wal_sender_timeout) and the stream's reader awake.
+        this.stream.acknowledge(this.acked, true);
+        this.lastStatusAt = now;
+      }
+      const wait = Math.min(deadline - now, pending ? this.batchStartedAt + this.req.batchWaitMs - now : 1_000, 1_000);
+      const message = await this.stream.next(Math.max(wait, 10));
+      if (message === undefined) continue;
+      if (message === 'end') throw ApplicationFailure.retryable('the replication stream ended', 'ReplicationStreamEnded');
+      if (message.tag === 'keepalive') {
+        if (!this.tx && this.batch.empty && message.walEnd > this.acked) this.acked = message.walEnd;
+        if (message.replyRequested || this.acked > this.committed) this.stream.acknowledge(this.acked);
+        continue;
+      }
+      await this.handle(message.message);
+    }
+    // Cancelled inside a transaction: what the batch holds is not complete to any commit, so none
+    // of it is applied; it was never acknowledged, and the next call receives it again.
+    if (this.tx) return;
+    if (!this.batch.empty) await this.flush();
+    if (this.acked > this.committed) {
+      // Nothing was pending up to `acked`: record it, so the saved position and its lag are current.
+      await this.flushBatch(new ChangeBatch(), this.acked, undefined);
+      this.committed = this.acked;
+    }
+  }
+
+  private async flush(): Promise<void> {
+    const commit = this.lastCommit!;
+    await this.flushBatch(this.batch, commit.endLsn, commit.time);
+    this.committed = commit.endLsn;
+    if (this.acked < this.committed) this.acked = this.committed;
+    this.stream.acknowledge(this.acked);
+    this.lastStatusAt = Date.now();
+    this.batch = new ChangeBatch();
+  }
+
+  private async handle(m: LogicalMessage): Promise<void> {
+    switch (m.tag) {
+      case 'begin':
+        // A transaction that ends at or below the committed LSN was applied already.
+        this.tx = { xid: m.xid, skip: m.finalLsn < this.committed, time: m.commitTime };
+        return;
+      case 'commit':
+        this.tx = undefined;
+        if (m.endLsn <= this.committed) return;
+        if (this.batch.empty) {
+          // Nothing of ours in it: nothing to apply, so the slot may move past it.
+          if (this.acked < m.endLsn) this.acked = m.endLsn;
+          return;
+        }
+        this.lastCommit = { endLsn: m.endLsn, time: m.commitTime };
+        if (this.batch.changes >= this.req.batchChanges || Date.now() - this.batchStartedAt >= this.req.batchWaitMs) await this.flush();
+        return;
+      case 'relation':
+        await this.relation(m);
+        return;
+      case 'insert':
+      case 'update':
+      case 'delete': {
+        const rel = this.relations.get(m.relationId);
+        if (!rel || !this.tx || this.tx.skip || this.seen(rel.target)) return;
+        this.started();
+        if (m.tag === 'insert') {
+          this.batch.insert(rel.target, this.key(rel, m.values), this.values(rel, m.values));
+        } else if (m.tag === 'update') {
+          const key = this.key(rel, m.values);
+          this.batch.update(rel.target, key, this.values(rel, m.values), m.old && this.key(rel, m.old), this.tx.time);
+        } else {
+          this.batch.delete(rel.target, this.key(rel, m.old), this.tx.time);
+        }
+        return;
+      }
+      case 'truncate':
+        for (const id of m.relationIds) {
+          const rel = this.relations.get(id);
+          if (!rel || !this.tx || this.tx.skip || this.seen(rel.target)) continue;
+          this.started();
+          this.batch.truncate(rel.target, this.tx.time);
+        }
+        return;
+      default:
+        return;
+    }
+  }
+
+  private started(): void {
+    if (this.batch.empty) this.batchStartedAt = Date.now();
+  }
+
+  /** The table's snapshot already holds this transaction's changes. */
+  private seen(target: string): boolean {
+    const filter = this.filters.get(target);
+    return filter !== undefined && seenBySnapshot(this.tx!.xid, filter);
+  }
+
+  private key(rel: Relation, values: Value[]): string[] {
+    return rel.keyIndex.map((i) => {
+      const v = values[i];
+      if (typeof v !== 'string') throw new Error(`key column ${rel.names[i]} of ${rel.target} arrived without a value`);
+      return v;
+    });
+  }
+
+  private values(rel: Relation, values: Value[]): ChangeValues {
+    const out: ChangeValues = new Map();
+    values.forEach((v, i) => {
+      // An unchanged TOASTed value is not part of the change: the destination keeps its own.
+      if (v !== UNCHANGED && i < rel.names.length) out.set(rel.names[i]!, v);
+    });
+    return out;
+  }
+
+  private async relation(m: Extract<LogicalMessage, { tag: 'relation' }>): Promise<void> {
+    const table = this.byName.get(`${m.schema}.${m.name}`);
+    if (!table) return;
+    const sourceNames = m.columns.map((c) => c.name);
+    const names = destinationNames(sourceNames);
+    const types = await typeNames(this.source, m.columns);
+    const keyIndex = table.key.map((k) => {
+      const i = sourceNames.indexOf(k);
+      if (i < 0) throw ApplicationFailure.nonRetryable(`key column ${k} of ${table.source} is gone from the source table`, 'CdcKeyDropped');
+      return i;
+    });
+    this.relations.set(m.relationId, {
+      target: table.target,
+      names: sourceNames.map((n) => names.get(n)!),
+      keyIndex,
+      shape: {
+        source: table.source,
+        target: table.target,
+        key: table.key.map((k) => names.get(k)!),
+        columns: sourceNames.map((n, i) => ({ name: names.get(n)!, type: types[i]! })),
+      },
+    });
+  }
+}

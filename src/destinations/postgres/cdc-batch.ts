@@ -1,0 +1,94 @@
+/**
+ * A batch of change-stream transactions, collapsed per key before it is applied. Pure.
+ *
+ * Within one batch only the last change of each key matters (last change wins), with one
+ * exception that makes TOAST safe: columns a change did not carry (an unchanged TOASTed value,
+ * or a column the source added after the change was made) are not part of that change, so an
+ * update merges into the earlier change of its key instead of replacing it, and an update
+ * whose key is not in the batch leaves those columns as the destination has them.
+ */
+
+/** Values a change carries, by destination column name; a column absent from the map is left as it is. */
+export type ChangeValues = Map<string, string | null>;
+
+export type Pending =
+  | { op: 'upsert'; key: string[]; values: ChangeValues }
+  | { op: 'delete'; key: string[]; at: Date };
+
+export interface TableCounts {
+  inserts: number;
+  updates: number;
+  deletes: number;
+  truncates: number;
+}
+
+export interface TableBatch {
+  /** Set when the batch truncates the table: applied before the batch's own later changes. */
+  truncatedAt?: Date;
+  rows: Map<string, Pending>;
+  counts: TableCounts;
+}
+
+export function emptyCounts(): TableCounts {
+  return { inserts: 0, updates: 0, deletes: 0, truncates: 0 };
+}
+
+const keyOf = (key: string[]) => JSON.stringify(key);
+
+export class ChangeBatch {
+  readonly tables = new Map<string, TableBatch>();
+  /** Changes received (before collapsing): what `batchChanges` limits. */
+  changes = 0;
+
+  private table(name: string): TableBatch {
+    let t = this.tables.get(name);
+    if (!t) {
+      t = { rows: new Map(), counts: emptyCounts() };
+      this.tables.set(name, t);
+    }
+    return t;
+  }
+
+  insert(table: string, key: string[], values: ChangeValues): void {
+    const t = this.table(table);
+    t.rows.set(keyOf(key), { op: 'upsert', key, values });
+    t.counts.inserts++;
+    this.changes++;
+  }
+
+  /** `oldKey` differs from `key` when the update changed the key: the old key's row goes. */
+  update(table: string, key: string[], values: ChangeValues, oldKey: string[] | undefined, at: Date): void {
+    const t = this.table(table);
+    const k = keyOf(key);
+    let merged = values;
+    const previous = t.rows.get(oldKey && keyOf(oldKey) !== k ? keyOf(oldKey) : k);
+    if (previous?.op === 'upsert') {
+      merged = new Map(previous.values);
+      for (const [c, v] of values) merged.set(c, v);
+    }
+    if (oldKey && keyOf(oldKey) !== k) t.rows.set(keyOf(oldKey), { op: 'delete', key: oldKey, at });
+    t.rows.set(k, { op: 'upsert', key, values: merged });
+    t.counts.updates++;
+    this.changes++;
+  }
+
+  delete(table: string, key: string[], at: Date): void {
+    const t = this.table(table);
+    t.rows.set(keyOf(key), { op: 'delete', key, at });
+    t.counts.deletes++;
+    this.changes++;
+  }
+
+  /** Everything the batch holds for the table so far is void; later changes apply after the truncate. */
+  truncate(table: string, at: Date): void {
+    const t = this.table(table);
+    t.rows.clear();
+    t.truncatedAt = at;
+    t.counts.truncates++;
+    this.changes++;
+  }
+
+  get empty(): boolean {
+    return this.changes === 0;
+  }
+}

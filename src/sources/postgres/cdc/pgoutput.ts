@@ -1,0 +1,221 @@
+/**
+ * The replication protocol's messages and pgoutput's logical messages (protocol version 1),
+ * decoded from their wire form. Pure: buffers in, plain objects out.
+ *
+ * Written here rather than taken from pg-logical-replication: that package turns every value
+ * into a JavaScript value with pg's type parsers (a timestamp becomes a Date and loses its
+ * microseconds), reports an unchanged TOAST value as `undefined` indistinguishable from a
+ * missing column, and its keepalive timer acknowledges the last LSN received. sluice needs the
+ * server's own text form of each value (cast back to the column type in the destination) and
+ * an explicit "unchanged" marker.
+ *
+ * https://www.postgresql.org/docs/current/protocol-replication.html
+ * https://www.postgresql.org/docs/current/protocol-logicalrep-message-formats.html
+ */
+
+/** A column value: its text form, null, or UNCHANGED (a TOASTed value the update did not touch). */
+export const UNCHANGED = Symbol('sluice.cdc.unchanged');
+export type Value = string | null | typeof UNCHANGED;
+
+export interface RelationColumn {
+  name: string;
+  /** Part of the replica identity (the key pgoutput sends with updates and deletes). */
+  key: boolean;
+  typeOid: number;
+  typeMod: number;
+}
+
+export type LogicalMessage =
+  | { tag: 'begin'; finalLsn: bigint; commitTime: Date; xid: number }
+  | { tag: 'commit'; commitLsn: bigint; endLsn: bigint; commitTime: Date }
+  | { tag: 'relation'; relationId: number; schema: string; name: string; replicaIdentity: string; columns: RelationColumn[] }
+  | { tag: 'insert'; relationId: number; values: Value[] }
+  | { tag: 'update'; relationId: number; old: Value[] | undefined; values: Value[] }
+  | { tag: 'delete'; relationId: number; old: Value[] }
+  | { tag: 'truncate'; relationIds: number[]; cascade: boolean; restartIdentity: boolean }
+  | { tag: 'other'; code: string };
+
+export type ReplicationMessage =
+  | { tag: 'xlog'; walStart: bigint; walEnd: bigint; message: LogicalMessage }
+  | { tag: 'keepalive'; walEnd: bigint; replyRequested: boolean };
+
+/** PostgreSQL's epoch (2000-01-01) in Unix milliseconds. */
+const PG_EPOCH_MS = 946_684_800_000;
+
+export function pgTimeToDate(micros: bigint): Date {
+  return new Date(PG_EPOCH_MS + Number(micros / 1000n));
+}
+
+class Reader {
+  private offset = 0;
+  constructor(private readonly buf: Buffer) {}
+  u8(): number {
+    return this.buf.readUInt8(this.offset++);
+  }
+  i16(): number {
+    const v = this.buf.readInt16BE(this.offset);
+    this.offset += 2;
+    return v;
+  }
+  i32(): number {
+    const v = this.buf.readInt32BE(this.offset);
+    this.offset += 4;
+    return v;
+  }
+  u32(): number {
+    const v = this.buf.readUInt32BE(this.offset);
+    this.offset += 4;
+    return v;
+  }
+  u64(): bigint {
+    const v = this.buf.readBigUInt64BE(this.offset);
+    this.offset += 8;
+    return v;
+  }
+  i64(): bigint {
+    const v = this.buf.readBigInt64BE(this.offset);
+    this.offset += 8;
+    return v;
+  }
+  cstring(): string {
+    const end = this.buf.indexOf(0, this.offset);
+    if (end < 0) throw new Error('pgoutput: unterminated string');
+    const s = this.buf.toString('utf8', this.offset, end);
+    this.offset = end + 1;
+    return s;
+  }
+  bytes(n: number): Buffer {
+    const b = this.buf.subarray(this.offset, this.offset + n);
+    this.offset += n;
+    return b;
+  }
+  rest(): Buffer {
+    return this.buf.subarray(this.offset);
+  }
+}
+
+/** One CopyData payload of a START_REPLICATION stream. */
+export function decodeReplicationMessage(payload: Buffer): ReplicationMessage | undefined {
+  const r = new Reader(payload);
+  const kind = String.fromCharCode(r.u8());
+  if (kind === 'w') {
+    const walStart = r.u64();
+    const walEnd = r.u64();
+    r.i64(); // send time
+    return { tag: 'xlog', walStart, walEnd, message: decodeLogicalMessage(r.rest()) };
+  }
+  if (kind === 'k') {
+    const walEnd = r.u64();
+    r.i64(); // send time
+    return { tag: 'keepalive', walEnd, replyRequested: r.u8() === 1 };
+  }
+  return undefined;
+}
+
+function tuple(r: Reader): Value[] {
+  const n = r.i16();
+  const values: Value[] = new Array(n);
+  for (let i = 0; i < n; i++) {
+    const kind = String.fromCharCode(r.u8());
+    switch (kind) {
+      case 'n':
+        values[i] = null;
+        break;
+      case 'u':
+        values[i] = UNCHANGED;
+        break;
+      case 't':
+        values[i] = r.bytes(r.i32()).toString('utf8');
+        break;
+      default:
+        // 'b' (binary) only comes with the binary option, which sluice never asks for.
+        throw new Error(`pgoutput: unexpected tuple value kind '${kind}'`);
+    }
+  }
+  return values;
+}
+
+export function decodeLogicalMessage(buf: Buffer): LogicalMessage {
+  const r = new Reader(buf);
+  const code = String.fromCharCode(r.u8());
+  switch (code) {
+    case 'B': {
+      const finalLsn = r.u64();
+      const commitTime = pgTimeToDate(r.i64());
+      return { tag: 'begin', finalLsn, commitTime, xid: r.u32() };
+    }
+    case 'C': {
+      r.u8(); // flags
+      const commitLsn = r.u64();
+      const endLsn = r.u64();
+      return { tag: 'commit', commitLsn, endLsn, commitTime: pgTimeToDate(r.i64()) };
+    }
+    case 'R': {
+      const relationId = r.u32();
+      const schema = r.cstring();
+      const name = r.cstring();
+      const replicaIdentity = String.fromCharCode(r.u8());
+      const n = r.i16();
+      const columns: RelationColumn[] = [];
+      for (let i = 0; i < n; i++) {
+        const flags = r.u8();
+        columns.push({ key: (flags & 1) === 1, name: r.cstring(), typeOid: r.u32(), typeMod: r.i32() });
+      }
+      return { tag: 'relation', relationId, schema, name, replicaIdentity, columns };
+    }
+    case 'I': {
+      const relationId = r.u32();
+      r.u8(); // 'N'
+      return { tag: 'insert', relationId, values: tuple(r) };
+    }
+    case 'U': {
+      const relationId = r.u32();
+      let sub = String.fromCharCode(r.u8());
+      let old: Value[] | undefined;
+      if (sub === 'K' || sub === 'O') {
+        old = tuple(r);
+        sub = String.fromCharCode(r.u8());
+      }
+      if (sub !== 'N') throw new Error(`pgoutput: unexpected update part '${sub}'`);
+      return { tag: 'update', relationId, old, values: tuple(r) };
+    }
+    case 'D': {
+      const relationId = r.u32();
+      r.u8(); // 'K' or 'O'
+      return { tag: 'delete', relationId, old: tuple(r) };
+    }
+    case 'T': {
+      const n = r.u32();
+      const flags = r.u8();
+      const relationIds: number[] = [];
+      for (let i = 0; i < n; i++) relationIds.push(r.u32());
+      return { tag: 'truncate', relationIds, cascade: (flags & 1) === 1, restartIdentity: (flags & 2) === 2 };
+    }
+    default:
+      // 'Y' (type), 'O' (origin), 'M' (message): nothing to apply.
+      return { tag: 'other', code };
+  }
+}
+
+/** A Standby Status Update: everything up to `flushed` is durable on our side. */
+export function standbyStatus(flushed: bigint, replyRequested: boolean, now: number = Date.now()): Buffer {
+  const buf = Buffer.alloc(34);
+  buf.write('r', 0);
+  buf.writeBigUInt64BE(flushed, 1); // written
+  buf.writeBigUInt64BE(flushed, 9); // flushed
+  buf.writeBigUInt64BE(flushed, 17); // applied
+  buf.writeBigInt64BE(BigInt(now - PG_EPOCH_MS) * 1000n, 25);
+  buf.writeUInt8(replyRequested ? 1 : 0, 33);
+  return buf;
+}
+
+/** "16/B374D848" <-> 0x16B374D848. */
+export function parseLsn(text: string): bigint {
+  const m = /^([0-9A-Fa-f]{1,8})\/([0-9A-Fa-f]{1,8})$/.exec(text);
+  if (!m) throw new Error(`"${text}" is not an LSN like 16/B374D848`);
+  return (BigInt(`0x${m[1]}`) << 32n) | BigInt(`0x${m[2]}`);
+}
+
+export function formatLsn(lsn: bigint): string {
+  return `${(lsn >> 32n).toString(16).toUpperCase()}/${(lsn & 0xffffffffn).toString(16).toUpperCase()}`;
+}

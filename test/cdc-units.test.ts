@@ -1,0 +1,133 @@
+import assert from 'node:assert/strict';
+import { describe, test } from 'node:test';
+import { ChangeBatch } from '../src/destinations/postgres/cdc-batch';
+import { CdcInput, parseInput } from '../src/inputs';
+import { decodeLogicalMessage, decodeReplicationMessage, formatLsn, parseLsn, standbyStatus, UNCHANGED } from '../src/sources/postgres/cdc/pgoutput';
+import { parseXidSnapshot, seenBySnapshot, widenXid } from '../src/sources/postgres/cdc/snapshot';
+import { cdcNames } from '../src/workflows/cdc';
+
+/** pgoutput's wire format, written by hand the way the server writes it. */
+class Wire {
+  private parts: Buffer[] = [];
+  u8(v: number) { const b = Buffer.alloc(1); b.writeUInt8(v); this.parts.push(b); return this; }
+  char(c: string) { return this.u8(c.charCodeAt(0)); }
+  i16(v: number) { const b = Buffer.alloc(2); b.writeInt16BE(v); this.parts.push(b); return this; }
+  i32(v: number) { const b = Buffer.alloc(4); b.writeInt32BE(v); this.parts.push(b); return this; }
+  u64(v: bigint) { const b = Buffer.alloc(8); b.writeBigUInt64BE(v); this.parts.push(b); return this; }
+  str(s: string) { this.parts.push(Buffer.from(s + '\0')); return this; }
+  text(s: string) { const b = Buffer.from(s); return this.char('t').i32(b.length).bytes(b); }
+  bytes(b: Buffer) { this.parts.push(b); return this; }
+  done() { return Buffer.concat(this.parts); }
+}
+
+describe('pgoutput decoding', () => {
+  test('relation, insert, update with unchanged TOAST and old key, delete, truncate, begin/commit', () => {
+    const rel = decodeLogicalMessage(new Wire().char('R').i32(16385).str('public').str('docs').char('d').i16(2).u8(1).str('id').i32(23).i32(-1).u8(0).str('body').i32(25).i32(-1).done());
+    assert.deepEqual(rel, {
+      tag: 'relation', relationId: 16385, schema: 'public', name: 'docs', replicaIdentity: 'd',
+      columns: [{ key: true, name: 'id', typeOid: 23, typeMod: -1 }, { key: false, name: 'body', typeOid: 25, typeMod: -1 }],
+    });
+    const ins = decodeLogicalMessage(new Wire().char('I').i32(16385).char('N').i16(2).text('1').char('n').done());
+    assert.deepEqual(ins, { tag: 'insert', relationId: 16385, values: ['1', null] });
+    const upd = decodeLogicalMessage(new Wire().char('U').i32(16385).char('K').i16(2).text('1').char('n').char('N').i16(2).text('2').char('u').done());
+    assert.deepEqual(upd, { tag: 'update', relationId: 16385, old: ['1', null], values: ['2', UNCHANGED] });
+    const del = decodeLogicalMessage(new Wire().char('D').i32(16385).char('K').i16(2).text('2').char('n').done());
+    assert.deepEqual(del, { tag: 'delete', relationId: 16385, old: ['2', null] });
+    const tr = decodeLogicalMessage(new Wire().char('T').i32(2).u8(1).i32(1).i32(2).done());
+    assert.deepEqual(tr, { tag: 'truncate', relationIds: [1, 2], cascade: true, restartIdentity: false });
+    const begin = decodeLogicalMessage(new Wire().char('B').u64(0x100n).u64(0n).i32(42).done());
+    assert.deepEqual(begin, { tag: 'begin', finalLsn: 0x100n, commitTime: new Date('2000-01-01T00:00:00Z'), xid: 42 });
+    const commit = decodeLogicalMessage(new Wire().char('C').u8(0).u64(0x100n).u64(0x130n).u64(1_000_000n).done());
+    assert.deepEqual(commit, { tag: 'commit', commitLsn: 0x100n, endLsn: 0x130n, commitTime: new Date('2000-01-01T00:00:01Z') });
+  });
+
+  test('XLogData and keepalive frames; a standby status update carries exactly the LSN given', () => {
+    const xlog = decodeReplicationMessage(new Wire().char('w').u64(5n).u64(9n).u64(0n).char('C').u8(0).u64(1n).u64(2n).u64(0n).done());
+    assert.equal(xlog?.tag, 'xlog');
+    const keepalive = decodeReplicationMessage(new Wire().char('k').u64(0x1234n).u64(0n).u8(1).done());
+    assert.deepEqual(keepalive, { tag: 'keepalive', walEnd: 0x1234n, replyRequested: true });
+    const status = standbyStatus(0x1_0000_00ffn, false);
+    assert.equal(status.length, 34);
+    assert.equal(String.fromCharCode(status[0]!), 'r');
+    for (const offset of [1, 9, 17]) assert.equal(status.readBigUInt64BE(offset), 0x1_0000_00ffn, 'never LSN + 1, never the last received');
+  });
+
+  test('LSN text form', () => {
+    assert.equal(parseLsn('16/B374D848'), 0x16b374d848n);
+    assert.equal(formatLsn(0x16b374d848n), '16/B374D848');
+    assert.equal(formatLsn(parseLsn('0/0')), '0/0');
+    assert.throws(() => parseLsn('16-B3'), /not an LSN/);
+  });
+});
+
+describe('snapshot visibility by xid', () => {
+  const snap = parseXidSnapshot('100:110:103,107');
+  test('committed before xmin: seen; in xip or at/after xmax: not seen; between and not in xip: seen', () => {
+    assert.equal(seenBySnapshot(99, snap), true);
+    assert.equal(seenBySnapshot(101, snap), true);
+    assert.equal(seenBySnapshot(103, snap), false);
+    assert.equal(seenBySnapshot(107, snap), false);
+    assert.equal(seenBySnapshot(110, snap), false);
+    assert.equal(seenBySnapshot(5000, snap), false);
+  });
+  test('32-bit xids are placed in the epoch nearest the snapshot', () => {
+    const epoch1 = (1n << 32n) + 10n;
+    assert.equal(widenXid(5, epoch1), (1n << 32n) + 5n);
+    assert.equal(widenXid(0xfffffff0, epoch1), 0xfffffff0n, 'just before the wraparound');
+    const near = { xmin: String((1n << 32n) - 5n), xmax: String((1n << 32n) + 2n), xip: [] };
+    assert.equal(seenBySnapshot(1, near), true, 'xid 1 of the new epoch is below xmax');
+    assert.equal(seenBySnapshot(3, near), false, 'xid 3 of the new epoch is at or past xmax');
+  });
+});
+
+describe('ChangeBatch', () => {
+  const at = new Date('2024-01-01T00:00:00Z');
+  const v = (o: Record<string, string | null>) => new Map(Object.entries(o));
+  test('last change per key wins; updates merge into the earlier change of their key, keeping what they did not carry', () => {
+    const b = new ChangeBatch();
+    b.insert('t', ['1'], v({ id: '1', body: 'big', n: '0' }));
+    b.update('t', ['1'], v({ id: '1', n: '1' }), undefined, at);
+    b.update('t', ['2'], v({ id: '2', n: '5' }), undefined, at);
+    b.insert('t', ['3'], v({ id: '3', body: 'x', n: '0' }));
+    b.delete('t', ['3'], at);
+    const rows = b.tables.get('t')!.rows;
+    assert.deepEqual(rows.get('["1"]'), { op: 'upsert', key: ['1'], values: v({ id: '1', body: 'big', n: '1' }) });
+    assert.deepEqual(rows.get('["2"]'), { op: 'upsert', key: ['2'], values: v({ id: '2', n: '5' }) }, 'body absent: the destination keeps its own');
+    assert.equal(rows.get('["3"]')!.op, 'delete');
+    assert.deepEqual(b.tables.get('t')!.counts, { inserts: 2, updates: 2, deletes: 1, truncates: 0 });
+    assert.equal(b.changes, 5);
+  });
+  test('a key change deletes the old key; a truncate voids what came before it in the batch', () => {
+    const b = new ChangeBatch();
+    b.insert('t', ['1'], v({ id: '1', n: '0' }));
+    b.update('t', ['9'], v({ id: '9', n: '1' }), ['1'], at);
+    const rows = b.tables.get('t')!.rows;
+    assert.equal(rows.get('["1"]')!.op, 'delete');
+    assert.deepEqual(rows.get('["9"]'), { op: 'upsert', key: ['9'], values: v({ id: '9', n: '1' }) });
+    b.truncate('t', at);
+    b.insert('t', ['4'], v({ id: '4', n: '4' }));
+    assert.deepEqual([...b.tables.get('t')!.rows.keys()], ['["4"]']);
+    assert.equal(b.tables.get('t')!.truncatedAt, at);
+  });
+});
+
+describe('cdcWorkflow input and names', () => {
+  test('the issue\'s example parses; unknown keys and clashing tables are refused', () => {
+    const ok = parseInput(CdcInput, { source: { kind: 'postgres', connection: 'SOURCE_DATABASE_URL', tables: ['public.orders', 'public.customers'] }, destination: { connection: 'DATABASE_URL', schema: 'cdc' }, deletes: 'hard' });
+    assert.ok(ok.ok);
+    const defaults = CdcInput.parse({ source: { kind: 'postgres', connection: 'X_URL', tables: ['public.orders'] } });
+    assert.equal(defaults.deletes, 'soft', 'soft deletes by default, as in the seed');
+    assert.deepEqual(defaults.destination, { connection: 'DATABASE_URL', schema: 'public' });
+    const unknown = parseInput(CdcInput, { source: { kind: 'postgres', connection: 'X_URL', tables: ['public.orders'], table: 'x' } });
+    assert.ok(!unknown.ok && /source/.test(unknown.message));
+    const unqualified = parseInput(CdcInput, { source: { kind: 'postgres', connection: 'X_URL', tables: ['orders'] } });
+    assert.ok(!unqualified.ok && /source\.tables\.0: must be a schema-qualified/.test(unqualified.message));
+  });
+  test('slot names are valid, stable and distinct', () => {
+    const a = cdcNames('demo-cdc');
+    assert.match(a.slot, /^[a-z0-9_]{1,63}$/);
+    assert.deepEqual(cdcNames('demo-cdc'), a);
+    assert.notEqual(cdcNames('Demo-CDC').slot, a.slot);
+    assert.match(cdcNames('x'.repeat(300)).slot, /^[a-z0-9_]{1,63}$/);
+  });
+});

@@ -1,0 +1,468 @@
+import assert from 'node:assert/strict';
+import { after, before, describe, test } from 'node:test';
+import { WorkflowFailedError, type WorkflowHandle } from '@temporalio/client';
+import { join } from 'node:path';
+import { freePort } from '../src/dev/ports';
+import { startEmbeddedPostgres } from '../src/dev/postgres';
+import type pg from 'pg';
+import type { Progress } from '../src/inputs';
+import { killHard, requireEnv, saveHistory, spawnWorker, testStack, waitFor, type TestStack } from './helpers';
+
+interface CdcProgress extends Progress {
+  phase: string;
+  paused: boolean;
+  slot: string;
+  lsn: string | null;
+  lagBytes: number | null;
+  tables: Record<string, { inserts: number; updates: number; deletes: number; truncates: number }>;
+  schemaChanges: string[];
+}
+
+/** A writer that commits multi-statement transactions of inserts, updates and deletes, and counts what it did. */
+class Writer {
+  counts: Record<string, { inserts: number; updates: number; deletes: number }> = {};
+  deleted = new Map<string, Set<number>>();
+  private nextId = 1_000_000;
+  constructor(
+    private readonly db: pg.Pool,
+    private readonly schema: string,
+  ) {}
+
+  private tally(table: string, kind: 'inserts' | 'updates' | 'deletes', n: number) {
+    this.counts[table] ??= { inserts: 0, updates: 0, deletes: 0 };
+    this.counts[table][kind] += n;
+  }
+
+  /** One transaction touching both tables; returns after commit. */
+  async transaction(i: number): Promise<void> {
+    const client = await this.db.connect();
+    try {
+      await client.query('begin');
+      const id = this.nextId++;
+      const s = this.schema;
+      await client.query(`insert into ${s}.orders (id, customer_id, amount, note, placed_at) values ($1, $2, $3, $4, now())`, [id, i % 50, (i * 7) % 1000, `new ${i}`]);
+      this.tally('orders', 'inserts', 1);
+      // Update the same new row again in the same transaction: collapsed, last change wins.
+      await client.query(`update ${s}.orders set amount = amount + 1, note = note || ' (edited)' where id = $1`, [id]);
+      this.tally('orders', 'updates', 1);
+      const updated = await client.query(`update ${s}.orders set amount = amount + 0.5, placed_at = placed_at + interval '1 microsecond' where id in (select id from ${s}.orders where id % 97 = $1 order by id limit 3)`, [i % 97]);
+      this.tally('orders', 'updates', updated.rowCount ?? 0);
+      const gone = await client.query(`delete from ${s}.orders where id = (select min(id) from ${s}.orders where id % 13 = $1) returning id`, [i % 13]);
+      this.tally('orders', 'deletes', gone.rowCount ?? 0);
+      for (const r of gone.rows) (this.deleted.get('orders') ?? this.deleted.set('orders', new Set()).get('orders')!).add(Number(r.id));
+      const c = await client.query(`update ${s}.customers set name = name || '.', score = score * 1.5 where id = $1`, [i % 40]);
+      this.tally('customers', 'updates', c.rowCount ?? 0);
+      if (i % 5 === 0) {
+        await client.query(`insert into ${s}.customers (id, name, score) values ($1, $2, $3)`, [1000 + i, `customer ${i}`, i]);
+        this.tally('customers', 'inserts', 1);
+      }
+      if (i % 7 === 3) {
+        const d = await client.query(`delete from ${s}.customers where id = (select max(id) from ${s}.customers where id >= 1000)`);
+        this.tally('customers', 'deletes', d.rowCount ?? 0);
+      }
+      await client.query('commit');
+    } finally {
+      client.release();
+    }
+  }
+
+  total(): number {
+    return Object.values(this.counts).reduce((n, c) => n + c.inserts + c.updates + c.deletes, 0);
+  }
+}
+
+describe('cdcWorkflow', () => {
+  let stack: TestStack;
+  before(async () => {
+    stack = await testStack('cdc');
+  });
+  after(async () => {
+    // Nothing may be left holding WAL on the shared server.
+    await stack.db.query(`select pg_drop_replication_slot(slot_name) from pg_replication_slots where slot_name like 'sluice_cdc_%' and not active`).catch(() => undefined);
+    await stack.close();
+  });
+
+  async function createTables(schema: string, rows = 500) {
+    await stack.db.query(`
+      create schema if not exists ${schema};
+      create table ${schema}.orders (id bigint primary key, customer_id int, amount numeric(12,2), note text, placed_at timestamptz);
+      create table ${schema}.customers (id int primary key, name text not null, score double precision, tags text[]);
+      insert into ${schema}.orders select i, i % 50, i / 10.0, 'order ' || i, timestamptz '2024-01-01 00:00:00.123456+00' + i * interval '1 minute' from generate_series(1, ${rows}) i;
+      insert into ${schema}.customers select i, 'customer ' || i, i * 1.25, array['a', 'b ' || i] from generate_series(0, 99) i;`);
+  }
+
+  function cdcInput(sourceSchema: string, destSchema: string, extra: Record<string, unknown> = {}) {
+    return {
+      source: { kind: 'postgres', connection: 'SOURCE_DATABASE_URL', tables: [`${sourceSchema}.orders`, `${sourceSchema}.customers`] },
+      destination: { connection: 'DATABASE_URL', schema: destSchema },
+      batchWait: '200ms',
+      streamWindow: '5s',
+      ...extra,
+    };
+  }
+
+  /** Rows of the source table that the destination lacks, plus destination rows the source lacks, over every source column. */
+  async function differences(sourceTable: string, destTable: string, where = 'true'): Promise<number> {
+    try {
+      return await differencesOrFail(sourceTable, destTable, where);
+    } catch {
+      return -1; // the destination table (or its column) is not there yet
+    }
+  }
+  async function differencesOrFail(sourceTable: string, destTable: string, where: string): Promise<number> {
+    const cols = (await stack.db.query(`select string_agg(quote_ident(attname), ', ' order by attnum) as c from pg_attribute where attrelid = $1::regclass and attnum > 0 and not attisdropped`, [sourceTable])).rows[0].c;
+    const diff = await stack.db.query(`
+      (select ${cols} from ${sourceTable} except all select ${cols} from ${destTable} where ${where})
+      union all
+      (select ${cols} from ${destTable} where ${where} except all select ${cols} from ${sourceTable})`);
+    return diff.rowCount ?? 0;
+  }
+
+  async function stopAndDrop(handle: WorkflowHandle) {
+    await handle.signal('stop', { dropSlot: true });
+    return handle.result();
+  }
+
+  async function slotGone(slot: string) {
+    const r = await stack.db.query(`select 1 from pg_replication_slots where slot_name = $1 union all select 1 from pg_publication where pubname = $1`, [slot]);
+    return r.rowCount === 0;
+  }
+
+  for (const deletes of ['hard', 'soft'] as const) {
+    test(`snapshot + stream of two tables with a concurrent writer, ${deletes} deletes: destination equals the source`, async () => {
+      const src = `${stack.sourceSchema}_${deletes}`;
+      const dest = `${stack.schema}_${deletes}`;
+      await createTables(src);
+      const writer = new Writer(stack.db, src);
+      const handle = await stack.client.workflow.start('cdcWorkflow', {
+        taskQueue: stack.taskQueue,
+        workflowId: `cdc-${deletes}-${stack.schema}`,
+        args: [cdcInput(src, dest, { deletes })],
+      });
+      await stack.withWorker(async () => {
+        // The writer runs before, during and after the snapshot.
+        for (let i = 0; i < 120; i++) {
+          await writer.transaction(i);
+          if (i === 20) await waitFor('the snapshot to start', async () => (await handle.query<CdcProgress>('progress')).phase !== 'setup');
+        }
+        await waitFor('streaming', async () => (await handle.query<CdcProgress>('progress')).phase === 'streaming');
+        const liveWhere = deletes === 'soft' ? '_sluice_deleted_at is null' : 'true';
+        await waitFor('the destination to equal the source', async () =>
+          (await differences(`${src}.orders`, `${dest}.orders`, liveWhere)) === 0 && (await differences(`${src}.customers`, `${dest}.customers`, liveWhere)) === 0,
+        120_000).catch(async (err) => {
+          const h = await stack.client.workflow.getHandle(handle.workflowId).describe();
+          console.log(JSON.stringify(await handle.query('progress')), h.status.name, await differences(`${src}.orders`, `${dest}.orders`, liveWhere), await differences(`${src}.customers`, `${dest}.customers`, liveWhere));
+          const hist = await handle.fetchHistory();
+          for (const e of hist.events!) if (e.activityTaskFailedEventAttributes || e.workflowExecutionFailedEventAttributes) console.log(JSON.stringify(e).slice(0, 2000));
+          const pend = (await handle.describe()).raw.pendingActivities;
+          console.log(JSON.stringify(pend).slice(0, 3000));
+          throw err;
+        });
+        if (deletes === 'soft') {
+          const deleted = [...writer.deleted.get('orders')!];
+          const marked = await stack.db.query(
+            `select count(*) filter (where _sluice_deleted_at is not null)::int as marked, count(*) filter (where _sluice_deleted_at is null)::int as live from ${dest}.orders where id = any($1::bigint[])`,
+            [deleted],
+          );
+          // Orders deleted before their table's snapshot never reach the destination; every later one stays, marked.
+          assert.equal(marked.rows[0].live, 0, 'no deleted order is live in the destination');
+          assert.ok(marked.rows[0].marked > 0, 'deleted orders are kept with _sluice_deleted_at');
+          // A later insert of a deleted key clears the mark.
+          await stack.db.query(`insert into ${src}.orders (id, note) values ($1, 'back again')`, [deleted[0]]);
+          await waitFor('the re-inserted key to be live again', async () =>
+            (await stack.db.query(`select 1 from ${dest}.orders where id = $1 and _sluice_deleted_at is null and note = 'back again'`, [deleted[0]])).rowCount === 1);
+        } else {
+          const left = await stack.db.query(`select count(*)::int as n from ${dest}.orders where id = any($1::bigint[])`, [[...writer.deleted.get('orders')!]]);
+          assert.equal(left.rows[0].n, 0, 'hard deletes remove the rows');
+        }
+        const p = await waitFor('progress to show the batches', async () => {
+          const q = await handle.query<CdcProgress>('progress');
+          return q.lsn !== null && q.done > 0 && q;
+        });
+        assert.ok(p.rows > 0, `progress shows the stream: ${JSON.stringify(p)}`);
+        assert.ok(p.tables.orders && p.tables.customers, 'per-table counts');
+        const loads = await stack.db.query(`select partition, rows_loaded from ${dest}._sluice_loads where write_disposition = 'cdc' order by started_at`);
+        assert.ok(loads.rowCount! > 0, 'batches are recorded in _sluice_loads');
+        const lsns = new Set(loads.rows.map((r) => r.partition));
+        assert.equal(lsns.size, loads.rowCount, 'no batch applied twice');
+        const state = await stack.db.query(`select state from ${dest}._sluice_state where resource = $1`, [`cdc:${p.slot}`]);
+        assert.ok(state.rows[0].state.lsn, 'the LSN is committed in _sluice_state');
+        const details = (await handle.query<{ currentDetails: string }>('__temporal_workflow_metadata')).currentDetails;
+        assert.match(details, /\*\*streaming\*\* cdc/);
+        assert.match(details, /lag .* last commit seen/);
+        const result = await stopAndDrop(handle);
+        assert.equal((result as { droppedSlot: boolean }).droppedSlot, true);
+        assert.ok(await slotGone(p.slot), 'stop with dropSlot drops the slot and the publication');
+      });
+      if (deletes === 'hard') await saveHistory(handle, 'cdc-snapshot');
+    });
+  }
+
+  async function startCdc(id: string, input: Record<string, unknown>, taskQueue = stack.taskQueue) {
+    return stack.client.workflow.start('cdcWorkflow', { taskQueue, workflowId: `cdc-${id}-${stack.schema}`, args: [input] });
+  }
+
+  async function streaming(handle: WorkflowHandle) {
+    return waitFor('streaming with a first position', async () => {
+      const p = await handle.query<CdcProgress>('progress');
+      return p.phase === 'streaming' && p;
+    }, 120_000);
+  }
+
+  test('updates that leave a TOASTed column untouched keep its value, with and without REPLICA IDENTITY FULL', async () => {
+    const src = `${stack.sourceSchema}_toast`;
+    const dest = `${stack.schema}_toast`;
+    // md5 text compresses poorly: 400 of them (12.8 kB) are stored out of line in TOAST.
+    const big = `(select string_agg(md5(random()::text || g), '') from generate_series(1, 400) g)`;
+    await stack.db.query(`
+      create schema ${src};
+      create table ${src}.docs (id int primary key, body text, counter int not null default 0);
+      create table ${src}.docs_full (id int primary key, body text, counter int not null default 0);
+      alter table ${src}.docs_full replica identity full;
+      insert into ${src}.docs select i, ${big}, 0 from generate_series(1, 5) i;
+      insert into ${src}.docs_full select i, ${big}, 0 from generate_series(1, 5) i;`);
+    const handle = await startCdc('toast', {
+      source: { kind: 'postgres', connection: 'SOURCE_DATABASE_URL', tables: [`${src}.docs`, `${src}.docs_full`] },
+      destination: { connection: 'DATABASE_URL', schema: dest },
+      deletes: 'hard',
+      batchWait: '200ms',
+      streamWindow: '3s',
+    });
+    await stack.withWorker(async () => {
+      await streaming(handle);
+      for (const table of ['docs', 'docs_full']) {
+        for (let i = 0; i < 5; i++) await stack.db.query(`update ${src}.${table} set counter = counter + 1 where id <= 3`);
+        // A new row and its toast-preserving update in one transaction, and in the next one.
+        await stack.db.query(`begin; insert into ${src}.${table} values (100, ${big}, 0); update ${src}.${table} set counter = 7 where id = 100; commit;`);
+        await stack.db.query(`update ${src}.${table} set counter = 8 where id = 100`);
+      }
+      for (const table of ['docs', 'docs_full']) {
+        await waitFor(`${table} counters to arrive`, async () =>
+          (await stack.db.query(`select 1 from ${dest}.${table} where id = 100 and counter = 8`).catch(() => ({ rowCount: 0 }))).rowCount === 1 &&
+          (await stack.db.query(`select count(*)::int as n from ${dest}.${table} where counter = 5`)).rows[0].n === 3,
+        60_000);
+        assert.equal(await differences(`${src}.${table}`, `${dest}.${table}`), 0, `${table}: every body survived the updates that did not touch it`);
+        const bodies = await stack.db.query(`select count(*)::int as n from ${dest}.${table} where length(body) = 12800`);
+        assert.equal(bodies.rows[0].n, 6);
+      }
+      await stopAndDrop(handle);
+    });
+    await saveHistory(handle, 'cdc-streaming');
+  });
+
+  test('schema changes mid-stream: an added column appears, a widened type widens, a dropped column stays nullable and is reported', async () => {
+    const src = `${stack.sourceSchema}_ddl`;
+    const dest = `${stack.schema}_ddl`;
+    await stack.db.query(`
+      create schema ${src};
+      create table ${src}.items (id int primary key, qty int not null, obsolete text not null);
+      insert into ${src}.items select i, i, 'old ' || i from generate_series(1, 20) i;`);
+    const handle = await startCdc('ddl', {
+      source: { kind: 'postgres', connection: 'SOURCE_DATABASE_URL', tables: [`${src}.items`] },
+      destination: { connection: 'DATABASE_URL', schema: dest },
+      deletes: 'hard',
+      batchWait: '200ms',
+      streamWindow: '3s',
+    });
+    await stack.withWorker(async () => {
+      await streaming(handle);
+      await stack.db.query(`update ${src}.items set qty = qty + 1 where id = 1`);
+      await stack.db.query(`alter table ${src}.items add column color text`);
+      await stack.db.query(`insert into ${src}.items values (21, 21, 'old 21', 'red'); update ${src}.items set color = 'blue' where id = 2`);
+      await stack.db.query(`alter table ${src}.items alter column qty type bigint`);
+      await stack.db.query(`insert into ${src}.items values (22, 5000000000, 'old 22', 'green')`);
+      await stack.db.query(`alter table ${src}.items drop column obsolete`);
+      await stack.db.query(`insert into ${src}.items values (23, 23, 'white'); update ${src}.items set qty = 0 where id = 3`);
+      await waitFor('every change to arrive', async () => (await stack.db.query(`select 1 from ${dest}.items where id = 23`)).rowCount === 1 && (await differences(`${src}.items`, `${dest}.items`)) === 0, 60_000);
+      const columns = await stack.db.query(
+        `select column_name, data_type, is_nullable from information_schema.columns where table_schema = $1 and table_name = 'items' order by ordinal_position`,
+        [dest],
+      );
+      const byName = Object.fromEntries(columns.rows.map((c) => [c.column_name, c]));
+      assert.equal(byName.color?.data_type, 'text', 'the added column is in the destination');
+      assert.equal(byName.qty?.data_type, 'bigint', 'the widened column is widened');
+      assert.equal(byName.obsolete?.is_nullable, 'YES', 'the dropped column stays, nullable');
+      const kept = await stack.db.query(`select obsolete from ${dest}.items where id in (1, 23) order by id`);
+      assert.deepEqual(kept.rows.map((r) => r.obsolete), ['old 1', null]);
+      const p = await waitFor('the changes in progress', async () => {
+        const q = await handle.query<CdcProgress>('progress');
+        return q.schemaChanges.some((c) => /dropped/.test(c)) && q;
+      });
+      assert.ok(p.schemaChanges.some((c) => /added column color/.test(c)), p.schemaChanges.join('; '));
+      assert.ok(p.schemaChanges.some((c) => /widened column qty/.test(c)), p.schemaChanges.join('; '));
+      await stopAndDrop(handle);
+    });
+  });
+
+  test('TRUNCATE on the source is applied in order; pause and resume', async () => {
+    const src = `${stack.sourceSchema}_trunc`;
+    const dest = `${stack.schema}_trunc`;
+    await stack.db.query(`create schema ${src}; create table ${src}.events (id int primary key, v text); insert into ${src}.events select i, 'v' from generate_series(1, 10) i;`);
+    const handle = await startCdc('trunc', {
+      source: { kind: 'postgres', connection: 'SOURCE_DATABASE_URL', tables: [`${src}.events`] },
+      destination: { connection: 'DATABASE_URL', schema: dest },
+      deletes: 'hard',
+      batchWait: '200ms',
+      streamWindow: '3s',
+    });
+    await stack.withWorker(async () => {
+      await streaming(handle);
+      await handle.signal('pause');
+      await waitFor('paused with nothing in flight', async () => {
+        const p = await handle.query<CdcProgress>('progress');
+        return p.paused && p.inFlight === 0;
+      });
+      // Changes made while paused wait in the slot: before, the truncate, after.
+      await stack.db.query(`insert into ${src}.events values (11, 'before'); truncate ${src}.events; insert into ${src}.events values (12, 'after')`);
+      await handle.signal('resume');
+      await waitFor('the truncate and what followed', async () => (await differences(`${src}.events`, `${dest}.events`)) === 0, 60_000);
+      const rows = await stack.db.query(`select id from ${dest}.events`);
+      assert.deepEqual(rows.rows.map((r) => r.id), [12]);
+      await stopAndDrop(handle);
+    });
+    await saveHistory(handle, 'cdc-pause');
+  });
+
+  test('after catching up the slot stays close to the server WAL, also when only unpublished tables are written', async () => {
+    const src = `${stack.sourceSchema}_idle`;
+    const dest = `${stack.schema}_idle`;
+    await stack.db.query(`create schema ${src}; create table ${src}.quiet (id int primary key); create table ${src}.noise (id int, pad text);`);
+    const handle = await startCdc('idle', {
+      source: { kind: 'postgres', connection: 'SOURCE_DATABASE_URL', tables: [`${src}.quiet`] },
+      destination: { connection: 'DATABASE_URL', schema: dest },
+      streamWindow: '3s',
+    });
+    await stack.withWorker(async () => {
+      const { slot } = await streaming(handle);
+      const distance = async () =>
+        Number((await stack.db.query(`select pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint as d from pg_replication_slots where slot_name = $1`, [slot])).rows[0].d);
+      const lsn = async () => (await stack.db.query(`select pg_current_wal_lsn()::text as l`)).rows[0].l as string;
+      const before = await lsn();
+      // About 20 MB of WAL, none of it published.
+      await stack.db.query(`insert into ${src}.noise select i, repeat('x', 150) from generate_series(1, 100000) i`);
+      const afterNoise = await lsn();
+      const written = Number((await stack.db.query(`select pg_wal_lsn_diff($1, $2)::bigint as d`, [afterNoise, before])).rows[0].d);
+      assert.ok(written > 5_000_000, `the noise wrote ${written} bytes of WAL`);
+      await waitFor('the slot to follow the server past the noise', async () => {
+        const r = await stack.db.query(`select pg_wal_lsn_diff(confirmed_flush_lsn, $2)::bigint as past from pg_replication_slots where slot_name = $1`, [slot, afterNoise]);
+        return Number(r.rows[0].past) >= 0 && (await distance()) < 256 * 1024;
+      }, 60_000);
+      await stopAndDrop(handle);
+    });
+  });
+
+  test('SIGKILL of the worker process twice mid-stream, a new worker each time: every change applied exactly once', async () => {
+    const src = `${stack.sourceSchema}_kill`;
+    const dest = `${stack.schema}_kill`;
+    const taskQueue = `${stack.taskQueue}-kill`;
+    await createTables(src, 100);
+    const writer = new Writer(stack.db, src);
+    const handle = await startCdc('kill', { ...cdcInput(src, dest, { deletes: 'hard', snapshot: false, streamWindow: '1s', batchChanges: 20 }) }, taskQueue);
+    const state = async () =>
+      (await stack.db.query(`select state from ${dest}._sluice_state where resource like 'cdc:%' and resource not like '%:snapshot:%'`).catch(() => ({ rows: [] }))).rows[0]?.state as
+        | { changes: number; batches: number; tables: CdcProgress['tables'] }
+        | undefined;
+    let worker = await spawnWorker(taskQueue);
+    try {
+      await streaming(handle);
+      let writing = true;
+      const written = (async () => {
+        for (let i = 0; i < 150; i++) await writer.transaction(i);
+        writing = false;
+      })();
+      for (let kill = 0; kill < 2; kill++) {
+        const before = (await state())?.batches ?? 0;
+        await waitFor('batches applied by this worker', async () => ((await state())?.batches ?? 0) >= before + 2, 120_000);
+        await killHard(worker);
+        worker = await spawnWorker(taskQueue);
+      }
+      await written;
+      assert.equal(writing, false);
+      const done = await waitFor('every change applied', async () => {
+        const s = await state();
+        return s && s.changes >= writer.total() && s;
+      }, 120_000);
+      assert.equal(done.changes, writer.total(), 'no change applied twice');
+      for (const [table, c] of Object.entries(writer.counts)) {
+        const got = done.tables[table]!;
+        assert.deepEqual({ inserts: got.inserts, updates: got.updates, deletes: got.deletes }, c, `${table}: every insert, update and delete exactly once`);
+      }
+      const live = await stack.db.query(`select count(*)::int as n from ${dest}.orders o where not exists (select 1 from ${src}.orders s where s.id = o.id)`);
+      assert.equal(live.rows[0].n, 0, 'no deleted order is left');
+      await stopAndDrop(handle);
+      await saveHistory(handle, 'cdc-worker-killed');
+    } finally {
+      await killHard(worker);
+    }
+  });
+
+  test('a long stream continues as new, keeping its slot and position', async () => {
+    const src = `${stack.sourceSchema}_can`;
+    const dest = `${stack.schema}_can`;
+    await stack.db.query(`create schema ${src}; create table ${src}.ticks (id int primary key, n int)`);
+    const handle = await startCdc('can', {
+      source: { kind: 'postgres', connection: 'SOURCE_DATABASE_URL', tables: [`${src}.ticks`] },
+      destination: { connection: 'DATABASE_URL', schema: dest },
+      batchWait: '50ms',
+      streamWindow: '100ms',
+    });
+    await stack.withWorker(async () => {
+      const { slot } = await streaming(handle);
+      let i = 0;
+      await waitFor('a continue-as-new', async () => {
+        await stack.db.query(`insert into ${src}.ticks values ($1, $1)`, [++i]);
+        return (await handle.describe()).runId !== handle.firstExecutionRunId;
+      }, 180_000);
+      await stack.db.query(`insert into ${src}.ticks values (-1, -1)`);
+      await waitFor('changes after the continue-as-new', async () => (await stack.db.query(`select 1 from ${dest}.ticks where id = -1`).catch(() => ({ rowCount: 0 }))).rowCount === 1, 60_000);
+      const p = await handle.query<CdcProgress>('progress');
+      assert.equal(p.slot, slot, 'the same slot');
+      assert.equal(await differences(`${src}.ticks`, `${dest}.ticks`), 0);
+      await stopAndDrop(handle);
+    });
+    await saveHistory(handle, 'cdc-continue-as-new');
+  });
+
+  test('refusals fail at once, non-retryably, naming the table or setting and the fix', async () => {
+    const src = `${stack.sourceSchema}_refuse`;
+    await stack.db.query(`create schema ${src}; create table ${src}.nopk (a int); create table ${src}.ok (id int primary key);`);
+    // A role without REPLICATION, and a server with wal_level = replica.
+    await stack.db.query(`create role sluice_norepl login password 'norepl'; grant usage on schema ${src} to sluice_norepl; grant select on all tables in schema ${src} to sluice_norepl`);
+    const url = new URL(requireEnv('DATABASE_URL'));
+    url.username = 'sluice_norepl';
+    url.password = 'norepl';
+    process.env.NOREPL_SOURCE_URL = url.toString();
+    const replica = await startEmbeddedPostgres({ dir: join(requireEnv('SLUICE_TEST_SCRATCH'), 'pg-replica'), port: await freePort(), fast: true, walLevel: 'replica' });
+    process.env.REPLICA_SOURCE_URL = replica.url;
+    try {
+      const cases: [string, string, string[], RegExp][] = [
+        ['missing', 'SOURCE_DATABASE_URL', [`${src}.nope`], /source table .*nope does not exist.*hint: check source\.tables/],
+        ['nopk', 'SOURCE_DATABASE_URL', [`${src}.nopk`], /nopk has no primary key.*hint: add a primary key/],
+        ['norepl', 'NOREPL_SOURCE_URL', [`${src}.ok`], /role "sluice_norepl" lacks the REPLICATION attribute.*ALTER ROLE "sluice_norepl" REPLICATION/],
+        ['walreplica', 'REPLICA_SOURCE_URL', ['public.whatever'], /wal_level is "replica".*wal_level = logical/],
+      ];
+      await stack.withWorker(async () => {
+        for (const [name, connection, tables, message] of cases) {
+          const handle = await startCdc(`refuse-${name}`, { source: { kind: 'postgres', connection, tables }, destination: { connection: 'DATABASE_URL', schema: `${stack.schema}_refuse` } });
+          const err = await handle.result().catch((e: unknown) => e);
+          assert.ok(err instanceof WorkflowFailedError, `${name}: expected the workflow to fail, got ${String(err)}`);
+          const cause = err.cause as Error & { nonRetryable?: boolean };
+          assert.equal(cause.nonRetryable, true, name);
+          assert.match(cause.message, message);
+          const history = await handle.fetchHistory();
+          const attempts = history.events!.filter((e) => e.activityTaskStartedEventAttributes).map((e) => e.activityTaskStartedEventAttributes!.attempt);
+          assert.deepEqual(attempts, [1], `${name}: the refusal is not retried`);
+        }
+        // Two tables landing on one name are an input error.
+        const clash = await startCdc('clash', { source: { kind: 'postgres', connection: 'SOURCE_DATABASE_URL', tables: ['a.orders', 'b.orders'] } });
+        const err = (await clash.result().catch((e: unknown) => e)) as WorkflowFailedError;
+        assert.match((err.cause as Error).message, /source\.tables\.1: b\.orders and a\.orders would both land as public\.orders/);
+        const unknown = await startCdc('unknown-key', { source: { kind: 'postgres', connection: 'SOURCE_DATABASE_URL', tables: ['a.orders'] }, delete: 'hard' });
+        const err2 = (await unknown.result().catch((e: unknown) => e)) as WorkflowFailedError;
+        assert.match((err2.cause as Error).message, /delete/);
+      });
+    } finally {
+      await replica.stop();
+    }
+  });
+});
