@@ -6,7 +6,7 @@ import { freePort } from '../src/dev/ports';
 import { startEmbeddedPostgres } from '../src/dev/postgres';
 import type pg from 'pg';
 import type { Progress } from '../src/inputs';
-import { killHard, requireEnv, saveHistory, spawnWorker, testStack, waitFor, type TestStack } from './helpers';
+import { adminUrl, killHard, requireEnv, saveHistory, spawnWorker, testStack, waitFor, type TestStack } from './helpers';
 
 interface CdcProgress extends Progress {
   phase: string;
@@ -75,6 +75,11 @@ describe('cdcWorkflow', () => {
   let stack: TestStack;
   before(async () => {
     stack = await testStack('cdc');
+    // CDC creates its publication, which PostgreSQL allows only to the owner of the published
+    // tables (README: Least privilege); these tests create their tables as the admin, so the
+    // worker connects as the admin too instead of test/roles.ts's SELECT-only source role.
+    process.env.SOURCE_DATABASE_URL = adminUrl();
+    process.env.DATABASE_URL = adminUrl();
   });
   after(async () => {
     // Nothing may be left holding WAL on the shared server.

@@ -27,7 +27,9 @@ export async function withSourceClient<T>(url: string, fn: (client: pg.Client) =
   client.on('error', () => undefined);
   await client.connect();
   try {
-    await client.query(PORTABLE_SESSION);
+    // Read as every source session reads, but this one manages CDC's own objects on the source
+    // (publication, replication slot), which a read-only session may not create or drop.
+    await client.query(`${PORTABLE_SESSION}; set default_transaction_read_only = off`);
     return await fn(client);
   } finally {
     await client.end().catch(() => undefined);
