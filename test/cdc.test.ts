@@ -1,3 +1,4 @@
+import { randomBytes } from 'node:crypto';
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { WorkflowFailedError, type WorkflowHandle } from '@temporalio/client';
@@ -431,11 +432,13 @@ describe('cdcWorkflow', () => {
   test('refusals fail at once, non-retryably, naming the table or setting and the fix', async () => {
     const src = `${stack.sourceSchema}_refuse`;
     await stack.db.query(`create schema ${src}; create table ${src}.nopk (a int); create table ${src}.ok (id int primary key);`);
-    // A role without REPLICATION, and a server with wal_level = replica.
-    await stack.db.query(`create role sluice_norepl login password 'norepl'; grant usage on schema ${src} to sluice_norepl; grant select on all tables in schema ${src} to sluice_norepl`);
+    // A role without REPLICATION, and a server with wal_level = replica. A random password: redaction
+    // stars every occurrence of a connection password, and a word like the role's name would be one.
+    const noreplPassword = randomBytes(12).toString('hex');
+    await stack.db.query(`create role cdc_norepl login password '${noreplPassword}'; grant usage on schema ${src} to cdc_norepl; grant select on all tables in schema ${src} to cdc_norepl`);
     const url = new URL(requireEnv('DATABASE_URL'));
-    url.username = 'sluice_norepl';
-    url.password = 'norepl';
+    url.username = 'cdc_norepl';
+    url.password = noreplPassword;
     process.env.NOREPL_SOURCE_URL = url.toString();
     const replica = await startEmbeddedPostgres({ dir: join(requireEnv('SLUICE_TEST_SCRATCH'), 'pg-replica'), port: await freePort(), fast: true, walLevel: 'replica' });
     process.env.REPLICA_SOURCE_URL = replica.url;
@@ -443,7 +446,7 @@ describe('cdcWorkflow', () => {
       const cases: [string, string, string[], RegExp][] = [
         ['missing', 'SOURCE_DATABASE_URL', [`${src}.nope`], /source table .*nope does not exist.*hint: check source\.tables/],
         ['nopk', 'SOURCE_DATABASE_URL', [`${src}.nopk`], /nopk has no primary key.*hint: add a primary key/],
-        ['norepl', 'NOREPL_SOURCE_URL', [`${src}.ok`], /role "sluice_norepl" lacks the REPLICATION attribute.*ALTER ROLE "sluice_norepl" REPLICATION/],
+        ['norepl', 'NOREPL_SOURCE_URL', [`${src}.ok`], /role "cdc_norepl" lacks the REPLICATION attribute.*ALTER ROLE "cdc_norepl" REPLICATION/],
         ['walreplica', 'REPLICA_SOURCE_URL', ['public.whatever'], /wal_level is "replica".*wal_level = logical/],
       ];
       await stack.withWorker(async () => {
