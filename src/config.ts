@@ -112,6 +112,15 @@ export function syncBudgetMs(env: NodeJS.ProcessEnv = process.env): number {
   return durationSetting('SLUICE_SYNC_BUDGET', env.SLUICE_SYNC_BUDGET, 120_000);
 }
 
+/**
+ * How long a worker told to stop (SIGTERM, SIGINT) lets running activities finish before it
+ * cancels them (SLUICE_SHUTDOWN_GRACE, default 8s: inside `docker stop`'s 10 s). A cancelled
+ * activity is retried on another worker from its last commit; nothing is failed.
+ */
+export function shutdownGraceMs(env: NodeJS.ProcessEnv = process.env): number {
+  return durationSetting('SLUICE_SHUTDOWN_GRACE', env.SLUICE_SHUTDOWN_GRACE, 8_000);
+}
+
 function durationSetting(name: string, text: string | undefined, fallback: number): number {
   if (!text) return fallback;
   if (text === '0') return 0;

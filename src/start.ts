@@ -11,7 +11,7 @@ import { NativeConnection, Runtime, DefaultLogger } from '@temporalio/worker';
 import { readFileSync } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
-import { readConfig } from './config';
+import { filesRoots, readConfig } from './config';
 import { closePools } from './destinations/postgres/pool';
 import { alreadyRunningMessage } from './dev/already-running';
 import { CDC_EXAMPLE, EXAMPLES, filesExample, queryCommand, resultCommand, shellQuote, signalCommand, startCommand, type CommandContext } from './dev/examples';
@@ -93,6 +93,11 @@ async function main(): Promise<void> {
   process.env.SOURCE_DATABASE_URL ??= databaseUrl;
   const seeded = await seedDemo(process.env.SOURCE_DATABASE_URL);
   const dropFiles = await seedDropFolder(DROPS_DIR);
+  // The demo drop folder is this command's own: its worker may read it whatever
+  // SLUICE_FILES_ROOTS lists (SLUICE_HOME can put it anywhere).
+  const roots = filesRoots();
+  const rootsWidened = !roots.includes(DROPS_DIR);
+  if (rootsWidened) process.env.SLUICE_FILES_ROOTS = [...roots, DROPS_DIR].join(',');
 
   const connection = await NativeConnection.connect({ address: config.temporalAddress });
   const { worker } = await createSluiceWorker({ connection, config: { ...config, databaseUrl } });
@@ -113,6 +118,8 @@ async function main(): Promise<void> {
     ...(config.temporalAddress !== 'localhost:7233' ? [`TEMPORAL_ADDRESS=${config.temporalAddress}`] : []),
     ...(config.namespace !== 'default' ? [`TEMPORAL_NAMESPACE=${config.namespace}`] : []),
     ...(config.taskQueue !== 'sluice' ? [`SLUICE_TASK_QUEUE=${config.taskQueue}`] : []),
+    // A second worker may be handed the demo files too.
+    ...(rootsWidened ? [`SLUICE_FILES_ROOTS=${shellQuote(process.env.SLUICE_FILES_ROOTS ?? '')}`] : []),
   ];
   const lines = [
     '',

@@ -7,7 +7,7 @@ import { NativeConnection, Runtime, Worker, type WorkerOptions } from '@temporal
 import { resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { createActivities } from './activities';
-import { readConfig, type SluiceConfig } from './config';
+import { readConfig, shutdownGraceMs, type SluiceConfig } from './config';
 import { closePools } from './destinations/postgres/pool';
 import { SEARCH_ATTRIBUTES } from './search-attributes';
 import { registerSource, type SourceDefinition } from './sources/registered';
@@ -56,7 +56,7 @@ export async function createSluiceWorker(options: SluiceWorkerOptions = {}): Pro
     ...(bundlePath ? { workflowBundle: { codePath: bundlePath } } : { workflowsPath: require.resolve('./workflows') }),
     activities: createActivities({ searchAttributesRegistered: await searchAttributesRegistered(connection, config.namespace) }),
     maxConcurrentActivityTaskExecutions: config.maxActivities,
-    shutdownGraceTime: '10s',
+    shutdownGraceTime: shutdownGraceMs(),
     ...options.overrides,
   });
   return { worker, connection };

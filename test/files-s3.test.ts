@@ -12,6 +12,7 @@ import { startS3Server, type S3Server } from '../src/dev/s3-server';
 import type { Progress } from '../src/inputs';
 import type { FilesResult } from '../src/workflows/files';
 import { count, killHard, saveHistory, spawnWorker, testStack, waitFor, type TestStack } from './helpers';
+import { startProxy, type TcpProxy } from './proxy';
 import { requireS3, type TestS3 } from './s3';
 
 const WRONG_SECRET = 'not-the-secret-0123456789abcdef';
@@ -170,6 +171,7 @@ describe('filesWorkflow on object storage', () => {
 describe('filesWorkflow when object storage goes away mid-object', () => {
   let stack: TestStack;
   let server: S3Server;
+  let proxy: TcpProxy;
   let root: string;
   before(async () => {
     requireS3();
@@ -177,14 +179,19 @@ describe('filesWorkflow when object storage goes away mid-object', () => {
     root = await mkdtemp(join(process.env.SLUICE_TEST_SCRATCH ?? tmpdir(), 's3-cut-'));
     // A server of this test's own, so stopping it disturbs no other test.
     server = await startS3Server({ dir: root, accessKeyId: 'cutkey', secretAccessKey: 'cutsecret0123456789' });
+    // The worker reaches it through a proxy at 2 MB/s: the 19 MB object is still being read
+    // when the test takes the server away.
+    const target = new URL(server.endpoint);
+    proxy = await startProxy({ host: target.hostname, port: Number(target.port) }, 2_000_000);
     Object.assign(process.env, {
-      CUT_S3_ENDPOINT: server.endpoint,
+      CUT_S3_ENDPOINT: proxy.endpoint,
       CUT_S3_ACCESS_KEY_ID: server.accessKeyId,
       CUT_S3_SECRET_ACCESS_KEY: server.secretAccessKey,
       CUT_S3_FORCE_PATH_STYLE: 'true',
     });
   });
   after(async () => {
+    await proxy?.close();
     await server?.stop();
     await stack?.close();
     if (root) await rm(root, { recursive: true, force: true });
@@ -222,12 +229,15 @@ describe('filesWorkflow when object storage goes away mid-object', () => {
       });
       // Rows are flowing from the object when the server goes away.
       await waitFor('the big object to be part-read', async () => (await rowsHeartbeated(handle)) > 0, 120_000);
+      assert.ok((await rowsHeartbeated(handle)) < total, 'the server goes away in the middle of the object');
       await server.stop();
+      proxy.cut();
       await waitFor('the interrupted read to fail and be retried', async () => {
         const d = await handle.describe();
         return (d.raw.pendingActivities ?? []).some((a) => (a.attempt ?? 0) > 1 && a.lastFailure);
       });
       await server.start();
+      proxy.open();
       const result = (await handle.result()) as FilesResult;
       assert.deepEqual(result, { files: 2, loaded: 2, skipped: 0, failed: [], rows: total + 1, rejected: 0 });
     });
