@@ -119,6 +119,10 @@ describe('incrementalWorkflow: long syncs', () => {
       assert.ok(later.rows > seen.rows, `rows went on from ${seen.rows} to ${later.rows}`);
       const result = (await handle.result()) as IncrementalResult;
       assert.equal(result.rows, 100_000, 'reports never count a row twice');
+      // A finished run is replayed to answer (preflight marker and all): its progress is the final one.
+      const final = await handle.query<Progress>('progress');
+      assert.equal(final.phase, 'done');
+      assert.equal(final.rows, 100_000);
     });
     await saveHistory(handle, 'own-retry-incremental-live-progress');
     assert.equal(await count(stack.db, `${stack.schema}.livebig`), 100_000);

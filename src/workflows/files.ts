@@ -24,6 +24,7 @@ import {
   formatBytes,
 } from './shared';
 import { durationMs } from '../plan/duration';
+import { formatCount } from '../plan/format';
 
 const { readFilesState, listSourceFiles } = wf.proxyActivities<Activities>({
   // Listing hashes new and touched files, which takes as long as reading them once.
@@ -155,7 +156,8 @@ async function loadFiles(rawInput: unknown, input: FilesInput, takeLease: () => 
       rejected,
       failed: pass.failed.length,
       parallel,
-      inFlight,
+      // A long file shows its rows as its load reports them, before it commits.
+      inFlight: [...inFlight].map((path) => (staged.get(path) ? `${path} (${formatCount(staged.get(path)!)} rows so far)` : path)),
       failures: pass.failed.map((f) => `${f.file} (${f.error})`),
     });
     const lines = [main!];
