@@ -3,7 +3,13 @@
  * code. A partition is addressed by index, so a 100,000-partition backfill never holds a list.
  */
 import type { Granularity } from '../inputs';
-import type { PartitionRange } from '../sources/types';
+
+/** A partition of a backfill: rows with start <= partitionColumn < end (UTC instants). */
+export interface PartitionRange {
+  key: string;
+  start: string;
+  end: string;
+}
 
 const HOUR = 3_600_000;
 const DAY = 24 * HOUR;

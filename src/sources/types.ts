@@ -46,9 +46,5 @@ export type Extracted =
       copyTo(sink: Writable, format?: 'text' | 'binary'): Promise<void>;
     };
 
-/** A partition of a backfill: rows with start <= partitionColumn < end (UTC instants). */
-export interface PartitionRange {
-  key: string;
-  start: string;
-  end: string;
-}
+/** Sources read backfill partitions; the range itself is partition arithmetic (plan/partitions.ts). */
+export type { PartitionRange } from '../plan/partitions';
