@@ -165,7 +165,7 @@ export function createFileActivities(_deps: ActivityDeps) {
           fingerprint: file.fingerprint,
           version,
         };
-      }, { reportToWorkflow: true });
+      }, { reportToWorkflow: true, reportRetriesAs: { file: file.path } });
     },
   };
 }

@@ -57,7 +57,7 @@ export function createFullRefreshActivities() {
           onProgress: (rows) => progress({ rows }),
         });
         return { ...summarize(result), table: `${req.destination.schema}.${table}` };
-      });
+      }, { reportRetriesAs: { table } });
     },
   };
 }

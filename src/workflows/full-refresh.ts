@@ -2,14 +2,28 @@ import * as wf from '@temporalio/workflow';
 import type { Activities } from '../activities';
 import type { RefreshSummary } from '../activities/full-refresh';
 import { filesLocation, FullRefreshInput, type Progress } from '../inputs';
-import { checkBeforeFanOut, formatCount, preflightCheck, preflightPatched, progressQuery, rootMessage, searchStatus, validateInput, LOAD_START_TO_CLOSE } from './shared';
+import {
+  activityProgressSignal,
+  checkBeforeFanOut,
+  formatCount,
+  preflightCheck,
+  preflightPatched,
+  progressQuery,
+  RETRY_UNTIL_HEALED,
+  retryReportOf,
+  rootMessage,
+  searchStatus,
+  validateInput,
+  LOAD_START_TO_CLOSE,
+  type RetryingItem,
+} from './shared';
 
 const { refreshTable } = wf.proxyActivities<Activities>({
   startToCloseTimeout: LOAD_START_TO_CLOSE,
   // The activity heartbeats every second while it runs: a killed worker is noticed in 15 s.
   heartbeatTimeout: '15s',
-  // Permanent errors (a missing table, a bad column) are non-retryable and fail at once.
-  retry: { initialInterval: '1s', backoffCoefficient: 2, maximumInterval: '1m', maximumAttempts: 5 },
+  // Permanent errors (a missing table, a bad column) are non-retryable and fail at once; an outage is waited out.
+  retry: RETRY_UNTIL_HEALED,
 });
 
 export interface FullRefreshResult {
@@ -36,7 +50,9 @@ export async function fullRefreshWorkflow(rawInput: unknown): Promise<FullRefres
   let state: 'refreshing' | 'completed' | 'failed' = 'refreshing';
   let summary: RefreshSummary | undefined;
   let error: string | undefined;
+  let retrying: RetryingItem | undefined;
 
+  const target = () => `${input.destination.schema}.${resource.table ?? resource.name}`;
   const progress = (): Progress => ({
     done: state === 'completed' ? 1 : 0,
     failed: state === 'failed' ? 1 : 0,
@@ -47,10 +63,10 @@ export async function fullRefreshWorkflow(rawInput: unknown): Promise<FullRefres
     state,
     ...(summary ? { table: summary.table } : {}),
     ...(error ? { error } : {}),
+    ...(retrying && state === 'refreshing' ? { retrying: [retrying] } : {}),
   });
   const showProgress = () => {
-    const target = `${input.destination.schema}.${resource.table ?? resource.name}`;
-    const lines = [`**${state}** ${target} from ${describeSource(input.source)}`];
+    const lines = [`**${state}** ${target()} from ${describeSource(input.source)}`];
     if (summary) {
       lines.push(
         `${formatCount(summary.rows)} rows swapped in${summary.rejected ? `, ${formatCount(summary.rejected)} rejected (see _sluice_rejects)` : ''}`,
@@ -58,9 +74,16 @@ export async function fullRefreshWorkflow(rawInput: unknown): Promise<FullRefres
       if (summary.schemaChanges.length) lines.push(`schema: ${summary.schemaChanges.join('; ')}`);
     }
     if (error) lines.push(`failed before the swap, the live table is unchanged: ${error}`);
+    if (retrying && state === 'refreshing') lines.push(`retrying: attempt ${retrying.attempt} failed: ${retrying.error}`);
     wf.setCurrentDetails(lines.join('\n\n'));
   };
   wf.setHandler(progressQuery, progress);
+  wf.setHandler(activityProgressSignal, ({ details }) => {
+    const report = retryReportOf(details);
+    if (!report || state !== 'refreshing') return;
+    if (!retrying || retrying.attempt <= report.attempt) retrying = { item: target(), ...report };
+    showProgress();
+  });
 
   const setStatus = await searchStatus(resource.name);
   setStatus('running');
