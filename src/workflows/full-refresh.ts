@@ -1,6 +1,7 @@
 import * as wf from '@temporalio/workflow';
 import type { Activities } from '../activities';
 import type { RefreshSummary } from '../activities/full-refresh';
+import type { LeaseKind, LeaseToken } from '../destinations/postgres/lease';
 import { filesLocation, FullRefreshInput, type Progress } from '../inputs';
 import {
   activityProgressSignal,
@@ -14,6 +15,7 @@ import {
   rootMessage,
   searchStatus,
   validateInput,
+  withResourceLease,
   LOAD_START_TO_CLOSE,
   type RetryingItem,
 } from './shared';
@@ -36,17 +38,37 @@ export interface FullRefreshResult {
 }
 
 /**
+ * The leases a full refresh holds: its own, and those of every other kind of run that writes the
+ * table. Its swap replaces every row, so anything another run commits to the table meanwhile is
+ * lost from the table while that run's cursor or file state says it is loaded (rows an
+ * incremental sync merged after the refresh read its snapshot would vanish for good). A refresh
+ * therefore waits for no one: it fails at once naming the run that holds any of them, and while
+ * it runs, a backfill, incremental or files run of the table fails at once naming the refresh.
+ */
+const FULL_REFRESH_LEASES: LeaseKind[] = ['full_refresh', 'backfill', 'incremental', 'files'];
+
+/**
  * Reloads a whole table: one `refreshTable` activity extracts the source and loads it with
  * writeDisposition "replace" (whatever the input says), which stages every row and then swaps
  * them in within one transaction. A reader sees the old rows or the new ones, never an empty or
- * partial table; a failure before the swap leaves the live table as it was. Nothing is carried
+ * partial table; a failure before the swap leaves the live table as it was. The run holds the
+ * table's leases (FULL_REFRESH_LEASES) and its swap commits under them. Nothing is carried
  * across runs: every run is a complete refresh.
  */
 export async function fullRefreshWorkflow(rawInput: unknown): Promise<FullRefreshResult> {
   const input = validateInput('fullRefreshWorkflow', FullRefreshInput, rawInput);
   const preflightOn = preflightPatched();
   const resource = { ...input.resource, writeDisposition: 'replace' as const };
+  // Runs recorded before full refreshes took leases replay without them.
+  return withResourceLease(FULL_REFRESH_LEASES, input.destination, resource, (takeLease) => refresh(input, resource, preflightOn, takeLease), 'sluice-full-refresh-lease');
+}
 
+async function refresh(
+  input: FullRefreshInput,
+  resource: FullRefreshInput['resource'],
+  preflightOn: boolean,
+  takeLease: () => Promise<LeaseToken | undefined>,
+): Promise<FullRefreshResult> {
   let state: 'refreshing' | 'completed' | 'failed' = 'refreshing';
   let summary: RefreshSummary | undefined;
   let error: string | undefined;
@@ -91,7 +113,8 @@ export async function fullRefreshWorkflow(rawInput: unknown): Promise<FullRefres
   await checkBeforeFanOut(preflightOn, 'fullRefreshWorkflow', [preflightCheck(input)], () => setStatus('failed'));
 
   try {
-    summary = await refreshTable({ source: input.source, resource, destination: input.destination });
+    const lease = await takeLease();
+    summary = await refreshTable({ source: input.source, resource, destination: input.destination, ...(lease ? { lease } : {}) });
   } catch (err) {
     state = 'failed';
     error = rootMessage(err);

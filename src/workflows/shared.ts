@@ -174,26 +174,32 @@ const { acquireResourceLease, releaseResourceLease } = proxyActivities<Activitie
  * before leases existed replay without one (`takeLease()` returns undefined).
  */
 export async function withResourceLease<T>(
-  kind: LeaseKind,
+  kind: LeaseKind | LeaseKind[],
   destination: Destination,
   resource: Resource,
   body: (takeLease: () => Promise<LeaseToken | undefined>) => Promise<T>,
+  patch = 'sluice-resource-lease',
 ): Promise<T> {
-  let lease: LeaseToken | undefined;
+  // With several kinds (a full refresh), the run holds all of them; commits present the first.
+  const kinds = Array.isArray(kind) ? kind : [kind];
+  const held: LeaseToken[] = [];
   // Patches are asked before the first await: a marker must sit at the same point on replay.
-  const leased = patched('sluice-resource-lease');
+  const leased = patched(patch);
+  const release = async () => {
+    const all = held.splice(0);
+    for (const lease of all) await CancellationScope.nonCancellable(() => releaseResourceLease({ destination, lease }));
+  };
   const takeLease = async () => {
     if (!leased) return undefined;
-    try {
-      lease = await acquireResourceLease({ destination, resource, kind, chain: workflowInfo().firstExecutionRunId });
-    } catch (err) {
-      throw ApplicationFailure.nonRetryable(rootMessage(err), failureType(err) ?? 'LeaseUnavailable');
+    for (const k of kinds) {
+      try {
+        held.push(await acquireResourceLease({ destination, resource, kind: k, chain: workflowInfo().firstExecutionRunId }));
+      } catch (err) {
+        await release();
+        throw ApplicationFailure.nonRetryable(rootMessage(err), failureType(err) ?? 'LeaseUnavailable');
+      }
     }
-    return lease;
-  };
-  const release = async () => {
-    const held = lease;
-    if (held) await CancellationScope.nonCancellable(() => releaseResourceLease({ destination, lease: held }));
+    return held[0];
   };
   let result: T;
   try {
