@@ -79,13 +79,17 @@ export interface HeartbeatOptions {
 }
 
 const RETRY_REPORT_TIMEOUT_MS = 5_000;
+const RETRY_REPORT_EVERY_ATTEMPT = 10;
 
 /** Tells the workflow that this attempt failed and will be retried; best effort, and never longer than 5 s. */
 async function reportRetry(ctx: Context, identity: Record<string, unknown>, failure: unknown): Promise<void> {
   if (!(failure instanceof ApplicationFailure) || failure.nonRetryable) return;
+  // Every report is a history event and an outage may last days: the first attempts, then every tenth.
+  const attempt = ctx.info.attempt;
+  if (attempt > RETRY_REPORT_EVERY_ATTEMPT && attempt % RETRY_REPORT_EVERY_ATTEMPT !== 0) return;
   const execution = ctx.info.workflowExecution;
   if (!execution) return;
-  const details = { ...identity, retrying: { attempt: ctx.info.attempt, error: failure.message } };
+  const details = { ...identity, retrying: { attempt, error: failure.message } };
   try {
     const sent = ctx.client.workflow
       .getHandle(execution.workflowId, execution.runId)
