@@ -170,6 +170,23 @@ export const Destination = z.strictObject({
 
 const defaultDestination = { connection: 'DATABASE_URL', schema: 'public' };
 
+/**
+ * Optional cap on the attempts of one partition or file. Unset (the default), transient errors
+ * (a database that is down, a lost connection) retry until they heal; permanent ones fail at once.
+ */
+function maxAttempts(item: 'partition' | 'file') {
+  return z
+    .number()
+    .int()
+    .min(1)
+    .max(100)
+    .optional()
+    .describe(
+      `cap on attempts per ${item} before it is recorded as failed; unset (the default): transient errors (a database that is down, a lost connection) ` +
+        'retry until they heal, permanent ones (bad data, an unreadable file, a missing table) fail at once',
+    );
+}
+
 const common = {
   source: Source,
   resource: Resource,
@@ -189,8 +206,7 @@ export const BackfillInput = z
     parallel: z.number().int().min(1).max(500).default(4).describe('at most this many partitions in flight; the setParallel signal changes it'),
     /** Re-run only these partition keys (e.g. the failed ones of an earlier run). */
     onlyPartitions: z.array(z.string().min(1)).optional().describe('re-run only these partition keys, e.g. the failed ones of an earlier run'),
-    /** Attempts per partition before it is recorded as failed. */
-    maxAttempts: z.number().int().min(1).max(100).default(5).describe('attempts per partition before it is recorded as failed'),
+    maxAttempts: maxAttempts('partition'),
     /** Skip partitions an earlier run (any workflow id) committed; the result lists them. */
     skipLoaded: z.boolean().optional().describe('skip partitions an earlier run (any workflow id) committed; the result lists them'),
     /** Complete (not FAILED) even when partitions failed for good. */
@@ -323,8 +339,7 @@ export const FilesInput = z
     source: FilesSource,
     parallel: z.number().int().min(1).max(500).default(4).describe('at most this many files in flight; the setParallel signal changes it'),
     ...schedule,
-    /** Attempts per file before it is recorded as failed (unreadable files and bad data fail at once). */
-    maxAttempts: z.number().int().min(1).max(100).default(5).describe('attempts per file before it is recorded as failed (unreadable files and bad data fail at once)'),
+    maxAttempts: maxAttempts('file'),
     /** With `once`: complete (not FAILED) even when files failed for good. */
     allowFailures: z.boolean().optional().describe('complete (not FAILED) even when partitions, files or steps failed for good'),
     /** Internal: what a run hands to its continue-as-new successor. */

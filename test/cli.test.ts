@@ -13,6 +13,8 @@ import { stringify } from 'yaml';
 import { readWorkflowFile } from '../src/cli/workflow-file';
 import { runsQuery } from '../src/cli/resources';
 import { count, requireEnv, testStack, waitFor, type TestStack } from './helpers';
+import { ensureMetadata } from '../src/destinations/postgres/loader';
+import { acquireLease, leaseKey } from '../src/destinations/postgres/lease';
 
 const REPO = join(__dirname, '..');
 const BIN = join(REPO, 'bin', 'sluice.js');
@@ -303,6 +305,46 @@ describe('sluice command', () => {
       assert.equal(reset.code, 0, reset.stderr);
       assert.match(reset.stdout, /forgot incremental:customers_live/);
       assert.equal(await count(stack.db, `${stack.schema}._sluice_state`, `resource = 'incremental:customers_live'`), 0);
+    });
+  });
+  test('reset refuses while a live run holds one of the resource\'s leases, even one visibility does not name; a gone holder does not block it', async () => {
+    const url = requireEnv('DATABASE_URL');
+    await ensureMetadata(url, stack.schema);
+    // Its own state, and a lease on its table held by a run that visibility lists under another resource.
+    await stack.db.query(`insert into ${stack.schema}._sluice_state (resource, state) values ('incremental:cli_leased', '{"cursor": 1}')`);
+    const holderId = `cli-holder-${stack.schema}`;
+    await stack.withWorker(async () => {
+      const holder = await stack.client.workflow.start('incrementalWorkflow', {
+        taskQueue: stack.taskQueue,
+        workflowId: holderId,
+        args: [
+          {
+            source: { kind: 'postgres', connection: 'SOURCE_DATABASE_URL', table: `${stack.sourceSchema}.customers` },
+            resource: { name: 'cli_holder', writeDisposition: 'merge', primaryKey: ['id'] },
+            destination: destination(),
+            cursor: { column: 'updated_at', initialValue: '2024-01-01T00:00:00Z' },
+            every: '1h',
+          },
+        ],
+      });
+      await waitFor('the holder to run', async () => (await holder.describe()).status.name === 'RUNNING');
+      await acquireLease(url, stack.schema, {
+        key: leaseKey('backfill', 'cli_leased'),
+        holder: { workflowId: holderId, chain: holder.firstExecutionRunId },
+        isRunning: async () => 'running',
+        resource: 'cli_leased',
+      });
+      const refused = await sluice(['reset', 'cli_leased', '--schema', stack.schema]);
+      assert.equal(refused.code, 1, refused.stdout);
+      assert.match(refused.stderr, new RegExp(`refusing to reset "cli_leased": a run holds it \\(${holderId}\\): workflow ${holderId} holds lease:backfill:cli_leased`));
+      assert.match(refused.stderr, new RegExp(`temporal workflow cancel --workflow-id ${holderId}`));
+      assert.equal(await count(stack.db, `${stack.schema}._sluice_state`, `resource = 'incremental:cli_leased'`), 1, 'state kept');
+
+      await holder.terminate('test done');
+      const reset = await sluice(['reset', 'cli_leased', '--schema', stack.schema]);
+      assert.equal(reset.code, 0, reset.stderr);
+      assert.match(reset.stdout, /forgot incremental:cli_leased/);
+      assert.equal(await count(stack.db, `${stack.schema}._sluice_state`, `resource = 'lease:backfill:cli_leased'`), 1, 'the lease (and its token) stays');
     });
   });
 });

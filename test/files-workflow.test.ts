@@ -135,6 +135,34 @@ describe('filesWorkflow', () => {
     assert.equal(state.rows[0].state.version, 2, 'the changed file was loaded as its second version');
   });
 
+  test('merge: daily snapshot files that share a key; a file that drops it keeps it while another file still has it', async () => {
+    const dir = join(root, 'snapshots');
+    // Key 2 is in both days, with the same values.
+    await put(dir, 'day-1.csv', csv('id,v', [[1, 'a'], [2, 'b']]));
+    await put(dir, 'day-2.csv', csv('id,v', [[2, 'b'], [3, 'c']]));
+    const input = {
+      source: { kind: 'files', path: dir, pattern: '*.csv', format: 'csv' },
+      resource: { name: 'snapshots', writeDisposition: 'merge', primaryKey: 'id' },
+      destination: { connection: 'DATABASE_URL', schema: stack.schema },
+      once: true,
+    };
+    const ids = async () => (await stack.db.query(`select id from ${stack.schema}.snapshots order by id`)).rows.map((r) => Number(r.id));
+    await stack.withWorker(async () => {
+      await (await run('files-snapshots-1', input)).result();
+      assert.deepEqual(await ids(), [1, 2, 3]);
+      // day-1.csv is corrected and drops key 2: day-2.csv still has it, so it stays.
+      await put(dir, 'day-1.csv', csv('id,v', [[1, 'a']]));
+      const handle = await run('files-snapshots-2', input);
+      assert.equal(((await handle.result()) as FilesResult).loaded, 1);
+      await saveHistory(handle, 'files-merge-shared-key-kept');
+      assert.deepEqual(await ids(), [1, 2, 3]);
+      // day-2.csv drops it too: no file has it any more, and it goes.
+      await put(dir, 'day-2.csv', csv('id,v', [[3, 'c']]));
+      await (await run('files-snapshots-3', input)).result();
+      assert.deepEqual(await ids(), [1, 3]);
+    });
+  });
+
   test('append: a changed file replaces the rows its previous version loaded, so the table mirrors the files', async () => {
     const dir = join(root, 'appended');
     await put(dir, 'x.csv', csv('id,v', [[1, 'a'], [2, 'b'], [3, 'c']]));

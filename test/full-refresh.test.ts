@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { PermanentError } from '../src/errors';
 import { randomBytes } from 'node:crypto';
 import { after, before, describe, test } from 'node:test';
 import { WorkflowFailedError, type WorkflowHandle } from '@temporalio/client';
@@ -219,7 +220,8 @@ describe('fullRefreshWorkflow', () => {
           name: 'breaks_midway',
           async *extract() {
             for (let i = 1; i <= 30_000; i++) yield { id: i, customer: `c${i}`, amount: 1 };
-            throw new Error('page 31 of the upstream API is malformed');
+            // A page that will not heal: without PermanentError the refresh would retry it without end, as any unknown error.
+            throw new PermanentError('page 31 of the upstream API is malformed');
           },
         },
       ],

@@ -25,7 +25,8 @@ import type { BackfillResult } from '../src/workflows/backfill';
 import type { FilesResult } from '../src/workflows/files';
 import type { IncrementalResult } from '../src/workflows/incremental';
 import { registerSource } from '../src/sources/registered';
-import { testSource } from './fixtures/sources';
+import { gate, testSource } from './fixtures/sources';
+import type { FullRefreshResult } from '../src/workflows/full-refresh';
 import { count, failedRun, saveHistory, testStack, waitFor, type TestStack } from './helpers';
 
 describe('resource leases', () => {
@@ -302,5 +303,78 @@ describe('resource leases', () => {
     assert.deepEqual(result.rerun, { skipLoaded: true });
     assert.match(message, /stopped after 3 partitions failed in a row/);
     assert.match(message, /not started/);
+  });
+  test('full refresh takes the table: a second refresh and an incremental of the table fail at once naming it; a refresh fails at once while an incremental holds the table', async () => {
+    const refreshInput = (rows: number) => ({
+      source: { kind: 'registered', name: 'test.gate', options: { rows } },
+      resource: { name: 'refreshed' },
+      destination: { schema: stack.schema },
+    });
+    gate.close();
+    await stack.withWorker(async () => {
+      const first = await stack.client.workflow.start('fullRefreshWorkflow', {
+        taskQueue: stack.taskQueue,
+        workflowId: `lease-refresh-a-${stack.schema}`,
+        args: [refreshInput(30)],
+      });
+      // The first refresh holds its leases and is extracting (held at the gate).
+      await waitFor('the first refresh to extract', async () => gate.waiting === 1);
+      const holder = (await readLease(url, stack.schema, leaseKey('full_refresh', 'refreshed')))?.holder;
+      assert.equal(holder?.workflowId, first.workflowId);
+
+      const second = await stack.client.workflow.start('fullRefreshWorkflow', {
+        taskQueue: stack.taskQueue,
+        workflowId: `lease-refresh-b-${stack.schema}`,
+        args: [refreshInput(5)],
+      });
+      const refused = await failedRun(second.result());
+      assert.equal(refused.type, 'LeaseHeldError');
+      assert.equal(refused.nonRetryable, true);
+      assert.match(refused.message, new RegExp(`lease:full_refresh:refreshed\\) is held by workflow ${first.workflowId}`));
+      assert.match(refused.message, new RegExp(`temporal workflow terminate --workflow-id ${first.workflowId}`));
+      assert.equal(gate.waiting, 1, 'the second refresh never extracted');
+      await saveHistory(second, 'lease-full-refresh-second-run-refused');
+
+      // An incremental of the same table would see its merges undone by the swap: refused too.
+      const table = await incrementalSource('refresh_src', 20);
+      const sync = await stack.client.workflow.start('incrementalWorkflow', {
+        taskQueue: stack.taskQueue,
+        workflowId: `lease-refresh-incr-${stack.schema}`,
+        args: [incrementalInput(table, 'refreshed', { once: true })],
+      });
+      const syncRefused = await failedRun(sync.result());
+      assert.equal(syncRefused.type, 'LeaseHeldError');
+      assert.match(syncRefused.message, new RegExp(`lease:incremental:refreshed\\) is held by workflow ${first.workflowId}`));
+
+      gate.open();
+      const done = (await first.result()) as FullRefreshResult;
+      assert.equal(done.rows, 30);
+      await saveHistory(first, 'lease-full-refresh-holds-the-table');
+      for (const kind of ['full_refresh', 'backfill', 'incremental', 'files'] as const) {
+        assert.equal((await readLease(url, stack.schema, leaseKey(kind, 'refreshed')))?.holder, null, `${kind} lease released at the end`);
+      }
+      assert.equal(await count(stack.db, `${stack.schema}.refreshed`), 30);
+
+      // The other way round: an incremental that runs `every` holds the table; a refresh fails at once, naming it.
+      const live = await stack.client.workflow.start('incrementalWorkflow', {
+        taskQueue: stack.taskQueue,
+        workflowId: `lease-refresh-live-${stack.schema}`,
+        args: [incrementalInput(table, 'refresh_live', { every: '1h' })],
+      });
+      await waitFor('the live sync', async () => (await progressOf(live)).done >= 1);
+      const blocked = await stack.client.workflow.start('fullRefreshWorkflow', {
+        taskQueue: stack.taskQueue,
+        workflowId: `lease-refresh-c-${stack.schema}`,
+        args: [{ ...refreshInput(5), resource: { name: 'refresh_live' } }],
+      });
+      const blockedRun = await failedRun(blocked.result());
+      assert.equal(blockedRun.type, 'LeaseHeldError');
+      assert.match(blockedRun.message, new RegExp(`held by workflow ${live.workflowId}`));
+      assert.equal(gate.waiting, 0, 'the blocked refresh never extracted');
+      assert.equal(await count(stack.db, `${stack.schema}.refresh_live`), 20, 'the incremental rows are intact');
+      // What the blocked refresh took before it was refused, it gave back.
+      assert.equal((await readLease(url, stack.schema, leaseKey('full_refresh', 'refresh_live')))?.holder, null);
+      await live.terminate('test done');
+    });
   });
 });

@@ -164,6 +164,44 @@ describe('load engine', () => {
     assert.deepEqual((await select(`select id::int from ${schema}.snapshot_view order by id`)).map((r) => r.id), [7, 8, 9]);
   });
 
+  test('files with merge: a changed file removes only the keys no other loaded file still provides', async () => {
+    const resource = { writeDisposition: 'merge' as const, primaryKey: ['id'] };
+    const ids = async () => (await select(`select id from ${schema}.snapshots order by id`)).map((r) => Number(r.id));
+    const provided = async (file: string) =>
+      (await select(`select key from ${schema}._sluice_file_keys where resource = 'snapshots' and file = $1 order by key`, [file])).map((r) => (r.key as string[]).join(','));
+    // Daily snapshot files that share key 3 with the same values: the row keeps the load id of the first file.
+    const file = (name: string, version: number, keys: number[], previous?: string) => {
+      const loadId = `${name}#${version}`;
+      const supersede = { kind: 'file' as const, file: name, ...(previous ? { previousLoadId: previous } : {}) };
+      return load('snapshots', resource, keys.map((id) => ({ id, v: `value ${id}` })), { loadId, supersede }).then(() => loadId);
+    };
+    const a1 = await file('a.csv', 1, [1, 2, 3]);
+    const b1 = await file('b.csv', 1, [3, 4]);
+    assert.deepEqual(await ids(), [1, 2, 3, 4]);
+    assert.deepEqual(await provided('b.csv'), ['3', '4']);
+    // a.csv drops 2 and 3: 2 goes, 3 stays (b.csv still has it), although its row carries a.csv's load id.
+    assert.equal((await select(`select _sluice_load_id from ${schema}.snapshots where id = 3`))[0]!._sluice_load_id, a1);
+    const a2 = await file('a.csv', 2, [1], a1);
+    assert.deepEqual(await ids(), [1, 3, 4]);
+    assert.deepEqual(await provided('a.csv'), ['1']);
+    // b.csv drops 3 too: now nobody provides it, and it goes.
+    await file('b.csv', 2, [4], b1);
+    assert.deepEqual(await ids(), [1, 4]);
+    // a.csv becomes empty: its last key goes; b.csv's stays.
+    const a3 = await file('a.csv', 3, [], a2);
+    assert.deepEqual(await ids(), [4]);
+    assert.deepEqual(await provided('a.csv'), []);
+    // A file loaded before provenance existed (no _sluice_file_keys rows): its previous load's rows stand in.
+    await file('a.csv', 4, [7, 8], a3);
+    await db.query(`delete from ${schema}._sluice_file_keys where file = 'a.csv'`);
+    await file('a.csv', 5, [8], 'a.csv#4');
+    assert.deepEqual(await ids(), [4, 8]);
+    // With append, a changed file still replaces its previous load's rows.
+    await load('snap_append', { writeDisposition: 'append' }, [{ id: 1 }, { id: 2 }], { loadId: 'ap#1', supersede: { kind: 'file', file: 'x.csv' } });
+    await load('snap_append', { writeDisposition: 'append' }, [{ id: 2 }], { loadId: 'ap#2', supersede: { kind: 'file', file: 'x.csv', previousLoadId: 'ap#1' } });
+    assert.deepEqual((await select(`select id from ${schema}.snap_append`)).map((r) => Number(r.id)), [2]);
+  });
+
   test('backfill partitions: a range supersede deletes the range before inserting, so re-runs never duplicate', async () => {
     const rows = [
       { id: 1, at: '2024-01-01T00:00:00Z' },

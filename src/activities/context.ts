@@ -69,6 +69,36 @@ const PROGRESS_SIGNAL_INTERVAL_MS = 2_000;
 export interface HeartbeatOptions {
   /** Sends the latest details to the workflow at most every 2 s as `activityProgress` ({ activityId, details }). */
   reportToWorkflow?: boolean;
+  /**
+   * Fields that name the activity's item (`{ partition }`, `{ file }`, `{ syncId }`): an attempt
+   * that fails retryably sends them to the workflow with `retrying: { attempt, error }`, so the
+   * run's progress shows what is waiting on a retry and why (retries of transient errors do not
+   * give up, so an outage would otherwise look like a hang).
+   */
+  reportRetriesAs?: Record<string, unknown>;
+}
+
+const RETRY_REPORT_TIMEOUT_MS = 5_000;
+const RETRY_REPORT_EVERY_ATTEMPT = 10;
+
+/** Tells the workflow that this attempt failed and will be retried; best effort, and never longer than 5 s. */
+async function reportRetry(ctx: Context, identity: Record<string, unknown>, failure: unknown): Promise<void> {
+  if (!(failure instanceof ApplicationFailure) || failure.nonRetryable) return;
+  // Every report is a history event and an outage may last days: the first attempts, then every tenth.
+  const attempt = ctx.info.attempt;
+  if (attempt > RETRY_REPORT_EVERY_ATTEMPT && attempt % RETRY_REPORT_EVERY_ATTEMPT !== 0) return;
+  const execution = ctx.info.workflowExecution;
+  if (!execution) return;
+  const details = { ...identity, retrying: { attempt, error: failure.message } };
+  try {
+    const sent = ctx.client.workflow
+      .getHandle(execution.workflowId, execution.runId)
+      .signal(ACTIVITY_PROGRESS_SIGNAL, { activityId: ctx.info.activityId, details })
+      .catch(() => undefined);
+    await Promise.race([sent, new Promise((resolveLater) => setTimeout(resolveLater, RETRY_REPORT_TIMEOUT_MS).unref())]);
+  } catch {
+    // No client (a test's MockActivityEnvironment), or the run is gone: nothing to tell.
+  }
 }
 
 /**
@@ -140,7 +170,9 @@ export async function withHeartbeat<T>(
   } catch (err) {
     // A cancellation the workflow asked for is reported as a cancellation, not as a failure.
     if (ctx.cancellationDetails?.cancelRequested && ctx.cancellationSignal.aborted) throw err;
-    throw toFailure(err);
+    const failure = toFailure(err);
+    if (options.reportRetriesAs && !ctx.cancellationSignal.aborted) await reportRetry(ctx, options.reportRetriesAs, failure);
+    throw failure;
   } finally {
     clearInterval(timer);
     ctx.cancellationSignal.removeEventListener('abort', onCancel);

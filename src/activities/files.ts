@@ -137,7 +137,7 @@ export function createFileActivities(_deps: ActivityDeps) {
         try {
           result = await loadResource({
             lease: req.lease,
-            supersede: previous === undefined ? undefined : { kind: 'load', loadId: previous },
+            supersede: { kind: 'file', file: file.path, ...(previous === undefined ? {} : { previousLoadId: previous }) },
             url,
             schema: req.destination.schema,
             table: destinationTable(req.resource),
@@ -165,7 +165,7 @@ export function createFileActivities(_deps: ActivityDeps) {
           fingerprint: file.fingerprint,
           version,
         };
-      }, { reportToWorkflow: true });
+      }, { reportToWorkflow: true, reportRetriesAs: { file: file.path } });
     },
   };
 }

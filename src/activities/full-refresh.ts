@@ -8,6 +8,7 @@ import { Context } from '@temporalio/activity';
 import { resolveConnection } from '../config';
 import { loadResource } from '../destinations/postgres/loader';
 import type { Destination, Resource, Source } from '../inputs';
+import type { LeaseToken } from '../destinations/postgres/lease';
 import { extract } from '../sources';
 import { destinationTable, summarize, withHeartbeat, workflowOf } from './context';
 
@@ -15,6 +16,8 @@ export interface RefreshTableRequest {
   source: Source;
   resource: Resource;
   destination: Destination;
+  /** The table's full-refresh lease: the swap's commit checks it. */
+  lease?: LeaseToken;
 }
 
 export interface RefreshSummary {
@@ -49,6 +52,7 @@ export function createFullRefreshActivities() {
           // Retries of one run share the id (a refresh that committed is not redone); a later run
           // under the same workflow id (a schedule, a pipeline re-run) is a new refresh.
           loadId: `${workflowId}/full/${runId}`,
+          lease: req.lease,
           workflowId,
           runId,
           partition: 'full',
@@ -57,7 +61,7 @@ export function createFullRefreshActivities() {
           onProgress: (rows) => progress({ rows }),
         });
         return { ...summarize(result), table: `${req.destination.schema}.${table}` };
-      });
+      }, { reportRetriesAs: { table } });
     },
   };
 }

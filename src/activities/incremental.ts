@@ -37,7 +37,7 @@ export function createIncrementalActivities() {
             log: (m) => ctx.log.info(m),
             heartbeatDetails: ctx.info.heartbeatDetails,
           }),
-        { reportToWorkflow: true },
+        { reportToWorkflow: true, reportRetriesAs: { syncId: `${req.chain}:${req.sync}` } },
       );
     },
   };

@@ -90,7 +90,7 @@ export function createActivities(deps: ActivityDeps) {
           onProgress: (rows) => progress({ partition: req.partition.key, rows }),
         });
         return summarize(result);
-      });
+      }, { reportRetriesAs: { partition: req.partition.key } });
     },
   };
 }

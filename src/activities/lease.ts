@@ -5,7 +5,7 @@
  * never talks to Temporal.
  */
 import { Context } from '@temporalio/activity';
-import { WorkflowNotFoundError } from '@temporalio/client';
+import { WorkflowNotFoundError, type Client } from '@temporalio/client';
 import { resolveConnection } from '../config';
 import { acquireLease, leaseKey, releaseLease, type HolderLiveness, type LeaseKind, type LeaseToken } from '../destinations/postgres/lease';
 import { ensureMetadata } from '../destinations/postgres/loader';
@@ -41,24 +41,31 @@ function takeOverAfterMs(env: NodeJS.ProcessEnv = process.env): number | undefin
   }
 }
 
+/**
+ * Whether a lease holder still runs, asked of Temporal: the latest run under its workflow id is
+ * running and still belongs to its chain. Shared by the acquire activity and `sluice reset`.
+ */
+export function holderLiveness(client: Client, warn: (message: string) => void): HolderLiveness {
+  return async (holder) => {
+    try {
+      const described = await client.workflow.getHandle(holder.workflowId).describe();
+      const firstRunId = described.raw.workflowExecutionInfo?.firstRunId;
+      return described.status.name === 'RUNNING' && (!firstRunId || firstRunId === holder.chain) ? 'running' : 'gone';
+    } catch (err) {
+      if (err instanceof WorkflowNotFoundError) return 'gone';
+      warn(`cannot tell whether lease holder ${holder.workflowId} still runs: ${String(err)}`);
+      return 'unknown';
+    }
+  };
+}
+
 export function createLeaseActivities() {
   return {
     /** Takes the resource for this run chain, or fails (non-retryably) naming the run that holds it. */
     async acquireResourceLease(req: AcquireLeaseRequest): Promise<LeaseToken> {
       const ctx = Context.current();
       const { workflowId, runId } = workflowOf(ctx);
-      const isRunning: HolderLiveness = async (holder) => {
-        try {
-          const described = await ctx.client.workflow.getHandle(holder.workflowId).describe();
-          const firstRunId = described.raw.workflowExecutionInfo?.firstRunId;
-          // The latest run under that id: alive only if it is still the holder's chain.
-          return described.status.name === 'RUNNING' && (!firstRunId || firstRunId === holder.chain) ? 'running' : 'gone';
-        } catch (err) {
-          if (err instanceof WorkflowNotFoundError) return 'gone';
-          ctx.log.warn(`cannot tell whether lease holder ${holder.workflowId} still runs: ${String(err)}`);
-          return 'unknown';
-        }
-      };
+      const isRunning = holderLiveness(ctx.client, (m) => ctx.log.warn(m));
       return withHeartbeat(async () => {
         const url = resolveConnection(req.destination.connection);
         await ensureMetadata(url, req.destination.schema);

@@ -7,8 +7,10 @@ import type { Client, WorkflowExecutionInfo } from '@temporalio/client';
 import pg from 'pg';
 import { fileStateKey } from '../activities/files';
 import { incrementalStateKey } from '../activities/incremental';
+import { holderLiveness } from '../activities/lease';
+import { LEASE_KINDS, leaseKey, parseLease, type LeaseHolder } from '../destinations/postgres/lease';
 import { Resource } from '../inputs';
-import { qualifiedName } from '../schema/identifiers';
+import { destinationTable, qualifiedName } from '../schema/identifiers';
 import { SEARCH_ATTRIBUTES } from '../search-attributes';
 import { CliError, formatTable, formatTime, truncate } from './output';
 
@@ -75,7 +77,29 @@ async function stateRows(db: pg.Client, schema: string, resource: string) {
       where resource = any($1) or starts_with(resource, $2) order by resource`,
     [keys, filesPrefix],
   );
-  return { rows: r.rows, keys, filesPrefix };
+  return { rows: r.rows, keys, filesPrefix, tables: tables.rows.map((t) => t.table_name) };
+}
+
+/**
+ * The runs that hold a lease on one of the resource's tables (any kind) and still run, per
+ * Temporal. A holder Temporal cannot vouch for either way counts as live: reset must not race it.
+ */
+async function liveLeaseHolders(db: pg.Client, client: Client, schema: string, resource: string, tables: string[]) {
+  const all = new Set([destinationTable(Resource.parse({ name: resource })), ...tables]);
+  const keys = [...all].flatMap((table) => LEASE_KINDS.map((kind) => leaseKey(kind, table)));
+  const r = await db.query<{ resource: string; state: unknown }>(
+    `select resource, state from ${qualifiedName(schema, '_sluice_state')} where resource = any($1) order by resource`,
+    [keys],
+  );
+  const isRunning = holderLiveness(client, () => undefined);
+  const live: { key: string; holder: LeaseHolder; liveness: 'running' | 'unknown' }[] = [];
+  for (const row of r.rows) {
+    const holder = parseLease(row.state)?.holder;
+    if (!holder) continue;
+    const liveness = await isRunning(holder);
+    if (liveness !== 'gone') live.push({ key: row.resource, holder, liveness });
+  }
+  return live;
 }
 
 export async function status(db: pg.Client, client: Client | undefined, schema: string, resource: string | undefined, limit: number): Promise<string> {
@@ -166,26 +190,35 @@ export async function rejects(db: pg.Client, schema: string, resource: string, l
   );
 }
 
+/** Why reset will not run, naming the runs that hold the resource and how to stop them. */
+function refusal(resource: string, workflowIds: string[], detail = ''): CliError {
+  const ids = [...new Set(workflowIds)];
+  return new CliError(
+    `refusing to reset "${resource}": ${ids.length === 1 ? 'a run holds' : 'runs hold'} it (${ids.join(', ')})${detail}. ` +
+      `Stop ${ids.length === 1 ? 'it' : 'them'} first: ${ids.map((id) => `temporal workflow cancel --workflow-id ${id}`).join('; ')} (or terminate); nothing was reset`,
+  );
+}
+
 /**
  * Forgets a resource's saved state, so its next run starts from `initialValue` / loads every
  * file again. Refused while a run holds the resource: that run would write its state right back.
  */
 export async function reset(db: pg.Client, client: Client | undefined, schema: string, resource: string): Promise<string> {
   if (!client) throw new CliError('cannot check for running workflows: Temporal is not reachable (check TEMPORAL_ADDRESS); nothing was reset');
+  const { keys, filesPrefix, tables } = await stateRows(db, schema, resource);
+  // The lease says who owns the resource even when the namespace lacks sluice's search attributes.
+  const holders = await liveLeaseHolders(db, client, schema, resource, tables);
+  if (holders.length > 0) {
+    const named = holders.map((h) => `workflow ${h.holder.workflowId} holds ${h.key}${h.liveness === 'unknown' ? ' (Temporal cannot say whether it still runs)' : ''}`);
+    throw refusal(resource, holders.map((h) => h.holder.workflowId), `: ${named.join('; ')}; it would write its state right back`);
+  }
   let running: WorkflowExecutionInfo[];
   try {
     running = await listRuns(client, runsQuery(resource, true), 20);
   } catch (err) {
     throw new CliError(`cannot check for running workflows (${(err as Error).message}); nothing was reset`);
   }
-  if (running.length > 0) {
-    const ids = running.map((r) => r.workflowId);
-    throw new CliError(
-      `refusing to reset "${resource}": ${ids.length === 1 ? 'a run holds' : 'runs hold'} it (${ids.join(', ')}). ` +
-        `Stop ${ids.length === 1 ? 'it' : 'them'} first: ${ids.map((id) => `temporal workflow cancel --workflow-id ${id}`).join('; ')}`,
-    );
-  }
-  const { keys, filesPrefix } = await stateRows(db, schema, resource);
+  if (running.length > 0) throw refusal(resource, running.map((r) => r.workflowId));
   const deleted = await db.query<{ resource: string }>(
     `delete from ${qualifiedName(schema, '_sluice_state')} where resource = any($1) or starts_with(resource, $2) returning resource`,
     [keys, filesPrefix],

@@ -20,6 +20,10 @@ import {
   windowLines,
   withResourceLease,
   LOAD_START_TO_CLOSE,
+  activityProgressSignal,
+  retryPolicy,
+  retryReportOf,
+  RetryBoard,
 } from './shared';
 
 const { loadPartition } = wf.proxyActivities<Activities>({
@@ -103,6 +107,7 @@ async function backfill(
     () => parallel,
     () => paused,
   );
+  const retrying = new RetryBoard();
   // Load ids from the run chain, and the maxConsecutiveFailures stop: both new with this patch.
   const chain = wf.patched('sluice-rerun-load-ids') ? wf.workflowInfo().firstExecutionRunId : undefined;
   const failOnFailures = wf.patched('sluice-fail-on-failures');
@@ -119,6 +124,7 @@ async function backfill(
     parallel,
     skipped: skippedCount,
     inFlightPartitions: [...window.inFlight],
+    retrying: retrying.list(),
   });
   const source =
     input.source.kind === 'postgres' ? `postgres ${input.source.table ?? 'query'}` : input.source.kind === 'registered' ? input.source.name : input.source.path;
@@ -140,6 +146,8 @@ async function backfill(
         failures: failed.map((f) => `${f.partition} (${f.error})`),
       }),
     ];
+    const retryLine = retrying.line();
+    if (retryLine) lines.push(retryLine);
     if (stopReason) lines.push(stopReason);
     wf.setCurrentDetails(lines.join('\n\n'));
   };
@@ -150,6 +158,13 @@ async function backfill(
   });
   handleSetParallel((n) => {
     parallel = n;
+    showProgress();
+  });
+  wf.setHandler(activityProgressSignal, ({ details }) => {
+    const report = retryReportOf(details);
+    const partition = (details as { partition?: unknown } | null)?.partition;
+    if (!report || typeof partition !== 'string' || !window.inFlight.has(partition)) return;
+    retrying.note(partition, report);
     showProgress();
   });
 
@@ -167,7 +182,7 @@ async function backfill(
           startToCloseTimeout: LOAD_START_TO_CLOSE,
           heartbeatTimeout: '15s',
           summary: `partition ${partition.key}`,
-          retry: { initialInterval: '1s', backoffCoefficient: 2, maximumInterval: '1m', maximumAttempts: input.maxAttempts },
+          retry: retryPolicy(input.maxAttempts),
         },
         [
           {
@@ -202,6 +217,7 @@ async function backfill(
         stopReason = `stopped after ${consecutiveFailures} partitions failed in a row (maxConsecutiveFailures ${input.maxConsecutiveFailures}); the last: ${partition.key}`;
       }
     } finally {
+      retrying.clear(partition.key);
       showProgress();
     }
   };

@@ -22,6 +22,10 @@ import {
   LOAD_START_TO_CLOSE,
   activityProgressSignal,
   formatBytes,
+  RETRY_UNTIL_HEALED,
+  retryPolicy,
+  retryReportOf,
+  RetryBoard,
 } from './shared';
 import { durationMs } from '../plan/duration';
 import { formatCount } from '../plan/format';
@@ -30,7 +34,7 @@ const { readFilesState, listSourceFiles } = wf.proxyActivities<Activities>({
   // Listing hashes new and touched files, which takes as long as reading them once.
   startToCloseTimeout: '2h',
   heartbeatTimeout: '30s',
-  retry: { initialInterval: '1s', backoffCoefficient: 2, maximumInterval: '1m', maximumAttempts: 10 },
+  retry: RETRY_UNTIL_HEALED,
 });
 const { loadFile } = wf.proxyActivities<Activities>({
   startToCloseTimeout: LOAD_START_TO_CLOSE,
@@ -114,6 +118,7 @@ async function loadFiles(rawInput: unknown, input: FilesInput, takeLease: () => 
   // Rows each file in flight has staged so far, as its loadFile activity reports them (activityProgress).
   const staged = new Map<string, number>();
   const stagedRows = () => [...staged.values()].reduce((a, b) => a + b, 0);
+  const retrying = new RetryBoard();
   // The batch of this pass (files to load), in objects and bytes, for the progress line.
   let batch = { files: 0, bytes: 0, filesDone: 0, bytesDone: 0 };
 
@@ -138,6 +143,7 @@ async function loadFiles(rawInput: unknown, input: FilesInput, takeLease: () => 
     phase,
     paused,
     parallel,
+    retrying: retrying.list(),
     ...(listError ? { listError } : {}),
     ...(lastPassAt !== undefined ? { lastPassAt: new Date(lastPassAt).toISOString() } : {}),
     ...(nextPassAt !== undefined ? { nextPassAt: new Date(nextPassAt).toISOString() } : {}),
@@ -168,6 +174,8 @@ async function loadFiles(rawInput: unknown, input: FilesInput, takeLease: () => 
       );
     }
     if (listError) lines.push(`listing failed: ${listError}`);
+    const retryLine = retrying.line();
+    if (retryLine) lines.push(retryLine);
     lines.push(...rest);
     wf.setCurrentDetails(lines.join('\n\n'));
   };
@@ -185,8 +193,11 @@ async function loadFiles(rawInput: unknown, input: FilesInput, takeLease: () => 
   });
   wf.setHandler(activityProgressSignal, ({ details }) => {
     const beat = details as { file?: unknown; rows?: unknown } | null;
-    if (typeof beat?.file !== 'string' || !inFlight.has(beat.file) || typeof beat.rows !== 'number') return;
-    staged.set(beat.file, beat.rows);
+    if (typeof beat?.file !== 'string' || !inFlight.has(beat.file)) return;
+    const report = retryReportOf(details);
+    if (report) retrying.note(beat.file, report);
+    else if (typeof beat.rows === 'number') staged.set(beat.file, beat.rows);
+    else return;
     showProgress();
   });
 
@@ -212,7 +223,7 @@ async function loadFiles(rawInput: unknown, input: FilesInput, takeLease: () => 
           startToCloseTimeout: LOAD_START_TO_CLOSE,
           heartbeatTimeout: '15s',
           summary: `file ${file.path}`,
-          retry: { initialInterval: '1s', backoffCoefficient: 2, maximumInterval: '1m', maximumAttempts: input.maxAttempts },
+          retry: retryPolicy(input.maxAttempts),
         },
         [{ source: input.source, resource: input.resource, destination: input.destination, file, version, ...(lease ? { lease } : {}) }],
       );
@@ -228,6 +239,7 @@ async function loadFiles(rawInput: unknown, input: FilesInput, takeLease: () => 
       if (!wf.isCancellation(err)) pass.failed.push({ file: file.path, error: rootMessage(err), fingerprint: file.fingerprint });
     } finally {
       staged.delete(file.path);
+      retrying.clear(file.path);
       batch.filesDone++;
       batch.bytesDone += file.size;
       showProgress();

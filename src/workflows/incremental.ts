@@ -20,11 +20,14 @@ import {
   withResourceLease,
   LOAD_START_TO_CLOSE,
   activityProgressSignal,
+  RETRY_UNTIL_HEALED,
+  retryReportOf,
+  type RetryingItem,
 } from './shared';
 
 const { readIncrementalState } = wf.proxyActivities<Activities>({
   startToCloseTimeout: '1m',
-  retry: { initialInterval: '1s', backoffCoefficient: 2, maximumInterval: '30s', maximumAttempts: 10 },
+  retry: RETRY_UNTIL_HEALED,
 });
 const SYNC_OPTIONS: wf.ActivityOptions = {
   // One call returns after about two minutes (SLUICE_SYNC_BUDGET) at a page boundary; one huge page may take longer.
@@ -33,7 +36,8 @@ const SYNC_OPTIONS: wf.ActivityOptions = {
   // a killed worker is noticed in 15 s, and
   // the retry continues after the last page the dead attempt committed.
   heartbeatTimeout: '15s',
-  retry: { initialInterval: '1s', backoffCoefficient: 2, maximumInterval: '1m', maximumAttempts: 10 },
+  // A sync never fails for an outage: its retries resume from the last committed page once the database is back.
+  retry: RETRY_UNTIL_HEALED,
 };
 const { syncIncrementalPages } = wf.proxyActivities<Activities>(SYNC_OPTIONS);
 
@@ -99,6 +103,8 @@ async function syncResource(rawInput: unknown, input: IncrementalInput, takeLeas
   let lastSync: SyncCounts | undefined;
   let syncRequested = false;
   let nextSyncAt: number | undefined;
+  // The running sync's activity between attempts (the attempt that failed and why).
+  let retrying: RetryingItem | undefined;
 
   // Rows and pages the running activity committed that the workflow has not yet been told of by its result.
   const ahead = (): SyncCounts =>
@@ -121,6 +127,7 @@ async function syncResource(rawInput: unknown, input: IncrementalInput, takeLeas
     ...(current ? { currentSync: live && live.pages >= current.pages ? live : current } : {}),
     ...(lastSync ? { lastSync } : {}),
     ...(lastError ? { lastError } : {}),
+    ...(retrying ? { retrying: [retrying] } : {}),
     ...(nextSyncAt !== undefined ? { nextSyncAt: new Date(nextSyncAt).toISOString() } : {}),
   });
   const showProgress = () => {
@@ -138,6 +145,7 @@ async function syncResource(rawInput: unknown, input: IncrementalInput, takeLeas
     if (lastSyncAt) lines.push(`last sync ${lastSyncAt}${lastSync ? `: ${formatCount(lastSync.rows)} rows` : ''}`);
     if (phase === 'waiting' && nextSyncAt !== undefined) lines.push(`next sync at ${new Date(nextSyncAt).toISOString()} (signal syncNow to start it now)`);
     if (lastError) lines.push(`last error: ${lastError}`);
+    if (retrying) lines.push(`retrying: sync ${syncs + 1} (attempt ${retrying.attempt} failed: ${retrying.error})`);
     wf.setCurrentDetails(lines.join('\n\n'));
   };
   wf.setHandler(progressQuery, progress);
@@ -156,6 +164,12 @@ async function syncResource(rawInput: unknown, input: IncrementalInput, takeLeas
   wf.setHandler(activityProgressSignal, ({ details }) => {
     const beat = details as { syncId?: unknown; rows?: unknown; pages?: unknown; rejected?: unknown; staging?: unknown } | null;
     if (!current || typeof beat?.syncId !== 'string' || beat.syncId !== runningSync) return;
+    const report = retryReportOf(details);
+    if (report) {
+      if (!retrying || retrying.attempt <= report.attempt) retrying = { item: `sync ${beat.syncId}`, ...report };
+      showProgress();
+      return;
+    }
     const n = (v: unknown) => (typeof v === 'number' && Number.isFinite(v) ? v : 0);
     live = { rows: n(beat.rows), pages: n(beat.pages), rejected: n(beat.rejected), staging: n(beat.staging) };
     showProgress();
@@ -237,6 +251,7 @@ async function syncResource(rawInput: unknown, input: IncrementalInput, takeLeas
             },
           ],
         );
+        retrying = undefined;
         rows += result.rows - counts.rows;
         pages += result.pages - counts.pages;
         rejected += result.rejected - counts.rejected;
@@ -269,6 +284,7 @@ async function syncResource(rawInput: unknown, input: IncrementalInput, takeLeas
     }
     current = undefined;
     live = undefined;
+    retrying = undefined;
     // The next sync starts from the saved position; the activity also takes any pages a failed
     // sync committed from _sluice_state, so they are neither lost nor loaded twice.
     mode = 'start';

@@ -14,6 +14,7 @@ import {
   patched,
   proxyActivities,
   proxyLocalActivities,
+  type RetryPolicy,
   setHandler,
   upsertSearchAttributes,
   workflowInfo,
@@ -31,6 +32,19 @@ import { SEARCH_ATTRIBUTES } from '../search-attributes';
  * so this need not be short, and an honest 8-hour load that keeps moving is never killed by it.
  */
 export const LOAD_START_TO_CLOSE = '7d';
+
+/**
+ * The retry policy of every activity whose work must not be lost (loads, syncs, the lease, state
+ * reads): transient errors retry without a cap, so a destination that is down for ten minutes or
+ * ten hours costs time, not work; the backoff grows to one attempt every 2 minutes. Permanent
+ * errors (src/errors.ts) are non-retryable and fail at once whatever the policy says.
+ */
+export const RETRY_UNTIL_HEALED: RetryPolicy = { initialInterval: '1s', backoffCoefficient: 2, maximumInterval: '2m' };
+
+/** RETRY_UNTIL_HEALED, capped at `maxAttempts` when the input sets one (backfill and files `maxAttempts`). */
+export function retryPolicy(maxAttempts?: number): RetryPolicy {
+  return maxAttempts === undefined ? RETRY_UNTIL_HEALED : { ...RETRY_UNTIL_HEALED, maximumAttempts: maxAttempts };
+}
 
 export const progressQuery = defineQuery<Progress>('progress');
 export const pauseSignal = defineSignal('pause');
@@ -146,7 +160,8 @@ export { formatCount };
 const { acquireResourceLease, releaseResourceLease } = proxyActivities<Activities>({
   startToCloseTimeout: '1m',
   heartbeatTimeout: '15s',
-  retry: { initialInterval: '1s', backoffCoefficient: 2, maximumInterval: '30s', maximumAttempts: 10 },
+  // A destination that is down when the run starts or ends is waited for; a held lease fails at once (non-retryable).
+  retry: RETRY_UNTIL_HEALED,
 });
 
 /**
@@ -159,26 +174,32 @@ const { acquireResourceLease, releaseResourceLease } = proxyActivities<Activitie
  * before leases existed replay without one (`takeLease()` returns undefined).
  */
 export async function withResourceLease<T>(
-  kind: LeaseKind,
+  kind: LeaseKind | LeaseKind[],
   destination: Destination,
   resource: Resource,
   body: (takeLease: () => Promise<LeaseToken | undefined>) => Promise<T>,
+  patch = 'sluice-resource-lease',
 ): Promise<T> {
-  let lease: LeaseToken | undefined;
+  // With several kinds (a full refresh), the run holds all of them; commits present the first.
+  const kinds = Array.isArray(kind) ? kind : [kind];
+  const held: LeaseToken[] = [];
   // Patches are asked before the first await: a marker must sit at the same point on replay.
-  const leased = patched('sluice-resource-lease');
+  const leased = patched(patch);
+  const release = async () => {
+    const all = held.splice(0);
+    for (const lease of all) await CancellationScope.nonCancellable(() => releaseResourceLease({ destination, lease }));
+  };
   const takeLease = async () => {
     if (!leased) return undefined;
-    try {
-      lease = await acquireResourceLease({ destination, resource, kind, chain: workflowInfo().firstExecutionRunId });
-    } catch (err) {
-      throw ApplicationFailure.nonRetryable(rootMessage(err), failureType(err) ?? 'LeaseUnavailable');
+    for (const k of kinds) {
+      try {
+        held.push(await acquireResourceLease({ destination, resource, kind: k, chain: workflowInfo().firstExecutionRunId }));
+      } catch (err) {
+        await release();
+        throw ApplicationFailure.nonRetryable(rootMessage(err), failureType(err) ?? 'LeaseUnavailable');
+      }
     }
-    return lease;
-  };
-  const release = async () => {
-    const held = lease;
-    if (held) await CancellationScope.nonCancellable(() => releaseResourceLease({ destination, lease: held }));
+    return held[0];
   };
   let result: T;
   try {
@@ -284,4 +305,54 @@ export function formatBytes(n: number): string {
     unit++;
   }
   return unit === 0 ? `${value} B` : `${value.toFixed(1)} ${units[unit]}`;
+}
+
+/** An activity between attempts: the attempt that failed and its error. */
+export interface RetryingItem {
+  /** The partition key, file path or sync the activity works on. */
+  item: string;
+  attempt: number;
+  error: string;
+}
+
+/**
+ * What a failed attempt reports through `activityProgress` (see retryReport in
+ * src/activities/context.ts): `{ retrying: { attempt, error } }` beside the fields that name
+ * its item. Undefined for any other details.
+ */
+export function retryReportOf(details: unknown): { attempt: number; error: string } | undefined {
+  const retrying = (details as { retrying?: { attempt?: unknown; error?: unknown } } | null)?.retrying;
+  if (typeof retrying?.attempt !== 'number' || typeof retrying.error !== 'string') return undefined;
+  return { attempt: retrying.attempt, error: retrying.error.slice(0, 500) };
+}
+
+/**
+ * The items whose activity is retrying (a database that is down, a lost connection): retries no
+ * longer give up on transient errors, so `progress` and the UI say what is waiting and why
+ * rather than showing a run that only looks stuck. An item leaves when its activity ends.
+ */
+export class RetryBoard {
+  private readonly items = new Map<string, RetryingItem>();
+
+  note(item: string, report: { attempt: number; error: string }): void {
+    const known = this.items.get(item);
+    // Reports may arrive out of order: keep the latest attempt.
+    if (!known || known.attempt <= report.attempt) this.items.set(item, { item, ...report });
+  }
+
+  clear(item: string): void {
+    this.items.delete(item);
+  }
+
+  list(): RetryingItem[] {
+    return [...this.items.values()];
+  }
+
+  /** "retrying: 2024-01-03 (attempt 7 failed: connection refused); ..." or undefined when nothing retries. */
+  line(): string | undefined {
+    const items = this.list();
+    if (!items.length) return undefined;
+    const named = items.slice(0, 5).map((r) => `${r.item} (attempt ${r.attempt} failed: ${r.error})`);
+    return `retrying: ${named.join('; ')}${items.length > 5 ? `; ... (${items.length} in all)` : ''}`;
+  }
 }

@@ -25,7 +25,8 @@ import { PermanentError } from '../../errors';
 import { qualifiedName } from '../../schema/identifiers';
 import { getPool } from './pool';
 
-export type LeaseKind = 'backfill' | 'incremental' | 'files' | 'full_refresh' | 'cdc';
+export const LEASE_KINDS = ['backfill', 'incremental', 'files', 'full_refresh', 'cdc'] as const;
+export type LeaseKind = (typeof LEASE_KINDS)[number];
 
 export interface LeaseHolder {
   workflowId: string;
@@ -104,7 +105,7 @@ export class LeaseLostError extends PermanentError {
 
 const stateTable = (schema: string) => qualifiedName(schema, '_sluice_state');
 
-function parseLease(value: unknown): LeaseState | undefined {
+export function parseLease(value: unknown): LeaseState | undefined {
   const v = value as Partial<LeaseState> | null | undefined;
   if (typeof v?.token !== 'number') return undefined;
   return v as LeaseState;

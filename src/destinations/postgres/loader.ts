@@ -62,12 +62,17 @@ export type LoadPath = 'direct' | 'typed-staging' | 'text-staging';
  * - `range`: a backfill partition, the [start, end) range of `column`;
  * - `from`: an incremental load that reads a cursor value (or a lag window) again: rows whose
  *   `column` is at or past `value` (every row when `value` is null), even when the load is empty;
- * - `load`: the rows of one earlier load (a file reloaded after it changed).
+ * - `load`: the rows of one earlier load;
+ * - `file`: a file's earlier version (`previousLoadId`; none for a file's first load). With merge
+ *   and a primary key, only the keys it provided that no other loaded file still provides (the
+ *   provenance in _sluice_file_keys, which every such load keeps, first loads too); otherwise
+ *   the rows of its previous load.
  */
 export type Supersede =
   | { kind: 'range'; column: string; start: string; end: string }
   | { kind: 'from'; column: string; value: string | null }
-  | { kind: 'load'; loadId: string };
+  | { kind: 'load'; loadId: string }
+  | { kind: 'file'; file: string; previousLoadId?: string };
 
 export interface LoadResult {
   loadId: string;
@@ -254,7 +259,10 @@ async function choosePath(client: pg.PoolClient, req: LoadRequest): Promise<Load
   if (new Set(columns.map((c) => c.name)).size !== columns.length) return 'text-staging';
   const existing = await targetColumns(client, req);
   if (!exactPlan(req, columns, existing)) return 'text-staging';
-  if (req.resource.writeDisposition === 'merge') return (await mergeIsInsert(client, req, existing !== undefined)) ? 'direct' : 'typed-staging';
+  // A file's merge keeps key provenance, which is written from staging.
+  if (req.resource.writeDisposition === 'merge') {
+    return req.supersede?.kind !== 'file' && (await mergeIsInsert(client, req, existing !== undefined)) ? 'direct' : 'typed-staging';
+  }
   return req.resource.primaryKey?.length ? 'typed-staging' : 'direct';
 }
 
@@ -628,7 +636,7 @@ async function finalize(client: pg.PoolClient, req: LoadRequest, staged: Staged)
   if (staged.rows === 0 && existing) {
     // Nothing to write: skip schema work, but what this load supersedes still goes (a partition
     // or table whose source became empty becomes empty too), and the load and its state are recorded.
-    await deleteSuperseded(client, req, namer);
+    await deleteSuperseded(client, req, namer, { keys: keyColumns(primaryKey, existing), staged: false });
     return record(client, req, { rowsLoaded: 0, rowsRejected: 0, changes: [] });
   }
 
@@ -664,7 +672,7 @@ async function finalize(client: pg.PoolClient, req: LoadRequest, staged: Staged)
 
   const insertPlan: sql.InsertPlan = { schema, table, columns: plan.columns, primaryKey, hardDelete };
   let rowsLoaded: number;
-  await deleteSuperseded(client, req, namer);
+  await deleteSuperseded(client, req, namer, { keys: keyColumns(primaryKey, plan.columns), staged: true, hardDelete });
   switch (resource.writeDisposition) {
     case 'replace':
     case 'append':
@@ -703,7 +711,12 @@ async function finalize(client: pg.PoolClient, req: LoadRequest, staged: Staged)
  * for `replace`, and otherwise a backfill partition's range, the rows from a re-read cursor
  * value on, or an earlier load of the same file. Readers see the old rows until commit.
  */
-async function deleteSuperseded(client: pg.PoolClient, req: LoadRequest, namer: ColumnNamer): Promise<void> {
+async function deleteSuperseded(
+  client: pg.PoolClient,
+  req: LoadRequest,
+  namer: ColumnNamer,
+  merge: { keys: sql.TargetColumn[] | undefined; staged: boolean; hardDelete?: string } = { keys: undefined, staged: false },
+): Promise<void> {
   const { schema, table } = req;
   if (req.resource.writeDisposition === 'replace') {
     // DELETE, not TRUNCATE: TRUNCATE is not MVCC-safe (a REPEATABLE READ reader such as pg_dump
@@ -718,6 +731,10 @@ async function deleteSuperseded(client: pg.PoolClient, req: LoadRequest, namer: 
     case 'load':
       await client.query(sql.deleteLoadSql(schema, table), [supersede.loadId]);
       return;
+    case 'file':
+      if (req.resource.writeDisposition === 'merge' && merge.keys) return supersedeFileKeys(client, req, supersede, merge.keys, merge);
+      if (supersede.previousLoadId !== undefined) await client.query(sql.deleteLoadSql(schema, table), [supersede.previousLoadId]);
+      return;
     case 'range':
       await client.query(sql.deleteRangeSql(schema, table, namer.name(supersede.column)), [supersede.start, supersede.end]);
       return;
@@ -726,6 +743,33 @@ async function deleteSuperseded(client: pg.PoolClient, req: LoadRequest, namer: 
       else await client.query(sql.deleteFromSql(schema, table, namer.name(supersede.column)), [supersede.value]);
       return;
   }
+}
+
+/** The primary key's columns with their types in `columns`, in key order; undefined without a key. */
+function keyColumns(primaryKey: string[] | undefined, columns: sql.TargetColumn[] | undefined): sql.TargetColumn[] | undefined {
+  if (!primaryKey?.length || !columns) return undefined;
+  const types = new Map(columns.map((c) => [c.name, c.type]));
+  return primaryKey.every((k) => types.has(k)) ? primaryKey.map((k) => ({ name: k, type: types.get(k)! })) : undefined;
+}
+
+/** A file's merge: records the keys it provides now and deletes those of its old version that no loaded file provides (sql.fileKeysSql). */
+async function supersedeFileKeys(
+  client: pg.PoolClient,
+  req: LoadRequest,
+  supersede: Extract<Supersede, { kind: 'file' }>,
+  keys: sql.TargetColumn[],
+  options: { staged: boolean; hardDelete?: string },
+): Promise<void> {
+  const q = sql.fileKeysSql(req.schema, req.table, keys, options.hardDelete);
+  const args = [req.resource.name, supersede.file];
+  await client.query(q.takeOld[0]!);
+  await client.query(q.takeOld[1]!, args);
+  if (supersede.previousLoadId !== undefined && !(await client.query<{ found: boolean }>(q.hasOld)).rows[0]!.found) {
+    await client.query(q.legacyOld, [supersede.previousLoadId]);
+  }
+  if (options.staged) await client.query(q.recordNew, args);
+  await client.query(q.deleteUnprovided, [req.resource.name]);
+  await client.query(q.dropOld);
 }
 
 async function ensureUniqueKey(client: pg.PoolClient, schema: string, table: string, key: string[]): Promise<void> {

@@ -18,7 +18,20 @@ export interface TargetColumn {
 }
 
 /** Every relation metadataDdl creates: when all exist, nothing needs creating. */
-export const METADATA_OBJECTS = ['_sluice_loads', '_sluice_loads_resource_idx', '_sluice_state', '_sluice_rejects', '_sluice_rejects_load_idx'];
+export const METADATA_OBJECTS = [
+  '_sluice_loads',
+  '_sluice_loads_resource_idx',
+  '_sluice_state',
+  '_sluice_rejects',
+  '_sluice_rejects_load_idx',
+  '_sluice_file_keys',
+  '_sluice_file_keys_file_idx',
+];
+
+/** Which loaded file provides which primary key, for files loaded with merge (see fileKeysSql). */
+export const FILE_KEYS_TABLE = '_sluice_file_keys';
+/** A changed file's keys before this load, for the length of the load's transaction. */
+const OLD_FILE_KEYS = '_sluice_old_file_keys';
 
 export function metadataDdl(schema: string): string[] {
   const q = (t: string) => qualifiedName(schema, t);
@@ -56,6 +69,14 @@ export function metadataDdl(schema: string): string[] {
       rejected_at timestamptz not null default now()
     )`,
     `create index if not exists ${quoteIdent('_sluice_rejects_load_idx')} on ${q('_sluice_rejects')} (load_id)`,
+    // One row per (resource, key, file): "does any other file still provide this key" is a primary-key probe.
+    `create table if not exists ${q(FILE_KEYS_TABLE)} (
+      resource text not null,
+      key text[] not null,
+      file text not null,
+      primary key (resource, key, file)
+    )`,
+    `create index if not exists ${quoteIdent('_sluice_file_keys_file_idx')} on ${q(FILE_KEYS_TABLE)} (resource, file)`,
   ];
 }
 
@@ -222,6 +243,40 @@ export function deleteByMergeKeySql(p: InsertPlan, mergeKey: string[]): string {
 export function deleteRangeSql(schema: string, table: string, column: string): string {
   const c = quoteIdent(column);
   return `delete from ${qualifiedName(schema, table)} where ${c} >= $1::timestamptz and ${c} < $2::timestamptz`;
+}
+
+/**
+ * Supersedes a file loaded with merge by keys, not by load id: a key the file's previous version
+ * provided stays while another loaded file still provides it (daily snapshot files that share
+ * keys). Run in order, in the load's transaction, after rejects left staging; every statement is
+ * a set operation ($1 = resource, $2 = file):
+ * - `takeOld`: this file's recorded keys move into a temporary table;
+ * - `legacyOld` ($3 = previous load id): for a file loaded before provenance existed, the keys of
+ *   the rows its previous load wrote stand in;
+ * - `recordNew`: the keys staged now become the file's (flagged hardDelete rows provide none);
+ * - `deleteUnprovided`: target rows whose key the old version provided and no file provides now.
+ * Keys are compared as the text of their column's type, and joined back to the target by typed
+ * equality, so the delete probes the target's primary key.
+ */
+export function fileKeysSql(schema: string, table: string, keys: TargetColumn[], hardDelete?: string) {
+  const provenance = qualifiedName(schema, FILE_KEYS_TABLE);
+  const old = quoteIdent(OLD_FILE_KEYS);
+  const target = qualifiedName(schema, table);
+  const keyText = (alias: string, cast: boolean) => `array[${keys.map((k) => `(${alias}.${quoteIdent(k.name)}${cast ? `::${k.type}` : ''})::text`).join(', ')}]`;
+  return {
+    takeOld: [
+      `create temp table ${old} (key text[] not null) on commit drop`,
+      `with gone as (delete from ${provenance} where resource = $1 and file = $2 returning key) insert into ${old} select key from gone`,
+    ],
+    hasOld: `select exists (select 1 from ${old}) as found`,
+    legacyOld: `insert into ${old} select ${keyText('t', false)} from ${target} t where t.${quoteIdent(LOAD_ID_COLUMN)} = $1`,
+    recordNew: `insert into ${provenance} (resource, key, file)
+      select distinct $1, ${keyText('s', true)}, $2 from ${quoteIdent(STAGING_TABLE)} s${hardDelete ? ` where s.${quoteIdent(hardDelete)}::boolean is not true` : ''}`,
+    deleteUnprovided: `delete from ${target} t using (
+        select distinct o.key from ${old} o where not exists (select 1 from ${provenance} p where p.resource = $1 and p.key = o.key)
+      ) d where ${keys.map((k, i) => `t.${quoteIdent(k.name)} = (d.key[${i + 1}])::${k.type}`).join(' and ')}`,
+    dropOld: `drop table ${old}`,
+  };
 }
 
 /** The rows one earlier load wrote ($1 = its load id). */
