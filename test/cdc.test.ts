@@ -429,6 +429,120 @@ describe('cdcWorkflow', () => {
     await saveHistory(handle, 'cdc-continue-as-new');
   });
 
+  test('one owner: a second run on the same tables or the same slot fails at once naming the first; a replaced run commits nothing', async () => {
+    const src = `${stack.sourceSchema}_owner`;
+    const dest = `${stack.schema}_owner`;
+    await stack.db.query(`create schema ${src}; create table ${src}.accounts (id int primary key, balance int); insert into ${src}.accounts select i, 0 from generate_series(1, 10) i;`);
+    const input = (extra: Record<string, unknown> = {}) => ({
+      source: { kind: 'postgres', connection: 'SOURCE_DATABASE_URL', tables: [`${src}.accounts`] },
+      destination: { connection: 'DATABASE_URL', schema: dest },
+      deletes: 'hard',
+      batchWait: '100ms',
+      // One long streaming call: the first run reads the slot the whole time.
+      streamWindow: '10m',
+      ...extra,
+    });
+    const first = await startCdc('owner-a', input());
+    await stack.withWorker(async () => {
+      const { slot } = await streaming(first);
+      await stack.db.query(`update ${src}.accounts set balance = 1 where id = 1`);
+      await waitFor('the first change', async () => (await stack.db.query(`select 1 from ${dest}.accounts where id = 1 and balance = 1`)).rowCount === 1);
+      const refusals: [string, Record<string, unknown>, RegExp][] = [
+        ['owner-b', input(), new RegExp(`held by workflow ${first.workflowId}.*temporal workflow terminate --workflow-id ${first.workflowId}`)],
+        // Another destination has its own leases: the slot's reader on the source names the first run.
+        ['owner-c', input({ slot, destination: { connection: 'DATABASE_URL', schema: `${dest}_other` } }), new RegExp(`slot ${slot} is read by another cdcWorkflow, workflow ${first.workflowId.slice(0, 30)}`)],
+      ];
+      for (const [id, second, message] of refusals) {
+        const handle = await startCdc(id, second);
+        const err = await handle.result().catch((e: unknown) => e);
+        assert.ok(err instanceof WorkflowFailedError, `${id}: expected the second run to fail, got ${String(err)}`);
+        assert.equal((err.cause as { nonRetryable?: boolean }).nonRetryable, true, id);
+        assert.match((err.cause as Error).message, message);
+      }
+      const publications = await stack.db.query(`select pubname from pg_publication where pubname like 'sluice_cdc_owner_c%'`);
+      assert.equal(publications.rowCount, 0, 'the refused run created nothing on the source');
+      // A takeover moves the token on (as another run's acquire would): the first run's next batch must not commit.
+      await stack.db.query(`update ${dest}._sluice_state set state = jsonb_set(state, '{token}', to_jsonb((state->>'token')::int + 1)) where resource = 'lease:cdc:accounts'`);
+      await stack.db.query(`update ${src}.accounts set balance = 2 where id = 2`);
+      const err = await first.result().catch((e: unknown) => e);
+      assert.ok(err instanceof WorkflowFailedError, `the replaced run fails, got ${String(err)}`);
+      assert.match((err.cause as Error).message, /lost the lease on lease:cdc:accounts/);
+      const row = await stack.db.query(`select balance from ${dest}.accounts where id = 2`);
+      assert.equal(row.rows[0].balance, 0, 'nothing of the replaced run was committed');
+      await stack.db.query(`select pg_drop_replication_slot($1)`, [slot]).catch(() => undefined);
+      await stack.db.query(`drop publication if exists ${slot}`);
+    });
+    await saveHistory(first, 'cdc-lease-lost');
+  });
+
+  test('a large table is copied in chunks; SIGKILL of the worker mid-snapshot redoes one chunk, and the result is exact', async () => {
+    const src = `${stack.sourceSchema}_chunks`;
+    const dest = `${stack.schema}_chunks`;
+    const taskQueue = `${stack.taskQueue}-chunks`;
+    await stack.db.query(`
+      create schema ${src};
+      create table ${src}.big (id bigint primary key, v int not null, pad text);
+      insert into ${src}.big select i, 0, repeat(md5(i::text), 6) from generate_series(1, 120000) i;`);
+    const handle = await startCdc('chunks', {
+      source: { kind: 'postgres', connection: 'SOURCE_DATABASE_URL', tables: [`${src}.big`] },
+      destination: { connection: 'DATABASE_URL', schema: dest },
+      deletes: 'hard',
+      snapshotChunkRows: 6000,
+      parallel: 1,
+      batchWait: '200ms',
+      streamWindow: '5s',
+    }, taskQueue);
+    const chunkLoads = async () =>
+      (await stack.db.query(`select load_id, finished_at::text as at from ${dest}._sluice_loads where partition like 'snapshot %' and status = 'completed' order by load_id`).catch(() => ({ rows: [] }))).rows as { load_id: string; at: string }[];
+    let worker = await spawnWorker(taskQueue);
+    let beforeKill: { load_id: string; at: string }[];
+    let writing = false;
+    let writer: Promise<void> = Promise.resolve();
+    try {
+      const total = await waitFor('the snapshot plan', async () => (await handle.query<{ snapshot: { chunks?: number } }>('progress')).snapshot.chunks, 120_000);
+      assert.equal(total, 20, 'the table is planned in chunks of about snapshotChunkRows');
+      // Writes all over the key range while the chunks are copied: updates, deletes, inserts past
+      // the end, and key changes that move a row into another chunk.
+      let i = 0;
+      writing = true;
+      writer = (async () => {
+        while (writing) {
+          i++;
+          await stack.db.query(`begin;
+            update ${src}.big set v = v + 1 where id in (${(i * 7919) % 120000 + 1}, ${(i * 104729) % 120000 + 1});
+            delete from ${src}.big where id = ${(i * 15485863) % 120000 + 1};
+            insert into ${src}.big values (${200000 + i}, ${i}, 'new') on conflict do nothing;
+            update ${src}.big set id = id + 1000000 where id = ${(i * 32452843) % 120000 + 1};
+            commit;`);
+        }
+      })();
+      beforeKill = await waitFor('a few chunks copied', async () => {
+        const done = await chunkLoads();
+        return done.length >= 3 && done;
+      }, 180_000);
+      await killHard(worker);
+      beforeKill = await chunkLoads();
+      assert.ok(beforeKill.length < total, `the kill came mid-snapshot (${beforeKill.length} of ${total} chunks done)`);
+      worker = await spawnWorker(taskQueue);
+      await streaming(handle);
+      writing = false;
+      await writer;
+      await waitFor('the destination to equal the source', async () => (await differences(`${src}.big`, `${dest}.big`)) === 0, 180_000);
+      const after = await chunkLoads();
+      assert.equal(after.length, total, 'every chunk copied once');
+      const redone = beforeKill.filter((b) => after.find((a) => a.load_id === b.load_id)?.at !== b.at);
+      assert.deepEqual(redone, [], 'chunks committed before the kill are not copied again');
+      const p = await handle.query<CdcProgress & { snapshot: { chunks: number; chunksCopied: number } }>('progress');
+      assert.equal(p.snapshot.chunks, 20);
+      await stopAndDrop(handle);
+      await saveHistory(handle, 'cdc-chunked-snapshot');
+    } finally {
+      writing = false;
+      await writer.catch(() => undefined);
+      await killHard(worker);
+    }
+  });
+
   test('refusals fail at once, non-retryably, naming the table or setting and the fix', async () => {
     const src = `${stack.sourceSchema}_refuse`;
     await stack.db.query(`create schema ${src}; create table ${src}.nopk (a int); create table ${src}.ok (id int primary key);`);

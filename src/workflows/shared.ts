@@ -164,25 +164,40 @@ export async function withResourceLease<T>(
   resource: Resource,
   body: (takeLease: () => Promise<LeaseToken | undefined>) => Promise<T>,
 ): Promise<T> {
-  let lease: LeaseToken | undefined;
   // Patches are asked before the first await: a marker must sit at the same point on replay.
-  const leased = patched('sluice-resource-lease');
-  const takeLease = async () => {
-    if (!leased) return undefined;
-    try {
-      lease = await acquireResourceLease({ destination, resource, kind, chain: workflowInfo().firstExecutionRunId });
-    } catch (err) {
-      throw ApplicationFailure.nonRetryable(rootMessage(err), failureType(err) ?? 'LeaseUnavailable');
+  return withResourceLeases(patched('sluice-resource-lease'), destination, [{ kind, resource }], (take) => body(async () => (await take())[0]));
+}
+
+/**
+ * withResourceLease for a run that owns several resources at once (cdcWorkflow: every
+ * destination table and its replication slot): `take()` takes them in order, and a run that
+ * finds any of them held gives back those it took and fails at once, naming the holder.
+ * `enabled` is the caller's patch (asked before its first await); off, `take()` returns [].
+ */
+export async function withResourceLeases<T>(
+  enabled: boolean,
+  destination: Destination,
+  wanted: { kind: LeaseKind; resource: Resource }[],
+  body: (take: () => Promise<LeaseToken[]>) => Promise<T>,
+): Promise<T> {
+  const leases: LeaseToken[] = [];
+  const take = async () => {
+    if (!enabled) return [];
+    for (const { kind, resource } of wanted) {
+      try {
+        leases.push(await acquireResourceLease({ destination, resource, kind, chain: workflowInfo().firstExecutionRunId }));
+      } catch (err) {
+        throw ApplicationFailure.nonRetryable(rootMessage(err), failureType(err) ?? 'LeaseUnavailable');
+      }
     }
-    return lease;
+    return [...leases];
   };
   const release = async () => {
-    const held = lease;
-    if (held) await CancellationScope.nonCancellable(() => releaseResourceLease({ destination, lease: held }));
+    for (const held of leases) await CancellationScope.nonCancellable(() => releaseResourceLease({ destination, lease: held }));
   };
   let result: T;
   try {
-    result = await body(takeLease);
+    result = await body(take);
   } catch (err) {
     if (!(err instanceof ContinueAsNew)) await release();
     throw err;

@@ -16,7 +16,8 @@ import { finished } from 'node:stream/promises';
 import { qualifiedName, quoteIdent } from '../../schema/identifiers';
 import { parseLsn } from '../../sources/postgres/cdc/pgoutput';
 import { canonicalType, copyField } from '../../schema/types';
-import type { ChangeBatch, TableBatch } from './cdc-batch';
+import type { ChangeBatch, FirstKeyRange, TableBatch } from './cdc-batch';
+import { checkLease, type LeaseToken } from './lease';
 import { ensureMetadata, planSchema } from './loader';
 import { getPool } from './pool';
 import * as sql from './sql';
@@ -46,6 +47,8 @@ export interface ApplyRequest {
   state: { key: string; lsn: bigint; value: object };
   /** Columns reported as dropped by earlier batches (reported once). */
   knownDropped: Set<string>;
+  /** The run's leases (every table and the slot): checked in the batch's transaction, so a replaced run never commits. */
+  leases?: LeaseToken[];
 }
 
 export interface ApplyResult {
@@ -71,6 +74,7 @@ export async function applyBatch(req: ApplyRequest): Promise<ApplyResult> {
       await client.query('rollback');
       return { applied: false, schemaChanges: [] };
     }
+    for (const lease of req.leases ?? []) await checkLease(client, req.schema, lease);
     const schemaChanges: string[] = [];
     for (const [target, tableBatch] of req.batch.tables) {
       const shape = req.shapes.get(target);
@@ -149,13 +153,14 @@ async function applyTable(client: pg.PoolClient, req: ApplyRequest, shape: Table
   const types = new Map(columns.map((c) => [c.name, c.type]));
   if (batch.truncatedAt) {
     // In order: the batch dropped every change before the truncate, so this runs first.
+    const within = batch.truncateRanges ? ` and (${rangesWhere(shape.key[0]!, batch.truncateRanges)})` : '';
     if (soft) {
-      await client.query(`update ${target} set ${quoteIdent(DELETED_AT_COLUMN)} = $1, ${quoteIdent(sql.LOAD_ID_COLUMN)} = $2 where ${quoteIdent(DELETED_AT_COLUMN)} is null`, [
+      await client.query(`update ${target} set ${quoteIdent(DELETED_AT_COLUMN)} = $1, ${quoteIdent(sql.LOAD_ID_COLUMN)} = $2 where ${quoteIdent(DELETED_AT_COLUMN)} is null${within}`, [
         batch.truncatedAt,
         req.load.loadId,
       ]);
     } else {
-      await client.query(sql.deleteAllSql(schema, shape.target));
+      await client.query(`${sql.deleteAllSql(schema, shape.target)} where true${within}`);
     }
   }
   if (batch.rows.size === 0) return;
@@ -214,6 +219,20 @@ async function applyTable(client: pg.PoolClient, req: ApplyRequest, shape: Table
      where ${op('u')} and not exists (select 1 from ${target} t where ${keyMatch})`,
     [req.load.loadId],
   );
+}
+
+/** SQL for "the first key column is in one of these ranges"; the bounds are integers (checked), never quoted in. */
+function rangesWhere(column: string, ranges: FirstKeyRange[]): string {
+  const c = quoteIdent(column);
+  const int = (v: string) => {
+    if (!/^-?\d{1,20}$/.test(v)) throw new Error(`key range bound ${JSON.stringify(v)} is not an integer`);
+    return v;
+  };
+  if (!ranges.length) return 'false';
+  return ranges
+    .map((r) => [r.lo === null ? 'true' : `${c} >= ${int(r.lo)}`, r.hi === null ? 'true' : `${c} < ${int(r.hi)}`].join(' and '))
+    .map((w) => `(${w})`)
+    .join(' or ');
 }
 
 /** A text[] literal in PostgreSQL's array input syntax (values quoted and escaped). */

@@ -22,9 +22,20 @@ export interface TableCounts {
   truncates: number;
 }
 
+/** Keys whose first column (an integer) is in [lo, hi); null is unbounded. */
+export interface FirstKeyRange {
+  lo: string | null;
+  hi: string | null;
+}
+
 export interface TableBatch {
   /** Set when the batch truncates the table: applied before the batch's own later changes. */
   truncatedAt?: Date;
+  /**
+   * With truncatedAt: only these key ranges are emptied (a TRUNCATE that committed while the
+   * table's snapshot was copied in chunks, which some chunks' copies already show). Absent: all.
+   */
+  truncateRanges?: FirstKeyRange[];
   rows: Map<string, Pending>;
   counts: TableCounts;
 }
@@ -80,9 +91,16 @@ export class ChangeBatch {
   }
 
   /** Everything the batch holds for the table so far is void; later changes apply after the truncate. */
-  truncate(table: string, at: Date): void {
+  truncate(table: string, at: Date, ranges?: FirstKeyRange[]): void {
     const t = this.table(table);
-    t.rows.clear();
+    if (ranges) {
+      for (const [k, pending] of t.rows) if (ranges.some((r) => inRange(r, pending.key[0]!))) t.rows.delete(k);
+      // A whole-table truncate earlier in the batch stays whole.
+      if (!t.truncatedAt || t.truncateRanges) t.truncateRanges = [...(t.truncateRanges ?? []), ...ranges];
+    } else {
+      t.rows.clear();
+      delete t.truncateRanges;
+    }
     t.truncatedAt = at;
     t.counts.truncates++;
     this.changes++;
@@ -91,4 +109,9 @@ export class ChangeBatch {
   get empty(): boolean {
     return this.changes === 0;
   }
+}
+
+export function inRange(range: FirstKeyRange, firstKey: string): boolean {
+  const k = BigInt(firstKey);
+  return (range.lo === null || k >= BigInt(range.lo)) && (range.hi === null || k < BigInt(range.hi));
 }

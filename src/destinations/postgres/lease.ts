@@ -25,7 +25,7 @@ import { PermanentError } from '../../errors';
 import { qualifiedName } from '../../schema/identifiers';
 import { getPool } from './pool';
 
-export type LeaseKind = 'backfill' | 'incremental' | 'files' | 'full_refresh' | 'cdc';
+export type LeaseKind = 'backfill' | 'incremental' | 'files' | 'full_refresh' | 'cdc' | 'cdc_slot';
 
 export interface LeaseHolder {
   workflowId: string;
