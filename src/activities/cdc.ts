@@ -258,13 +258,13 @@ export function createCdcActivities() {
           if (req.owner) await checkSlotHolder(source, req.slot, req.owner);
           const stream = await ReplicationStream.start(sourceUrl, req.slot, req.publication, startLsn, req.owner ? ownerTag(req.owner) : undefined);
           try {
-            const consumer = new StreamConsumer(req, position, filters, source, startLsn, stream, async (batch, endLsn, commitTime) => {
+            const consumer = new StreamConsumer(req, position, filters, source, startLsn, stream, async (batch, endLsn, commitTime, shapes) => {
               const next = await nextPosition(source, position, batch, endLsn, commitTime);
               const applied = await applyBatch({
                 url: destUrl,
                 schema: req.destination.schema,
                 deletes: req.deletes,
-                shapes: consumer.shapesByTarget(),
+                shapes,
                 batch,
                 load: { loadId: `${workflowId}/cdc/${formatLsn(endLsn)}`, workflowId, runId, resource: stateKey(req.slot), partition: formatLsn(endLsn) },
                 state: { key: stateKey(req.slot), lsn: endLsn, value: { ...next, schemaChanges: [] } },
@@ -342,6 +342,9 @@ class StreamConsumer {
   /** Acknowledged to the server up to here: `committed`, or further when nothing is pending. */
   private acked: bigint;
   private lastStatusAt = 0;
+  /** The batch being committed in the destination, while the next one is read. */
+  private applying: Promise<void> | undefined;
+  private applyFailure: Error | undefined;
   private readonly startedAt = Date.now();
   private readonly changesAtStart: number;
   private readonly byName: Map<string, CdcTable>;
@@ -353,7 +356,7 @@ class StreamConsumer {
     private readonly source: import('pg').Client,
     start: bigint,
     private readonly stream: ReplicationStream,
-    private readonly flushBatch: (batch: ChangeBatch, endLsn: bigint, commitTime: Date | undefined) => Promise<void>,
+    private readonly flushBatch: (batch: ChangeBatch, endLsn: bigint, commitTime: Date | undefined, shapes: Map<string, TableShape>) => Promise<void>,
   ) {
     this.committed = start;
     this.acked = start;
@@ -377,10 +380,11 @@ class StreamConsumer {
   async run(signal: AbortSignal): Promise<void> {
     const deadline = this.startedAt + this.req.windowMs;
     for (;;) {
+      if (this.applyFailure) throw this.applyFailure;
       const now = Date.now();
       if (signal.aborted || (now >= deadline && !this.tx)) break;
       const pending = !this.batch.empty;
-      if (pending && !this.tx && now - this.batchStartedAt >= this.req.batchWaitMs) {
+      if (pending && !this.tx && now - this.batchStartedAt >= this.req.batchWaitMs && !this.applying) {
         await this.flush();
         continue;
       }
@@ -395,31 +399,64 @@ class StreamConsumer {
       if (message === undefined) continue;
       if (message === 'end') throw ApplicationFailure.retryable('the replication stream ended', 'ReplicationStreamEnded');
       if (message.tag === 'keepalive') {
-        if (!this.tx && this.batch.empty && message.walEnd > this.acked) this.acked = message.walEnd;
+        if (this.idle() && message.walEnd > this.acked) this.acked = message.walEnd;
         if (message.replyRequested || this.acked > this.committed) this.stream.acknowledge(this.acked);
         continue;
       }
       await this.handle(message.message);
     }
+    // Whatever happens next, the batch being applied finishes first (it commits, or fails as a whole).
+    await this.settle();
     // Cancelled inside a transaction: what the batch holds is not complete to any commit, so none
     // of it is applied; it was never acknowledged, and the next call receives it again.
     if (this.tx) return;
-    if (!this.batch.empty) await this.flush();
+    if (!this.batch.empty) {
+      await this.flush();
+      await this.settle();
+    }
     if (this.acked > this.committed) {
       // Nothing was pending up to `acked`: record it, so the saved position and its lag are current.
-      await this.flushBatch(new ChangeBatch(), this.acked, undefined);
+      await this.flushBatch(new ChangeBatch(), this.acked, undefined, this.shapesByTarget());
       this.committed = this.acked;
     }
   }
 
+  /** Nothing received is waiting to be applied or being applied: the server's position may be acknowledged. */
+  private idle(): boolean {
+    return !this.tx && this.batch.empty && !this.applying;
+  }
+
+  /** Waits for the batch being applied; rethrows its failure. */
+  private async settle(): Promise<void> {
+    if (this.applying) await this.applying;
+    if (this.applyFailure) throw this.applyFailure;
+  }
+
+  /**
+   * Hands the batch to the destination and goes back to reading: the next batch is decoded
+   * while this one commits (at most one in flight, so batches still commit in order). The slot
+   * is acknowledged only once the commit is done.
+   */
   private async flush(): Promise<void> {
+    await this.settle();
     const commit = this.lastCommit!;
-    await this.flushBatch(this.batch, commit.endLsn, commit.time);
-    this.committed = commit.endLsn;
-    if (this.acked < this.committed) this.acked = this.committed;
-    this.stream.acknowledge(this.acked);
-    this.lastStatusAt = Date.now();
+    const batch = this.batch;
+    // The columns as of this batch: relation messages read meanwhile belong to the next one.
+    const shapes = this.shapesByTarget();
     this.batch = new ChangeBatch();
+    this.applying = this.flushBatch(batch, commit.endLsn, commit.time, shapes).then(
+      () => {
+        this.committed = commit.endLsn;
+        if (this.acked < this.committed) this.acked = this.committed;
+        this.stream.acknowledge(this.acked);
+        this.lastStatusAt = Date.now();
+        this.applying = undefined;
+      },
+      (err: unknown) => {
+        this.applyFailure = err instanceof Error ? err : new Error(String(err));
+        this.applying = undefined;
+      },
+    );
   }
 
   private async handle(m: LogicalMessage): Promise<void> {
@@ -432,8 +469,8 @@ class StreamConsumer {
         this.tx = undefined;
         if (m.endLsn <= this.committed) return;
         if (this.batch.empty) {
-          // Nothing of ours in it: nothing to apply, so the slot may move past it.
-          if (this.acked < m.endLsn) this.acked = m.endLsn;
+          // Nothing of ours in it: nothing to apply, so the slot may move past it (once no batch before it is still being committed).
+          if (!this.applying && this.acked < m.endLsn) this.acked = m.endLsn;
           return;
         }
         this.lastCommit = { endLsn: m.endLsn, time: m.commitTime };
