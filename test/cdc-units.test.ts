@@ -116,11 +116,24 @@ describe('ChangeBatch', () => {
     b.update('t', ['9'], v({ id: '9', n: '1' }), ['1'], at);
     const rows = b.tables.get('t')!.rows;
     assert.equal(rows.get('["1"]')!.op, 'delete');
-    assert.deepEqual(rows.get('["9"]'), { op: 'upsert', key: ['9'], values: v({ id: '9', n: '1' }) });
+    assert.deepEqual(rows.get('["9"]'), { op: 'upsert', key: ['9'], values: v({ id: '9', n: '1' }), from: ['1'] });
     b.truncate('t', at);
     b.insert('t', ['4'], v({ id: '4', n: '4' }));
     assert.deepEqual([...b.tables.get('t')!.rows.keys()], ['["4"]']);
     assert.equal(b.tables.get('t')!.truncatedAt, at);
+  });
+});
+
+describe('ChangeBatch key change without a TOASTed value', () => {
+  test('the moved row names the old key its missing columns come from, also after an earlier update of the old key in the batch', () => {
+    const b = new ChangeBatch();
+    const at = new Date(0);
+    b.update('t', ['5'], new Map([['id', '5'], ['n', '1']]), undefined, at);
+    b.update('t', ['300'], new Map([['id', '300']]), ['5'], at);
+    b.update('t', ['301'], new Map([['id', '301'], ['n', '2']]), ['300'], at);
+    const rows = b.tables.get('t')!.rows;
+    assert.deepEqual(rows.get('["301"]'), { op: 'upsert', key: ['301'], values: new Map([['id', '301'], ['n', '2']]), from: ['5'] });
+    assert.deepEqual(['["5"]', '["300"]'].map((k) => rows.get(k)!.op), ['delete', 'delete']);
   });
 });
 

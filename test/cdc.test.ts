@@ -208,6 +208,11 @@ describe('cdcWorkflow', () => {
     return stack.client.workflow.start('cdcWorkflow', { taskQueue, workflowId: `cdc-${id}-${stack.schema}`, args: [input] });
   }
 
+  /** One table, hard deletes, short batches and windows. */
+  function oneTable(table: string, destSchema: string) {
+    return { source: { kind: 'postgres', connection: 'SOURCE_DATABASE_URL', tables: [table] }, destination: { connection: 'DATABASE_URL', schema: destSchema }, deletes: 'hard', batchWait: '200ms', streamWindow: '3s' };
+  }
+
   async function streaming(handle: WorkflowHandle) {
     return waitFor('streaming with a first position', async () => {
       const p = await handle.query<CdcProgress>('progress');
@@ -215,7 +220,7 @@ describe('cdcWorkflow', () => {
     }, 120_000);
   }
 
-  test('updates that leave a TOASTed column untouched keep its value, with and without REPLICA IDENTITY FULL', async () => {
+  test('updates that leave a TOASTed column untouched keep its value, with and without REPLICA IDENTITY FULL, also when they change the key', async () => {
     const src = `${stack.sourceSchema}_toast`;
     const dest = `${stack.schema}_toast`;
     // md5 text compresses poorly: 400 of them (12.8 kB) are stored out of line in TOAST.
@@ -241,11 +246,15 @@ describe('cdcWorkflow', () => {
         // A new row and its toast-preserving update in one transaction, and in the next one.
         await stack.db.query(`begin; insert into ${src}.${table} values (100, ${big}, 0); update ${src}.${table} set counter = 7 where id = 100; commit;`);
         await stack.db.query(`update ${src}.${table} set counter = 8 where id = 100`);
+        // Key changes that leave the body untouched: alone, and after an update of the old key in the same transaction.
+        await stack.db.query(`update ${src}.${table} set id = 1004 where id = 4`);
+        await stack.db.query(`begin; update ${src}.${table} set counter = 9 where id = 5; update ${src}.${table} set id = 2005 where id = 5; commit;`);
       }
       for (const table of ['docs', 'docs_full']) {
         await waitFor(`${table} counters to arrive`, async () =>
           (await stack.db.query(`select 1 from ${dest}.${table} where id = 100 and counter = 8`).catch(() => ({ rowCount: 0 }))).rowCount === 1 &&
-          (await stack.db.query(`select count(*)::int as n from ${dest}.${table} where counter = 5`)).rows[0].n === 3,
+          (await stack.db.query(`select count(*)::int as n from ${dest}.${table} where counter = 5`)).rows[0].n === 3 &&
+          (await stack.db.query(`select 1 from ${dest}.${table} where id in (1004, 2005)`)).rowCount === 2,
         60_000);
         assert.equal(await differences(`${src}.${table}`, `${dest}.${table}`), 0, `${table}: every body survived the updates that did not touch it`);
         const bodies = await stack.db.query(`select count(*)::int as n from ${dest}.${table} where length(body) = 12800`);
@@ -261,8 +270,8 @@ describe('cdcWorkflow', () => {
     const dest = `${stack.schema}_ddl`;
     await stack.db.query(`
       create schema ${src};
-      create table ${src}.items (id int primary key, qty int not null, obsolete text not null);
-      insert into ${src}.items select i, i, 'old ' || i from generate_series(1, 20) i;`);
+      create table ${src}.items (id int primary key, qty int not null, obsolete text not null, code varchar(10), price numeric(6,2));
+      insert into ${src}.items select i, i, 'old ' || i, 'c' || i, i from generate_series(1, 20) i;`);
     const handle = await startCdc('ddl', {
       source: { kind: 'postgres', connection: 'SOURCE_DATABASE_URL', tables: [`${src}.items`] },
       destination: { connection: 'DATABASE_URL', schema: dest },
@@ -277,6 +286,9 @@ describe('cdcWorkflow', () => {
       await stack.db.query(`insert into ${src}.items values (21, 21, 'old 21', 'red'); update ${src}.items set color = 'blue' where id = 2`);
       await stack.db.query(`alter table ${src}.items alter column qty type bigint`);
       await stack.db.query(`insert into ${src}.items values (22, 5000000000, 'old 22', 'green')`);
+      // Wider modifiers of the same type: the destination takes exactly the new type.
+      await stack.db.query(`alter table ${src}.items alter column code type varchar(40), alter column price type numeric(12,2)`);
+      await stack.db.query(`update ${src}.items set code = repeat('x', 35), price = 123456789.25 where id = 4`);
       await stack.db.query(`alter table ${src}.items drop column obsolete`);
       await stack.db.query(`insert into ${src}.items values (23, 23, 'white'); update ${src}.items set qty = 0 where id = 3`);
       await waitFor('every change to arrive', async () => (await stack.db.query(`select 1 from ${dest}.items where id = 23`)).rowCount === 1 && (await differences(`${src}.items`, `${dest}.items`)) === 0, 60_000);
@@ -287,6 +299,8 @@ describe('cdcWorkflow', () => {
       const byName = Object.fromEntries(columns.rows.map((c) => [c.column_name, c]));
       assert.equal(byName.color?.data_type, 'text', 'the added column is in the destination');
       assert.equal(byName.qty?.data_type, 'bigint', 'the widened column is widened');
+      const widened = await stack.db.query(`select format_type(atttypid, atttypmod) as t from pg_attribute where attrelid = $1::regclass and attname in ('code', 'price') order by attname`, [`${dest}.items`]);
+      assert.deepEqual(widened.rows.map((r) => r.t), ['character varying(40)', 'numeric(12,2)']);
       assert.equal(byName.obsolete?.is_nullable, 'YES', 'the dropped column stays, nullable');
       const kept = await stack.db.query(`select obsolete from ${dest}.items where id in (1, 23) order by id`);
       assert.deepEqual(kept.rows.map((r) => r.obsolete), ['old 1', null]);
@@ -544,9 +558,26 @@ describe('cdcWorkflow', () => {
     }
   });
 
+  test('REPLICA IDENTITY FULL without a primary key streams when a unique index on NOT NULL columns identifies rows', async () => {
+    const src = `${stack.sourceSchema}_full`;
+    const dest = `${stack.schema}_full`;
+    await stack.db.query(`create schema ${src}; create table ${src}.tags (code text not null, label text, hits int);
+      create unique index on ${src}.tags (code); alter table ${src}.tags replica identity full;
+      insert into ${src}.tags select 't' || i, 'label ' || i, 0 from generate_series(1, 20) i;`);
+    const handle = await startCdc('full', oneTable(`${src}.tags`, dest));
+    await stack.withWorker(async () => {
+      await streaming(handle);
+      await stack.db.query(`update ${src}.tags set hits = hits + 1 where code in ('t1', 't2'); delete from ${src}.tags where code = 't3';
+        update ${src}.tags set code = 't40' where code = 't4'; insert into ${src}.tags values ('t50', 'new', 5)`);
+      await waitFor('the changes', async () => (await stack.db.query(`select 1 from ${dest}.tags where code = 't50'`)).rowCount === 1 && (await differences(`${src}.tags`, `${dest}.tags`)) === 0, 60_000);
+      await stopAndDrop(handle);
+    });
+  });
+
   test('refusals fail at once, non-retryably, naming the table or setting and the fix', async () => {
     const src = `${stack.sourceSchema}_refuse`;
-    await stack.db.query(`create schema ${src}; create table ${src}.nopk (a int); create table ${src}.ok (id int primary key);`);
+    await stack.db.query(`create schema ${src}; create table ${src}.nopk (a int); create table ${src}.ok (id int primary key);
+      create table ${src}.fullnokey (a int, b text); alter table ${src}.fullnokey replica identity full; create unique index on ${src}.fullnokey (a);`);
     // A role without REPLICATION, and a server with wal_level = replica. A random password: redaction
     // stars every occurrence of a connection password, and a word like the role's name would be one.
     const noreplPassword = randomBytes(12).toString('hex');
@@ -561,6 +592,8 @@ describe('cdcWorkflow', () => {
       const cases: [string, string, string[], RegExp][] = [
         ['missing', 'SOURCE_DATABASE_URL', [`${src}.nope`], /source table .*nope does not exist.*hint: check source\.tables/],
         ['nopk', 'SOURCE_DATABASE_URL', [`${src}.nopk`], /nopk has no primary key.*hint: add a primary key/],
+        // Its only unique index allows nulls: two rows could still be equal.
+        ['fullnokey', 'SOURCE_DATABASE_URL', [`${src}.fullnokey`], /fullnokey has REPLICA IDENTITY FULL but no primary key and no unique index on NOT NULL columns.*two equal rows/],
         ['norepl', 'NOREPL_SOURCE_URL', [`${src}.ok`], /role "cdc_norepl" lacks the REPLICATION attribute.*ALTER ROLE "cdc_norepl" REPLICATION/],
         ['walreplica', 'REPLICA_SOURCE_URL', ['public.whatever'], /wal_level is "replica".*wal_level = logical/],
       ];

@@ -259,7 +259,10 @@ export function createCdcActivities() {
           const stream = await ReplicationStream.start(sourceUrl, req.slot, req.publication, startLsn, req.owner ? ownerTag(req.owner) : undefined);
           try {
             const consumer = new StreamConsumer(req, position, filters, source, startLsn, stream, async (batch, endLsn, commitTime, shapes) => {
-              const next = await nextPosition(source, position, batch, endLsn, commitTime);
+              // The source's WAL position (for the lag) is asked while the batch is written.
+              const upcoming = nextPosition(source, position, batch, endLsn, commitTime);
+              const value = upcoming.then((n) => ({ ...n, schemaChanges: [] }));
+              value.catch(() => undefined);
               const applied = await applyBatch({
                 url: destUrl,
                 schema: req.destination.schema,
@@ -267,11 +270,11 @@ export function createCdcActivities() {
                 shapes,
                 batch,
                 load: { loadId: `${workflowId}/cdc/${formatLsn(endLsn)}`, workflowId, runId, resource: stateKey(req.slot), partition: formatLsn(endLsn) },
-                state: { key: stateKey(req.slot), lsn: endLsn, value: { ...next, schemaChanges: [] } },
+                state: { key: stateKey(req.slot), lsn: endLsn, value },
                 knownDropped: consumer.dropped,
                 ...(req.leases ? { leases: req.leases } : {}),
               });
-              Object.assign(position, next, { dropped: [...consumer.dropped] });
+              Object.assign(position, await upcoming, { dropped: [...consumer.dropped] });
               position.schemaChanges.push(...applied.schemaChanges);
               progress(position);
             });
@@ -474,7 +477,9 @@ class StreamConsumer {
           return;
         }
         this.lastCommit = { endLsn: m.endLsn, time: m.commitTime };
-        if (this.batch.changes >= this.req.batchChanges || Date.now() - this.batchStartedAt >= this.req.batchWaitMs) await this.flush();
+        // Full: wait for the batch in flight, then hand this one over. Due by time: only once the
+        // destination is free; until then it keeps growing, so a slow commit means bigger batches.
+        if (this.batch.changes >= this.req.batchChanges || (!this.applying && Date.now() - this.batchStartedAt >= this.req.batchWaitMs)) await this.flush();
         return;
       case 'relation':
         await this.relation(m);

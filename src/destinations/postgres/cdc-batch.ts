@@ -12,7 +12,8 @@
 export type ChangeValues = Map<string, string | null>;
 
 export type Pending =
-  | { op: 'upsert'; key: string[]; values: ChangeValues }
+  /** `from`: the key changed from this one; what the change did not carry is that row's (in the destination). */
+  | { op: 'upsert'; key: string[]; values: ChangeValues; from?: string[] }
   | { op: 'delete'; key: string[]; at: Date };
 
 export interface TableCounts {
@@ -72,13 +73,18 @@ export class ChangeBatch {
     const t = this.table(table);
     const k = keyOf(key);
     let merged = values;
-    const previous = t.rows.get(oldKey && keyOf(oldKey) !== k ? keyOf(oldKey) : k);
+    const moved = oldKey !== undefined && keyOf(oldKey) !== k;
+    const previous = t.rows.get(moved ? keyOf(oldKey) : k);
+    // A moved row not in the batch yet takes what the change lacks from the old key's destination row.
+    let from = moved ? oldKey : undefined;
     if (previous?.op === 'upsert') {
       merged = new Map(previous.values);
       for (const [c, v] of values) merged.set(c, v);
+      // Moved again or for the first time: what neither change carried is still the first old key's.
+      from = previous.from ?? (moved ? oldKey : undefined);
     }
-    if (oldKey && keyOf(oldKey) !== k) t.rows.set(keyOf(oldKey), { op: 'delete', key: oldKey, at });
-    t.rows.set(k, { op: 'upsert', key, values: merged });
+    if (moved) t.rows.set(keyOf(oldKey), { op: 'delete', key: oldKey, at });
+    t.rows.set(k, { op: 'upsert', key, values: merged, ...(from ? { from } : {}) });
     t.counts.updates++;
     this.changes++;
   }

@@ -185,6 +185,20 @@ export async function checkLease(client: pg.PoolClient, schema: string, lease: L
   throw new LeaseLostError(lease.key, lease.token, parseLease(current.rows[0]?.state));
 }
 
+/** checkLease for several leases in one round trip (a CDC batch holds one per table and one for its slot). */
+export async function checkLeases(client: pg.PoolClient, schema: string, leases: LeaseToken[]): Promise<void> {
+  const r = await client.query(
+    `update ${stateTable(schema)} s
+        set state = jsonb_set(s.state, '{renewedAt}', to_jsonb(to_char(now() at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'))), updated_at = now()
+       from unnest($1::text[], $2::bigint[]) as l(key, token)
+      where s.resource = l.key and (s.state->>'token')::bigint = l.token and s.state->'holder' <> 'null'::jsonb`,
+    [leases.map((l) => l.key), leases.map((l) => l.token)],
+  );
+  if (r.rowCount === leases.length) return;
+  // One of them is lost: the single check names it (and throws).
+  for (const lease of leases) await checkLease(client, schema, lease);
+}
+
 /** Renews (and checks) a lease in a transaction of its own: for runs that go long without a commit. */
 export async function renewLease(url: string, schema: string, lease: LeaseToken): Promise<void> {
   const client = await getPool(url).connect();

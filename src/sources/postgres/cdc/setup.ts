@@ -73,18 +73,36 @@ export async function checkSource(client: pg.Client, tables: string[]): Promise<
       [found.oid],
     );
     const primary = keys.rows.filter((k) => k.primary).map((k) => k.name);
-    const key = primary.length ? primary : keys.rows.map((k) => k.name);
+    let key = primary.length ? primary : keys.rows.map((k) => k.name);
+    // REPLICA IDENTITY FULL sends every column of the old row, so any unique index on NOT NULL
+    // columns identifies it as well as a primary key would.
+    if (key.length === 0 && found.identity === 'f') key = await uniqueNotNullKey(client, found.oid);
     if (key.length === 0) {
       throw new PermanentError(
         found.identity === 'f'
-          ? `source table ${name} has REPLICA IDENTITY FULL but no primary key: sluice needs a key to merge its changes on`
+          ? `source table ${name} has REPLICA IDENTITY FULL but no primary key and no unique index on NOT NULL columns: ` +
+              'its rows are identified only by all their values, and two equal rows (which such a table may hold) cannot be told apart, ' +
+              'so an update or delete of one of them could not be applied to exactly one destination row'
           : `source table ${name} has no primary key, so its updates and deletes cannot be matched to destination rows`,
-        `add a primary key (ALTER TABLE ${rel} ADD PRIMARY KEY (...)), or a unique index and ALTER TABLE ${rel} REPLICA IDENTITY USING INDEX ...`,
+        `add a primary key (ALTER TABLE ${rel} ADD PRIMARY KEY (...)), or a unique index on NOT NULL columns (and ALTER TABLE ${rel} REPLICA IDENTITY USING INDEX ..., or keep FULL)`,
       );
     }
     result.push({ source: name, target: normalizeIdentifier(table), key });
   }
   return result;
+}
+
+/** The columns of the first plain unique index whose columns are all NOT NULL (none: []), in index order. */
+async function uniqueNotNullKey(client: pg.Client, oid: number): Promise<string[]> {
+  const r = await client.query<{ cols: string[] }>(
+    `select array(select a.attname::text from unnest(i.indkey::int2[]) with ordinality k(attnum, n) join pg_attribute a on a.attrelid = i.indrelid and a.attnum = k.attnum order by k.n) as cols
+       from pg_index i
+      where i.indrelid = $1 and i.indisunique and i.indisvalid and i.indpred is null and i.indexprs is null
+        and not exists (select 1 from pg_attribute a where a.attrelid = i.indrelid and a.attnum = any(i.indkey) and not a.attnotnull)
+      order by i.indexrelid limit 1`,
+    [oid],
+  );
+  return r.rows[0]?.cols ?? [];
 }
 
 /** Creates the publication (before the slot: pgoutput must find it from the slot's first change on), or adds missing tables to it. */
