@@ -256,7 +256,9 @@ describe('cdcWorkflow', () => {
           (await stack.db.query(`select count(*)::int as n from ${dest}.${table} where counter = 5`)).rows[0].n === 3 &&
           (await stack.db.query(`select 1 from ${dest}.${table} where id in (1004, 2005)`)).rowCount === 2,
         60_000);
-        assert.equal(await differences(`${src}.${table}`, `${dest}.${table}`), 0, `${table}: every body survived the updates that did not touch it`);
+        const diff = await differences(`${src}.${table}`, `${dest}.${table}`);
+        const rows = async (t: string) => JSON.stringify((await stack.db.query(`select id, counter, length(body) as body from ${t} order by id`)).rows);
+        assert.equal(diff, 0, `${table}: every body survived the updates that did not touch it: source ${await rows(`${src}.${table}`)}, destination ${await rows(`${dest}.${table}`)}`);
         const bodies = await stack.db.query(`select count(*)::int as n from ${dest}.${table} where length(body) = 12800`);
         assert.equal(bodies.rows[0].n, 6);
       }

@@ -68,7 +68,12 @@ export async function applyBatch(req: ApplyRequest): Promise<ApplyResult> {
     // Round trips are what a batch pays beyond its rows: statements without parameters go
     // together, and the load row and the position are written by one statement.
     const state = qualifiedName(req.schema, '_sluice_state');
-    const [, saved] = (await client.query(`begin; select state->>'lsn' as lsn from ${state} where resource = ${sql.literal(req.state.key)} for update`)) as unknown as pg.QueryResult<{ lsn: string | null }>[];
+    // The batch's joins (deletes, key changes) match a few staged keys against a table that may
+    // be huge: probing its key index beats scanning it for a hash join, which a planner without
+    // statistics on the fresh staging table would often pick.
+    const [, , , saved] = (await client.query(
+      `begin; set local enable_hashjoin = off; set local enable_mergejoin = off; select state->>'lsn' as lsn from ${state} where resource = ${sql.literal(req.state.key)} for update`,
+    )) as unknown as pg.QueryResult<{ lsn: string | null }>[];
     const savedLsn = saved!.rows[0]?.lsn;
     if (savedLsn && parseLsn(savedLsn) >= req.state.lsn) {
       await client.query('rollback');
