@@ -196,7 +196,8 @@ async function applyTable(client: pg.PoolClient, req: ApplyRequest, shape: Table
     for (const c of p.values.keys()) present.add(c);
     if (p.from) moved = true;
   }
-  const carried = columns.filter((c) => present.has(c.name) && !shape.key.includes(c.name));
+  // A moved row takes every column it lacks from its old row, so then every column is staged.
+  const carried = columns.filter((c) => (moved || present.has(c.name)) && !shape.key.includes(c.name));
   const staged = [...shape.key, ...carried.map((c) => c.name)];
   const from = moved ? shape.key.map((_, i) => `${FROM}${i}`) : [];
   const stageColumns = [OP, ABSENT, AT, ...from, ...staged];
