@@ -122,7 +122,8 @@ async function main(): Promise<void> {
       for (const who of ['native', 'sluice'] as const) {
         console.log(`| ${who === 'native' ? 'PostgreSQL CREATE SUBSCRIPTION' : 'sluice cdcWorkflow'} | ${finished[who]!.toFixed(1)} | ${Math.round(CHANGES / finished[who]!).toLocaleString('en')} | ${mb(lagAfterBurst[who])} | ${got[who] === want ? 'yes' : `NO (${got[who]} vs ${want})`} |`);
       }
-      console.log(`\nworker process peak RSS while streaming: ${mb(rssPeak)}`);
+      console.log(`\nsluice / native: ${(finished.native! / finished.sluice!).toFixed(2)}x the native subscriber's changes/s`);
+      console.log(`worker process peak RSS while streaming: ${mb(rssPeak)}`);
       await handle.signal('stop', { dropSlot: true });
       await handle.result();
     });

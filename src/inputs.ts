@@ -403,8 +403,13 @@ export const CdcInput = z
     /** Replication slot and publication on the source; default: derived from the workflow id, created when missing. */
     slot: replicationName.optional(),
     publication: replicationName.optional(),
-    /** Tables copied at once during the snapshot. */
+    /** Snapshot chunks (of any table) copied at once. */
     parallel: z.number().int().min(1).max(64).default(4),
+    /**
+     * Rows per snapshot chunk: a larger table whose key starts with an integer column is copied
+     * in key ranges of about this many rows, each its own activity (a crash redoes one chunk).
+     */
+    snapshotChunkRows: z.number().int().min(1).default(1_000_000),
     /** A batch closes at the first commit after this many changes ... */
     batchChanges: z.number().int().min(1).max(1_000_000).default(10_000),
     /** ... or this long after its first change. */

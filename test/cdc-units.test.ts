@@ -3,7 +3,7 @@ import { describe, test } from 'node:test';
 import { ChangeBatch } from '../src/destinations/postgres/cdc-batch';
 import { CdcInput, parseInput } from '../src/inputs';
 import { decodeLogicalMessage, decodeReplicationMessage, formatLsn, parseLsn, standbyStatus, UNCHANGED } from '../src/sources/postgres/cdc/pgoutput';
-import { parseXidSnapshot, seenBySnapshot, widenXid } from '../src/sources/postgres/cdc/snapshot';
+import { chunkOf, parseXidSnapshot, seenBySnapshot, seenForKey, widenXid } from '../src/sources/postgres/cdc/snapshot';
 import { cdcNames } from '../src/workflows/cdc';
 
 /** pgoutput's wire format, written by hand the way the server writes it. */
@@ -80,6 +80,19 @@ describe('snapshot visibility by xid', () => {
   });
 });
 
+describe('chunked snapshot filter', () => {
+  const filter = { bounds: [100n, 200n], xids: [parseXidSnapshot('10:10:'), parseXidSnapshot('20:20:'), parseXidSnapshot('30:30:')] };
+  test('a key falls in the chunk [bound before, next bound): below the first, between, at and past the last', () => {
+    assert.deepEqual(['-5', '99', '100', '199', '200', '9000000000000'].map((k) => chunkOf(filter, k)), [0, 0, 1, 1, 2, 2]);
+    assert.equal(chunkOf({ bounds: [], xids: [filter.xids[0]!] }, 'not-a-number'), 0, 'a table copied whole needs no integer key');
+  });
+  test('whether a transaction is in the copy depends on the chunk of the key it changed', () => {
+    // xid 15 committed after chunk 0's snapshot (xmax 10) and before chunks 1 and 2 were taken.
+    assert.deepEqual(['5', '150', '250'].map((k) => seenForKey(filter, 15, k)), [false, true, true]);
+    assert.deepEqual(['5', '150', '250'].map((k) => seenForKey(filter, 25, k)), [false, false, true]);
+  });
+});
+
 describe('ChangeBatch', () => {
   const at = new Date('2024-01-01T00:00:00Z');
   const v = (o: Record<string, string | null>) => new Map(Object.entries(o));
@@ -103,11 +116,40 @@ describe('ChangeBatch', () => {
     b.update('t', ['9'], v({ id: '9', n: '1' }), ['1'], at);
     const rows = b.tables.get('t')!.rows;
     assert.equal(rows.get('["1"]')!.op, 'delete');
-    assert.deepEqual(rows.get('["9"]'), { op: 'upsert', key: ['9'], values: v({ id: '9', n: '1' }) });
+    assert.deepEqual(rows.get('["9"]'), { op: 'upsert', key: ['9'], values: v({ id: '9', n: '1' }), from: ['1'] });
     b.truncate('t', at);
     b.insert('t', ['4'], v({ id: '4', n: '4' }));
     assert.deepEqual([...b.tables.get('t')!.rows.keys()], ['["4"]']);
     assert.equal(b.tables.get('t')!.truncatedAt, at);
+  });
+});
+
+describe('ChangeBatch key change without a TOASTed value', () => {
+  test('the moved row names the old key its missing columns come from, also after an earlier update of the old key in the batch', () => {
+    const b = new ChangeBatch();
+    const at = new Date(0);
+    b.update('t', ['5'], new Map([['id', '5'], ['n', '1']]), undefined, at);
+    b.update('t', ['300'], new Map([['id', '300']]), ['5'], at);
+    b.update('t', ['301'], new Map([['id', '301'], ['n', '2']]), ['300'], at);
+    const rows = b.tables.get('t')!.rows;
+    assert.deepEqual(rows.get('["301"]'), { op: 'upsert', key: ['301'], values: new Map([['id', '301'], ['n', '2']]), from: ['5'] });
+    assert.deepEqual(['["5"]', '["300"]'].map((k) => rows.get(k)!.op), ['delete', 'delete']);
+  });
+});
+
+describe('ChangeBatch truncate of some chunks', () => {
+  test('a truncate limited to key ranges voids only the pending rows in them, and stays whole after a whole one', () => {
+    const b = new ChangeBatch();
+    for (const k of ['5', '150', '250']) b.insert('t', [k], new Map([['v', 'x']]));
+    b.truncate('t', new Date(0), [{ lo: null, hi: '100' }, { lo: '200', hi: null }]);
+    assert.deepEqual([...b.tables.get('t')!.rows.values()].map((p) => p.key[0]), ['150']);
+    assert.deepEqual(b.tables.get('t')!.truncateRanges, [{ lo: null, hi: '100' }, { lo: '200', hi: null }]);
+    b.truncate('t', new Date(1));
+    assert.equal(b.tables.get('t')!.truncateRanges, undefined);
+    b.insert('t', ['7'], new Map());
+    b.truncate('t', new Date(2), [{ lo: '100', hi: '200' }]);
+    assert.equal(b.tables.get('t')!.truncateRanges, undefined, 'the earlier whole truncate still empties the table first');
+    assert.deepEqual([...b.tables.get('t')!.rows.keys()].length, 1, 'the row after the whole truncate, outside the range, stays');
   });
 });
 

@@ -208,6 +208,11 @@ describe('cdcWorkflow', () => {
     return stack.client.workflow.start('cdcWorkflow', { taskQueue, workflowId: `cdc-${id}-${stack.schema}`, args: [input] });
   }
 
+  /** One table, hard deletes, short batches and windows. */
+  function oneTable(table: string, destSchema: string) {
+    return { source: { kind: 'postgres', connection: 'SOURCE_DATABASE_URL', tables: [table] }, destination: { connection: 'DATABASE_URL', schema: destSchema }, deletes: 'hard', batchWait: '200ms', streamWindow: '3s' };
+  }
+
   async function streaming(handle: WorkflowHandle) {
     return waitFor('streaming with a first position', async () => {
       const p = await handle.query<CdcProgress>('progress');
@@ -215,7 +220,7 @@ describe('cdcWorkflow', () => {
     }, 120_000);
   }
 
-  test('updates that leave a TOASTed column untouched keep its value, with and without REPLICA IDENTITY FULL', async () => {
+  test('updates that leave a TOASTed column untouched keep its value, with and without REPLICA IDENTITY FULL, also when they change the key', async () => {
     const src = `${stack.sourceSchema}_toast`;
     const dest = `${stack.schema}_toast`;
     // md5 text compresses poorly: 400 of them (12.8 kB) are stored out of line in TOAST.
@@ -243,11 +248,22 @@ describe('cdcWorkflow', () => {
         await stack.db.query(`update ${src}.${table} set counter = 8 where id = 100`);
       }
       for (const table of ['docs', 'docs_full']) {
+        // Key changes that leave the body untouched, in batches of their own (no change in them
+        // carries a body): alone, and after an update of the old key in the same transaction.
+        await waitFor(`${table}: the updates before the key changes`, async () =>
+          (await stack.db.query(`select 1 from ${dest}.${table} where id = 100 and counter = 8`).catch(() => ({ rowCount: 0 }))).rowCount === 1, 60_000);
+        await stack.db.query(`update ${src}.${table} set id = 1004 where id = 4`);
+        await stack.db.query(`begin; update ${src}.${table} set counter = 9 where id = 5; update ${src}.${table} set id = 2005 where id = 5; commit;`);
+      }
+      for (const table of ['docs', 'docs_full']) {
         await waitFor(`${table} counters to arrive`, async () =>
           (await stack.db.query(`select 1 from ${dest}.${table} where id = 100 and counter = 8`).catch(() => ({ rowCount: 0 }))).rowCount === 1 &&
-          (await stack.db.query(`select count(*)::int as n from ${dest}.${table} where counter = 5`)).rows[0].n === 3,
+          (await stack.db.query(`select count(*)::int as n from ${dest}.${table} where counter = 5`)).rows[0].n === 3 &&
+          (await stack.db.query(`select 1 from ${dest}.${table} where id in (1004, 2005)`)).rowCount === 2,
         60_000);
-        assert.equal(await differences(`${src}.${table}`, `${dest}.${table}`), 0, `${table}: every body survived the updates that did not touch it`);
+        const diff = await differences(`${src}.${table}`, `${dest}.${table}`);
+        const rows = async (t: string) => JSON.stringify((await stack.db.query(`select id, counter, length(body) as body from ${t} order by id`)).rows);
+        assert.equal(diff, 0, `${table}: every body survived the updates that did not touch it: source ${await rows(`${src}.${table}`)}, destination ${await rows(`${dest}.${table}`)}`);
         const bodies = await stack.db.query(`select count(*)::int as n from ${dest}.${table} where length(body) = 12800`);
         assert.equal(bodies.rows[0].n, 6);
       }
@@ -261,8 +277,8 @@ describe('cdcWorkflow', () => {
     const dest = `${stack.schema}_ddl`;
     await stack.db.query(`
       create schema ${src};
-      create table ${src}.items (id int primary key, qty int not null, obsolete text not null);
-      insert into ${src}.items select i, i, 'old ' || i from generate_series(1, 20) i;`);
+      create table ${src}.items (id int primary key, qty int not null, obsolete text not null, code varchar(10), price numeric(6,2));
+      insert into ${src}.items select i, i, 'old ' || i, 'c' || i, i from generate_series(1, 20) i;`);
     const handle = await startCdc('ddl', {
       source: { kind: 'postgres', connection: 'SOURCE_DATABASE_URL', tables: [`${src}.items`] },
       destination: { connection: 'DATABASE_URL', schema: dest },
@@ -277,6 +293,9 @@ describe('cdcWorkflow', () => {
       await stack.db.query(`insert into ${src}.items values (21, 21, 'old 21', 'red'); update ${src}.items set color = 'blue' where id = 2`);
       await stack.db.query(`alter table ${src}.items alter column qty type bigint`);
       await stack.db.query(`insert into ${src}.items values (22, 5000000000, 'old 22', 'green')`);
+      // Wider modifiers of the same type: the destination takes exactly the new type.
+      await stack.db.query(`alter table ${src}.items alter column code type varchar(40), alter column price type numeric(12,2)`);
+      await stack.db.query(`update ${src}.items set code = repeat('x', 35), price = 123456789.25 where id = 4`);
       await stack.db.query(`alter table ${src}.items drop column obsolete`);
       await stack.db.query(`insert into ${src}.items values (23, 23, 'white'); update ${src}.items set qty = 0 where id = 3`);
       await waitFor('every change to arrive', async () => (await stack.db.query(`select 1 from ${dest}.items where id = 23`)).rowCount === 1 && (await differences(`${src}.items`, `${dest}.items`)) === 0, 60_000);
@@ -287,6 +306,10 @@ describe('cdcWorkflow', () => {
       const byName = Object.fromEntries(columns.rows.map((c) => [c.column_name, c]));
       assert.equal(byName.color?.data_type, 'text', 'the added column is in the destination');
       assert.equal(byName.qty?.data_type, 'bigint', 'the widened column is widened');
+      // The snapshot lands varchar as text (the load engine's choice), which the longer codes fit;
+      // numeric(6,2) must become numeric(12,2), or 123456789.25 would not fit.
+      const widened = await stack.db.query(`select format_type(atttypid, atttypmod) as t from pg_attribute where attrelid = $1::regclass and attname in ('code', 'price') order by attname`, [`${dest}.items`]);
+      assert.deepEqual(widened.rows.map((r) => r.t), ['text', 'numeric(12,2)']);
       assert.equal(byName.obsolete?.is_nullable, 'YES', 'the dropped column stays, nullable');
       const kept = await stack.db.query(`select obsolete from ${dest}.items where id in (1, 23) order by id`);
       assert.deepEqual(kept.rows.map((r) => r.obsolete), ['old 1', null]);
@@ -429,9 +452,141 @@ describe('cdcWorkflow', () => {
     await saveHistory(handle, 'cdc-continue-as-new');
   });
 
+  test('one owner: a second run on the same tables or the same slot fails at once naming the first; a replaced run commits nothing', async () => {
+    const src = `${stack.sourceSchema}_owner`;
+    const dest = `${stack.schema}_owner`;
+    await stack.db.query(`create schema ${src}; create table ${src}.accounts (id int primary key, balance int); insert into ${src}.accounts select i, 0 from generate_series(1, 10) i;`);
+    const input = (extra: Record<string, unknown> = {}) => ({
+      source: { kind: 'postgres', connection: 'SOURCE_DATABASE_URL', tables: [`${src}.accounts`] },
+      destination: { connection: 'DATABASE_URL', schema: dest },
+      deletes: 'hard',
+      batchWait: '100ms',
+      // One long streaming call: the first run reads the slot the whole time.
+      streamWindow: '10m',
+      ...extra,
+    });
+    const first = await startCdc('owner-a', input());
+    await stack.withWorker(async () => {
+      const { slot } = await streaming(first);
+      await stack.db.query(`update ${src}.accounts set balance = 1 where id = 1`);
+      await waitFor('the first change', async () => (await stack.db.query(`select 1 from ${dest}.accounts where id = 1 and balance = 1`)).rowCount === 1);
+      const refusals: [string, Record<string, unknown>, RegExp][] = [
+        ['owner-b', input(), new RegExp(`held by workflow ${first.workflowId}.*temporal workflow terminate --workflow-id ${first.workflowId}`)],
+        // Another destination has its own leases: the slot's reader on the source names the first run.
+        // (The test database's password is "sluice", so redaction stars the word in messages.)
+        ['owner-c', input({ slot, destination: { connection: 'DATABASE_URL', schema: `${dest}_other` } }), new RegExp(`slot \\S*${slot.slice('sluice'.length)} is read by another cdcWorkflow, workflow ${first.workflowId.slice(0, 30)}`)],
+      ];
+      for (const [id, second, message] of refusals) {
+        const handle = await startCdc(id, second);
+        const err = await handle.result().catch((e: unknown) => e);
+        assert.ok(err instanceof WorkflowFailedError, `${id}: expected the second run to fail, got ${String(err)}`);
+        assert.equal((err.cause as { nonRetryable?: boolean }).nonRetryable, true, id);
+        assert.match((err.cause as Error).message, message);
+      }
+      const publications = await stack.db.query(`select pubname from pg_publication where pubname like 'sluice_cdc_owner_c%'`);
+      assert.equal(publications.rowCount, 0, 'the refused run created nothing on the source');
+      // A takeover moves the token on (as another run's acquire would): the first run's next batch must not commit.
+      await stack.db.query(`update ${dest}._sluice_state set state = jsonb_set(state, '{token}', to_jsonb((state->>'token')::int + 1)) where resource = 'lease:cdc:accounts'`);
+      await stack.db.query(`update ${src}.accounts set balance = 2 where id = 2`);
+      const err = await first.result().catch((e: unknown) => e);
+      assert.ok(err instanceof WorkflowFailedError, `the replaced run fails, got ${String(err)}`);
+      assert.match((err.cause as Error).message, /lost the lease on lease:cdc:accounts/);
+      const row = await stack.db.query(`select balance from ${dest}.accounts where id = 2`);
+      assert.equal(row.rows[0].balance, 0, 'nothing of the replaced run was committed');
+      await stack.db.query(`select pg_drop_replication_slot($1)`, [slot]).catch(() => undefined);
+      await stack.db.query(`drop publication if exists ${slot}`);
+    });
+    await saveHistory(first, 'cdc-lease-lost');
+  });
+
+  test('a large table is copied in chunks; SIGKILL of the worker mid-snapshot redoes one chunk, and the result is exact', async () => {
+    const src = `${stack.sourceSchema}_chunks`;
+    const dest = `${stack.schema}_chunks`;
+    const taskQueue = `${stack.taskQueue}-chunks`;
+    await stack.db.query(`
+      create schema ${src};
+      create table ${src}.big (id bigint primary key, v int not null, pad text);
+      insert into ${src}.big select i, 0, repeat(md5(i::text), 6) from generate_series(1, 120000) i;`);
+    const handle = await startCdc('chunks', {
+      source: { kind: 'postgres', connection: 'SOURCE_DATABASE_URL', tables: [`${src}.big`] },
+      destination: { connection: 'DATABASE_URL', schema: dest },
+      deletes: 'hard',
+      snapshotChunkRows: 6000,
+      parallel: 1,
+      batchWait: '200ms',
+      streamWindow: '5s',
+    }, taskQueue);
+    const chunkLoads = async () =>
+      (await stack.db.query(`select load_id, finished_at::text as at from ${dest}._sluice_loads where partition like 'snapshot %' and status = 'completed' order by load_id`).catch(() => ({ rows: [] }))).rows as { load_id: string; at: string }[];
+    let worker = await spawnWorker(taskQueue);
+    let beforeKill: { load_id: string; at: string }[];
+    let writing = false;
+    let writer: Promise<void> = Promise.resolve();
+    try {
+      const total = await waitFor('the snapshot plan', async () => (await handle.query<{ snapshot: { chunks?: number } }>('progress')).snapshot.chunks, 120_000);
+      assert.equal(total, 20, 'the table is planned in chunks of about snapshotChunkRows');
+      // Writes all over the key range while the chunks are copied: updates, deletes, inserts past
+      // the end, and key changes that move a row into another chunk.
+      let i = 0;
+      writing = true;
+      writer = (async () => {
+        while (writing) {
+          i++;
+          await stack.db.query(`begin;
+            update ${src}.big set v = v + 1 where id in (${(i * 7919) % 120000 + 1}, ${(i * 104729) % 120000 + 1});
+            delete from ${src}.big where id = ${(i * 15485863) % 120000 + 1};
+            insert into ${src}.big values (${200000 + i}, ${i}, 'new') on conflict do nothing;
+            update ${src}.big set id = id + 1000000 where id = ${(i * 32452843) % 120000 + 1};
+            commit;`);
+        }
+      })();
+      beforeKill = await waitFor('a few chunks copied', async () => {
+        const done = await chunkLoads();
+        return done.length >= 3 && done;
+      }, 180_000);
+      await killHard(worker);
+      beforeKill = await chunkLoads();
+      assert.ok(beforeKill.length < total, `the kill came mid-snapshot (${beforeKill.length} of ${total} chunks done)`);
+      worker = await spawnWorker(taskQueue);
+      await streaming(handle);
+      writing = false;
+      await writer;
+      await waitFor('the destination to equal the source', async () => (await differences(`${src}.big`, `${dest}.big`)) === 0, 180_000);
+      const after = await chunkLoads();
+      assert.equal(after.length, total, 'every chunk copied once');
+      const redone = beforeKill.filter((b) => after.find((a) => a.load_id === b.load_id)?.at !== b.at);
+      assert.deepEqual(redone, [], 'chunks committed before the kill are not copied again');
+      const p = await handle.query<CdcProgress & { snapshot: { chunks: number; chunksCopied: number } }>('progress');
+      assert.equal(p.snapshot.chunks, 20);
+      await stopAndDrop(handle);
+      await saveHistory(handle, 'cdc-chunked-snapshot');
+    } finally {
+      writing = false;
+      await writer.catch(() => undefined);
+      await killHard(worker);
+    }
+  });
+
+  test('REPLICA IDENTITY FULL without a primary key streams when a unique index on NOT NULL columns identifies rows', async () => {
+    const src = `${stack.sourceSchema}_full`;
+    const dest = `${stack.schema}_full`;
+    await stack.db.query(`create schema ${src}; create table ${src}.tags (code text not null, label text, hits int);
+      create unique index on ${src}.tags (code); alter table ${src}.tags replica identity full;
+      insert into ${src}.tags select 't' || i, 'label ' || i, 0 from generate_series(1, 20) i;`);
+    const handle = await startCdc('full', oneTable(`${src}.tags`, dest));
+    await stack.withWorker(async () => {
+      await streaming(handle);
+      await stack.db.query(`update ${src}.tags set hits = hits + 1 where code in ('t1', 't2'); delete from ${src}.tags where code = 't3';
+        update ${src}.tags set code = 't40' where code = 't4'; insert into ${src}.tags values ('t50', 'new', 5)`);
+      await waitFor('the changes', async () => (await stack.db.query(`select 1 from ${dest}.tags where code = 't50'`)).rowCount === 1 && (await differences(`${src}.tags`, `${dest}.tags`)) === 0, 60_000);
+      await stopAndDrop(handle);
+    });
+  });
+
   test('refusals fail at once, non-retryably, naming the table or setting and the fix', async () => {
     const src = `${stack.sourceSchema}_refuse`;
-    await stack.db.query(`create schema ${src}; create table ${src}.nopk (a int); create table ${src}.ok (id int primary key);`);
+    await stack.db.query(`create schema ${src}; create table ${src}.nopk (a int); create table ${src}.ok (id int primary key);
+      create table ${src}.fullnokey (a int, b text); alter table ${src}.fullnokey replica identity full; create unique index on ${src}.fullnokey (a);`);
     // A role without REPLICATION, and a server with wal_level = replica. A random password: redaction
     // stars every occurrence of a connection password, and a word like the role's name would be one.
     const noreplPassword = randomBytes(12).toString('hex');
@@ -446,6 +601,8 @@ describe('cdcWorkflow', () => {
       const cases: [string, string, string[], RegExp][] = [
         ['missing', 'SOURCE_DATABASE_URL', [`${src}.nope`], /source table .*nope does not exist.*hint: check source\.tables/],
         ['nopk', 'SOURCE_DATABASE_URL', [`${src}.nopk`], /nopk has no primary key.*hint: add a primary key/],
+        // Its only unique index allows nulls: two rows could still be equal.
+        ['fullnokey', 'SOURCE_DATABASE_URL', [`${src}.fullnokey`], /fullnokey has REPLICA IDENTITY FULL but no primary key and no unique index on NOT NULL columns.*two equal rows/],
         ['norepl', 'NOREPL_SOURCE_URL', [`${src}.ok`], /role "cdc_norepl" lacks the REPLICATION attribute.*ALTER ROLE "cdc_norepl" REPLICATION/],
         ['walreplica', 'REPLICA_SOURCE_URL', ['public.whatever'], /wal_level is "replica".*wal_level = logical/],
       ];

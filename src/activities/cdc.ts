@@ -13,9 +13,11 @@ import { ApplicationFailure } from '@temporalio/common';
 import { resolveConnection } from '../config';
 import { applyBatch, type TableShape } from '../destinations/postgres/cdc-apply';
 import { ChangeBatch, emptyCounts, type ChangeValues, type TableCounts } from '../destinations/postgres/cdc-batch';
-import { loadResource, readState } from '../destinations/postgres/loader';
+import type { LeaseToken } from '../destinations/postgres/lease';
+import { ensureMetadata, loadResource, readState } from '../destinations/postgres/loader';
+import { getPool } from '../destinations/postgres/pool';
 import type { CdcSource, Destination } from '../inputs';
-import { splitQualified } from '../schema/identifiers';
+import { qualifiedName, splitQualified } from '../schema/identifiers';
 import { formatLsn, parseLsn, UNCHANGED, type LogicalMessage, type Value } from '../sources/postgres/cdc/pgoutput';
 import { ReplicationStream } from '../sources/postgres/cdc/replication';
 import {
@@ -25,18 +27,41 @@ import {
   dropSlotAndPublication,
   ensurePublication,
   ensureSlot,
+  checkSlotHolder,
+  ownerTag,
+  planChunks,
   snapshotTable,
+  type KeyRange,
   typeNames,
   withSourceClient,
   type CdcTable,
 } from '../sources/postgres/cdc/setup';
-import { seenBySnapshot, type XidSnapshot } from '../sources/postgres/cdc/snapshot';
+import { seenBySnapshot, seenForKey, type SnapshotFilter, type XidSnapshot } from '../sources/postgres/cdc/snapshot';
 import { withHeartbeat, workflowOf } from './context';
 
 export interface CdcSetupRequest {
   source: CdcSource;
   slot: string;
   publication: string;
+  /** The workflow id of the run: a slot another consumer reads is refused. */
+  owner?: string;
+}
+
+export interface CdcPlanRequest {
+  source: CdcSource;
+  destination: Destination;
+  table: CdcTable;
+  slot: string;
+  slotLsn: string;
+  chunkRows: number;
+}
+
+/** _sluice_state `cdc:<slot>:snapshot:<table>` of a chunked snapshot: its plan; each chunk's xids are in `...:<index>`. */
+interface SnapshotPlan {
+  table: string;
+  slotLsn: string;
+  column: string;
+  bounds: string[];
 }
 
 export interface CdcSetupResult {
@@ -53,6 +78,10 @@ export interface CdcSnapshotRequest {
   table: CdcTable;
   slot: string;
   slotLsn: string;
+  /** One key range of the table (cdcPlanSnapshot); absent: the table whole, as runs before chunks did. */
+  chunk?: { index: number; of: number };
+  /** The table's lease: the copy's commit checks it. */
+  lease?: LeaseToken;
 }
 
 export interface CdcStreamRequest {
@@ -66,6 +95,10 @@ export interface CdcStreamRequest {
   batchWaitMs: number;
   /** How long one call streams before it returns (the workflow then calls again). */
   windowMs: number;
+  /** The run's leases: every batch's transaction checks them. */
+  leases?: LeaseToken[];
+  /** The workflow id: names this run's replication session, so another run can tell the slot is taken. */
+  owner?: string;
 }
 
 /** What _sluice_state `cdc:<slot>` holds, and what the workflow shows. */
@@ -87,6 +120,34 @@ export interface CdcPosition {
 
 export const stateKey = (slot: string) => `cdc:${slot}`;
 const snapshotKey = (slot: string, target: string) => `cdc:${slot}:snapshot:${target}`;
+const chunkKey = (slot: string, target: string, index: number) => `${snapshotKey(slot, target)}:${index}`;
+
+async function writeState(url: string, schema: string, key: string, value: unknown): Promise<void> {
+  await ensureMetadata(url, schema);
+  await getPool(url).query(
+    `insert into ${qualifiedName(schema, '_sluice_state')} (resource, state, updated_at) values ($1, $2, now())
+     on conflict (resource) do update set state = excluded.state, updated_at = now()`,
+    [key, JSON.stringify(value)],
+  );
+}
+
+/** The snapshot filter of each table copied (chunked or whole); a table never copied has none. */
+async function readFilters(url: string, schema: string, slot: string, tables: CdcTable[]): Promise<Map<string, SnapshotFilter>> {
+  const filters = new Map<string, SnapshotFilter>();
+  for (const t of tables) {
+    const saved = (await readState(url, schema, snapshotKey(slot, t.target))) as (Partial<SnapshotPlan> & { xids?: XidSnapshot }) | undefined;
+    if (saved?.xids) filters.set(t.target, { bounds: [], xids: [saved.xids] });
+    if (!saved?.bounds) continue;
+    const xids: XidSnapshot[] = [];
+    for (let i = 0; i <= saved.bounds.length; i++) {
+      const chunk = (await readState(url, schema, chunkKey(slot, t.target, i))) as { xids?: XidSnapshot } | undefined;
+      if (!chunk?.xids) throw new Error(`chunk ${i + 1} of the snapshot of ${t.source} was never copied`);
+      xids.push(chunk.xids);
+    }
+    filters.set(t.target, { bounds: saved.bounds.map((b) => BigInt(b)), xids });
+  }
+  return filters;
+}
 
 function emptyPosition(): CdcPosition {
   return { lsn: null, lagBytes: null, lagSeconds: null, batches: 0, changes: 0, tables: {}, lastCommitAt: null, dropped: [], schemaChanges: [] };
@@ -104,6 +165,8 @@ export function createCdcActivities() {
       return withHeartbeat(() =>
         withSourceClient(resolveConnection(req.source.connection), async (client) => {
           const tables = await checkSource(client, req.source.tables);
+          // Before anything is created: a run refused here leaves nothing behind on the source.
+          if (req.owner) await checkSlotHolder(client, req.slot, req.owner);
           const createdPublication = await ensurePublication(client, req.publication, req.source.tables);
           const slot = await ensureSlot(client, req.slot);
           return { tables, createdPublication, createdSlot: slot.created, slotLsn: slot.lsn };
@@ -111,29 +174,64 @@ export function createCdcActivities() {
       );
     },
 
-    /** Copies one table under a snapshot taken after the slot exists; the snapshot's xids go to _sluice_state with the rows. */
+    /**
+     * Splits a table's snapshot into chunks (see planChunks) and saves the plan in the
+     * destination, where each chunk's copy and the stream find it. A plan saved for this slot is
+     * reused as it is: a retry or a replay never moves the bounds under chunks already copied.
+     */
+    async cdcPlanSnapshot(req: CdcPlanRequest): Promise<{ chunks: number }> {
+      return withHeartbeat(async () => {
+        const destUrl = resolveConnection(req.destination.connection);
+        const key = snapshotKey(req.slot, req.table.target);
+        const saved = (await readState(destUrl, req.destination.schema, key)) as Partial<SnapshotPlan> | undefined;
+        if (saved?.bounds && saved.slotLsn === req.slotLsn) return { chunks: saved.bounds.length + 1 };
+        const { column, bounds } = await withSourceClient(resolveConnection(req.source.connection), (client) => planChunks(client, req.table, req.chunkRows));
+        const plan: SnapshotPlan = { table: req.table.source, slotLsn: req.slotLsn, column, bounds };
+        await writeState(destUrl, req.destination.schema, key, plan);
+        return { chunks: bounds.length + 1 };
+      });
+    },
+
+    /** Copies one table (or one chunk of it) under a snapshot taken after the slot exists; the snapshot's xids go to _sluice_state with the rows. */
     async cdcSnapshotTable(req: CdcSnapshotRequest): Promise<{ rows: number }> {
       const ctx = Context.current();
       const { workflowId, runId } = workflowOf(ctx);
       return withHeartbeat(async (progress) => {
         const url = resolveConnection(req.source.connection);
-        const snap = await snapshotTable(url, req.table.source);
+        const destUrl = resolveConnection(req.destination.connection);
+        let range: KeyRange | undefined;
+        let stateKey = snapshotKey(req.slot, req.table.target);
+        let loadId = `${req.slot}@${req.slotLsn}/snapshot/${req.table.target}`;
+        let partition = 'snapshot';
+        if (req.chunk) {
+          const plan = (await readState(destUrl, req.destination.schema, stateKey)) as SnapshotPlan | undefined;
+          if (!plan?.bounds || plan.slotLsn !== req.slotLsn || plan.bounds.length + 1 !== req.chunk.of) {
+            throw new Error(`the snapshot plan of ${req.table.source} is not in ${req.destination.schema}._sluice_state (or is another slot's)`);
+          }
+          const i = req.chunk.index;
+          range = { column: plan.column, lo: i === 0 ? null : plan.bounds[i - 1]!, hi: i === plan.bounds.length ? null : plan.bounds[i]! };
+          stateKey = chunkKey(req.slot, req.table.target, i);
+          loadId = `${loadId}/${i + 1}of${req.chunk.of}`;
+          partition = `snapshot ${i + 1}/${req.chunk.of}`;
+        }
+        const snap = await snapshotTable(url, req.table.source, range && req.chunk!.of > 1 ? range : undefined);
         try {
           const result = await loadResource({
-            url: resolveConnection(req.destination.connection),
+            url: destUrl,
             schema: req.destination.schema,
             table: req.table.target,
             resource: { name: req.table.target, writeDisposition: 'merge', primaryKey: req.table.key },
-            loadId: `${req.slot}@${req.slotLsn}/snapshot/${req.table.target}`,
+            loadId,
             workflowId,
             runId,
-            partition: 'snapshot',
+            partition,
             attempt: ctx.info.attempt,
             data: snap.data,
-            // The copy is the whole table: rows an earlier workflow left in the destination go.
-            supersede: { kind: 'from', column: req.table.key[0]!, value: null },
-            state: { key: snapshotKey(req.slot, req.table.target), value: { table: req.table.source, xids: snap.xids } },
-            onProgress: (rows) => progress({ table: req.table.target, rows }),
+            // The copy is the whole table (or the whole key range): rows an earlier workflow left in the destination go.
+            supersede: range ? { kind: 'keyRange', column: range.column, lo: range.lo, hi: range.hi } : { kind: 'from', column: req.table.key[0]!, value: null },
+            state: { key: stateKey, value: { table: req.table.source, xids: snap.xids } },
+            onProgress: (rows) => progress({ table: req.table.target, rows, ...(req.chunk ? { chunk: req.chunk.index + 1, of: req.chunk.of } : {}) }),
+            ...(req.lease ? { lease: req.lease } : {}),
           });
           return { rows: result.rowsLoaded };
         } finally {
@@ -154,32 +252,39 @@ export function createCdcActivities() {
         const sourceUrl = resolveConnection(req.source.connection);
         const destUrl = resolveConnection(req.destination.connection);
         const position = await readPosition(req.destination, req.slot);
-        const filters = new Map<string, XidSnapshot>();
-        for (const t of req.tables) {
-          const saved = (await readState(destUrl, req.destination.schema, snapshotKey(req.slot, t.target))) as { xids?: XidSnapshot } | undefined;
-          if (saved?.xids) filters.set(t.target, saved.xids);
-        }
+        const filters = await readFilters(destUrl, req.destination.schema, req.slot, req.tables);
         return withSourceClient(sourceUrl, async (source) => {
           const startLsn = position.lsn ? parseLsn(position.lsn) : 0n;
-          const stream = await ReplicationStream.start(sourceUrl, req.slot, req.publication, startLsn);
+          if (req.owner) await checkSlotHolder(source, req.slot, req.owner);
+          const stream = await ReplicationStream.start(sourceUrl, req.slot, req.publication, startLsn, req.owner ? ownerTag(req.owner) : undefined);
           try {
-            const consumer = new StreamConsumer(req, position, filters, source, startLsn, stream, async (batch, endLsn, commitTime) => {
-              const next = await nextPosition(source, position, batch, endLsn, commitTime);
+            const consumer = new StreamConsumer(req, position, filters, source, startLsn, stream, async (batch, endLsn, commitTime, shapes) => {
+              // The source's WAL position (for the lag) is asked while the batch is written.
+              const upcoming = nextPosition(source, position, batch, endLsn, commitTime);
+              const value = upcoming.then((n) => ({ ...n, schemaChanges: [] }));
+              value.catch(() => undefined);
               const applied = await applyBatch({
                 url: destUrl,
                 schema: req.destination.schema,
                 deletes: req.deletes,
-                shapes: consumer.shapesByTarget(),
+                shapes,
                 batch,
                 load: { loadId: `${workflowId}/cdc/${formatLsn(endLsn)}`, workflowId, runId, resource: stateKey(req.slot), partition: formatLsn(endLsn) },
-                state: { key: stateKey(req.slot), lsn: endLsn, value: { ...next, schemaChanges: [] } },
+                state: { key: stateKey(req.slot), lsn: endLsn, value },
                 knownDropped: consumer.dropped,
+                ...(req.leases ? { leases: req.leases } : {}),
               });
-              Object.assign(position, next, { dropped: [...consumer.dropped] });
+              Object.assign(position, await upcoming, { dropped: [...consumer.dropped] });
               position.schemaChanges.push(...applied.schemaChanges);
               progress(position);
             });
-            await consumer.run(ctx.cancellationSignal);
+            try {
+              await consumer.run(ctx.cancellationSignal);
+            } catch (err) {
+              // "replication slot ... is active for PID ...": refused for good if another run holds it.
+              if ((err as { code?: string }).code === '55006' && req.owner) await checkSlotHolder(source, req.slot, req.owner);
+              throw err;
+            }
             return { ...position, rate: consumer.rate() };
           } finally {
             await stream.close();
@@ -240,6 +345,9 @@ class StreamConsumer {
   /** Acknowledged to the server up to here: `committed`, or further when nothing is pending. */
   private acked: bigint;
   private lastStatusAt = 0;
+  /** The batch being committed in the destination, while the next one is read. */
+  private applying: Promise<void> | undefined;
+  private applyFailure: Error | undefined;
   private readonly startedAt = Date.now();
   private readonly changesAtStart: number;
   private readonly byName: Map<string, CdcTable>;
@@ -247,11 +355,11 @@ class StreamConsumer {
   constructor(
     private readonly req: CdcStreamRequest,
     private readonly position: CdcPosition,
-    private readonly filters: Map<string, XidSnapshot>,
+    private readonly filters: Map<string, SnapshotFilter>,
     private readonly source: import('pg').Client,
     start: bigint,
     private readonly stream: ReplicationStream,
-    private readonly flushBatch: (batch: ChangeBatch, endLsn: bigint, commitTime: Date | undefined) => Promise<void>,
+    private readonly flushBatch: (batch: ChangeBatch, endLsn: bigint, commitTime: Date | undefined, shapes: Map<string, TableShape>) => Promise<void>,
   ) {
     this.committed = start;
     this.acked = start;
@@ -275,10 +383,11 @@ class StreamConsumer {
   async run(signal: AbortSignal): Promise<void> {
     const deadline = this.startedAt + this.req.windowMs;
     for (;;) {
+      if (this.applyFailure) throw this.applyFailure;
       const now = Date.now();
       if (signal.aborted || (now >= deadline && !this.tx)) break;
       const pending = !this.batch.empty;
-      if (pending && !this.tx && now - this.batchStartedAt >= this.req.batchWaitMs) {
+      if (pending && !this.tx && now - this.batchStartedAt >= this.req.batchWaitMs && !this.applying) {
         await this.flush();
         continue;
       }
@@ -293,31 +402,64 @@ class StreamConsumer {
       if (message === undefined) continue;
       if (message === 'end') throw ApplicationFailure.retryable('the replication stream ended', 'ReplicationStreamEnded');
       if (message.tag === 'keepalive') {
-        if (!this.tx && this.batch.empty && message.walEnd > this.acked) this.acked = message.walEnd;
+        if (this.idle() && message.walEnd > this.acked) this.acked = message.walEnd;
         if (message.replyRequested || this.acked > this.committed) this.stream.acknowledge(this.acked);
         continue;
       }
       await this.handle(message.message);
     }
+    // Whatever happens next, the batch being applied finishes first (it commits, or fails as a whole).
+    await this.settle();
     // Cancelled inside a transaction: what the batch holds is not complete to any commit, so none
     // of it is applied; it was never acknowledged, and the next call receives it again.
     if (this.tx) return;
-    if (!this.batch.empty) await this.flush();
+    if (!this.batch.empty) {
+      await this.flush();
+      await this.settle();
+    }
     if (this.acked > this.committed) {
       // Nothing was pending up to `acked`: record it, so the saved position and its lag are current.
-      await this.flushBatch(new ChangeBatch(), this.acked, undefined);
+      await this.flushBatch(new ChangeBatch(), this.acked, undefined, this.shapesByTarget());
       this.committed = this.acked;
     }
   }
 
+  /** Nothing received is waiting to be applied or being applied: the server's position may be acknowledged. */
+  private idle(): boolean {
+    return !this.tx && this.batch.empty && !this.applying;
+  }
+
+  /** Waits for the batch being applied; rethrows its failure. */
+  private async settle(): Promise<void> {
+    if (this.applying) await this.applying;
+    if (this.applyFailure) throw this.applyFailure;
+  }
+
+  /**
+   * Hands the batch to the destination and goes back to reading: the next batch is decoded
+   * while this one commits (at most one in flight, so batches still commit in order). The slot
+   * is acknowledged only once the commit is done.
+   */
   private async flush(): Promise<void> {
+    await this.settle();
     const commit = this.lastCommit!;
-    await this.flushBatch(this.batch, commit.endLsn, commit.time);
-    this.committed = commit.endLsn;
-    if (this.acked < this.committed) this.acked = this.committed;
-    this.stream.acknowledge(this.acked);
-    this.lastStatusAt = Date.now();
+    const batch = this.batch;
+    // The columns as of this batch: relation messages read meanwhile belong to the next one.
+    const shapes = this.shapesByTarget();
     this.batch = new ChangeBatch();
+    this.applying = this.flushBatch(batch, commit.endLsn, commit.time, shapes).then(
+      () => {
+        this.committed = commit.endLsn;
+        if (this.acked < this.committed) this.acked = this.committed;
+        this.stream.acknowledge(this.acked);
+        this.lastStatusAt = Date.now();
+        this.applying = undefined;
+      },
+      (err: unknown) => {
+        this.applyFailure = err instanceof Error ? err : new Error(String(err));
+        this.applying = undefined;
+      },
+    );
   }
 
   private async handle(m: LogicalMessage): Promise<void> {
@@ -330,12 +472,14 @@ class StreamConsumer {
         this.tx = undefined;
         if (m.endLsn <= this.committed) return;
         if (this.batch.empty) {
-          // Nothing of ours in it: nothing to apply, so the slot may move past it.
-          if (this.acked < m.endLsn) this.acked = m.endLsn;
+          // Nothing of ours in it: nothing to apply, so the slot may move past it (once no batch before it is still being committed).
+          if (!this.applying && this.acked < m.endLsn) this.acked = m.endLsn;
           return;
         }
         this.lastCommit = { endLsn: m.endLsn, time: m.commitTime };
-        if (this.batch.changes >= this.req.batchChanges || Date.now() - this.batchStartedAt >= this.req.batchWaitMs) await this.flush();
+        // Full: wait for the batch in flight, then hand this one over. Due by time: only once the
+        // destination is free; until then it keeps growing, so a slow commit means bigger batches.
+        if (this.batch.changes >= this.req.batchChanges || (!this.applying && Date.now() - this.batchStartedAt >= this.req.batchWaitMs)) await this.flush();
         return;
       case 'relation':
         await this.relation(m);
@@ -344,24 +488,48 @@ class StreamConsumer {
       case 'update':
       case 'delete': {
         const rel = this.relations.get(m.relationId);
-        if (!rel || !this.tx || this.tx.skip || this.seen(rel.target)) return;
-        this.started();
+        if (!rel || !this.tx || this.tx.skip) return;
         if (m.tag === 'insert') {
-          this.batch.insert(rel.target, this.key(rel, m.values), this.values(rel, m.values));
+          const key = this.key(rel, m.values);
+          if (this.seen(rel.target, key)) return;
+          this.started();
+          this.batch.insert(rel.target, key, this.values(rel, m.values));
         } else if (m.tag === 'update') {
           const key = this.key(rel, m.values);
-          this.batch.update(rel.target, key, this.values(rel, m.values), m.old && this.key(rel, m.old), this.tx.time);
+          const oldKey = m.old && this.key(rel, m.old);
+          const moved = oldKey !== undefined && oldKey.some((v, i) => v !== key[i]);
+          // A key change is a delete of the old key and an upsert of the new one; with a chunked
+          // snapshot the two keys may sit in chunks whose copies saw this transaction differently.
+          const newSeen = this.seen(rel.target, key);
+          const oldSeen = moved ? this.seen(rel.target, oldKey) : newSeen;
+          if (newSeen && oldSeen) return;
+          this.started();
+          if (newSeen) this.batch.delete(rel.target, oldKey!, this.tx.time);
+          else this.batch.update(rel.target, key, this.values(rel, m.values), moved && !oldSeen ? oldKey : undefined, this.tx.time);
         } else {
-          this.batch.delete(rel.target, this.key(rel, m.old), this.tx.time);
+          const key = this.key(rel, m.old);
+          if (this.seen(rel.target, key)) return;
+          this.started();
+          this.batch.delete(rel.target, key, this.tx.time);
         }
         return;
       }
       case 'truncate':
         for (const id of m.relationIds) {
           const rel = this.relations.get(id);
-          if (!rel || !this.tx || this.tx.skip || this.seen(rel.target)) continue;
+          if (!rel || !this.tx || this.tx.skip) continue;
+          const filter = this.filters.get(rel.target);
+          const seen = filter ? filter.xids.map((x) => seenBySnapshot(this.tx!.xid, x)) : [false];
+          if (seen.every(Boolean)) continue;
           this.started();
-          this.batch.truncate(rel.target, this.tx.time);
+          if (!filter || seen.every((s) => !s)) {
+            this.batch.truncate(rel.target, this.tx.time);
+          } else {
+            // Only the chunks whose copies predate the truncate still hold rows it removed.
+            const b = filter.bounds.map(String);
+            const ranges = seen.flatMap((s, i) => (s ? [] : [{ lo: i === 0 ? null : b[i - 1]!, hi: i === b.length ? null : b[i]! }]));
+            this.batch.truncate(rel.target, this.tx.time, ranges);
+          }
         }
         return;
       default:
@@ -373,10 +541,10 @@ class StreamConsumer {
     if (this.batch.empty) this.batchStartedAt = Date.now();
   }
 
-  /** The table's snapshot already holds this transaction's changes. */
-  private seen(target: string): boolean {
+  /** The table's snapshot (the chunk of it that holds this key) already has this transaction's change to the key. */
+  private seen(target: string, key: string[]): boolean {
     const filter = this.filters.get(target);
-    return filter !== undefined && seenBySnapshot(this.tx!.xid, filter);
+    return filter !== undefined && seenForKey(filter, this.tx!.xid, key[0]!);
   }
 
   private key(rel: Relation, values: Value[]): string[] {

@@ -12,13 +12,17 @@ import { errorMessage, hintFor, isTransient, PermanentError } from '../errors';
 import { closestName, type Destination, type Resource, type Source } from '../inputs';
 import { normalizeIdentifier } from '../schema/identifiers';
 import { describeSource } from '../sources/postgres';
+import { checkSource, withSourceClient } from '../sources/postgres/cdc/setup';
 
 export interface PreflightCheck {
   /** Prefix of every problem this check finds, e.g. `step "orders"`; none for a workflow's own input. */
   label?: string;
-  source: Source;
-  resource: Resource;
+  /** Absent for cdcWorkflow, which has `cdc` instead. */
+  source?: Source;
+  resource?: Resource;
   destination: Destination;
+  /** cdcWorkflow's source: wal_level, the REPLICATION attribute, each table and its key (the refusals of cdcSetup). */
+  cdc?: { connection: string; tables: string[] };
   /**
    * Source columns that other input fields name, by field: `{ partitionColumn: "created_at" }`,
    * `{ "cursor.column": "updated_at" }`. The resource's primaryKey and mergeKey are checked too.
@@ -57,7 +61,9 @@ async function runCheck(check: PreflightCheck, findings: Findings, reached: Map<
   const destinationUrl = connectionValue(check.destination.connection, 'destination.connection', permanent);
   if (destinationUrl) await reachable(destinationUrl, check.destination.connection, 'destination.connection', reached, findings, prefix);
 
+  if (check.cdc) return checkCdcSource(check.cdc, permanent, findings, prefix);
   const { source } = check;
+  if (!source) return;
   switch (source.kind) {
     case 'postgres': {
       const url = connectionValue(source.connection, 'source.connection', permanent);
@@ -80,7 +86,7 @@ async function runCheck(check: PreflightCheck, findings: Findings, reached: Map<
       // Keys are matched after name normalization, as the loader does.
       const normalized = new Set(columns.map(normalizeIdentifier));
       for (const field of ['primaryKey', 'mergeKey'] as const) {
-        for (const key of check.resource[field] ?? []) {
+        for (const key of check.resource?.[field] ?? []) {
           if (!normalized.has(normalizeIdentifier(key))) {
             permanent(`resource.${field}`, `column "${key}" is not in ${describe(source)} (columns: ${columns.join(', ')})`);
           }
@@ -108,6 +114,19 @@ async function runCheck(check: PreflightCheck, findings: Findings, reached: Map<
     case 'registered':
       // Another worker on the task queue may register it: loads say which worker to start.
       return;
+  }
+}
+
+/** CDC's own refusals, before the workflow takes leases or creates a slot: the same checks and messages cdcSetup makes. */
+async function checkCdcSource(cdc: { connection: string; tables: string[] }, permanent: (field: string, message: string) => void, findings: Findings, prefix: string): Promise<void> {
+  const url = connectionValue(cdc.connection, 'source.connection', permanent);
+  if (!url) return;
+  try {
+    await withSourceClient(url, (client) => checkSource(client, cdc.tables));
+  } catch (err) {
+    const text = `${errorMessage(err)}${hintSuffix(err, cdc.connection)}`;
+    if (isTransient(err)) findings.transient.push(`${prefix}source.connection: ${text}`);
+    else permanent(/^source table /.test(errorMessage(err)) ? 'source.tables' : 'source.connection', text);
   }
 }
 

@@ -1,13 +1,25 @@
 import * as wf from '@temporalio/workflow';
 import type { Activities } from '../activities';
 import type { CdcPosition, CdcSetupResult } from '../activities/cdc';
-import { CdcInput, type Progress } from '../inputs';
 import { durationMs } from '../plan/duration';
 import { shortHash } from '../schema/identifiers';
-import { formatCount, handlePauseResume, progressQuery, rootMessage, searchStatus, validateInput } from './shared';
+import type { LeaseToken } from '../destinations/postgres/lease';
+import { CdcInput, type Progress, type Resource } from '../inputs';
+import {
+  checkBeforeFanOut,
+  formatCount,
+  handlePauseResume,
+  progressQuery,
+  RETRY_UNTIL_HEALED,
+  rootMessage,
+  searchStatus,
+  validateInput,
+  withResourceLeases,
+} from './shared';
 
-const RETRY = { initialInterval: '1s', backoffCoefficient: 2, maximumInterval: '30s', maximumAttempts: 10 };
-const { cdcSetup, cdcReadPosition, cdcDropSlot } = wf.proxyActivities<Activities>({ startToCloseTimeout: '5m', heartbeatTimeout: '30s', retry: RETRY });
+// Transient errors are retried until they heal (a source or destination restart); refusals are non-retryable.
+const RETRY = RETRY_UNTIL_HEALED;
+const { cdcSetup, cdcReadPosition, cdcDropSlot, cdcPlanSnapshot } = wf.proxyActivities<Activities>({ startToCloseTimeout: '5m', heartbeatTimeout: '30s', retry: RETRY });
 const { cdcSnapshotTable } = wf.proxyActivities<Activities>({
   // One table in one transaction: as long as the copy takes. It heartbeats as rows stream in.
   startToCloseTimeout: '24h',
@@ -21,7 +33,7 @@ const { cdcStream } = wf.proxyActivities<Activities>({
   heartbeatTimeout: '15s',
   // pause and stop cancel the call; it finishes the batch in hand and lets go of the slot first.
   cancellationType: wf.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
-  retry: { initialInterval: '1s', backoffCoefficient: 2, maximumInterval: '1m' },
+  retry: RETRY,
 });
 
 export const stopSignal = wf.defineSignal<[{ dropSlot?: boolean }?]>('stop');
@@ -57,10 +69,30 @@ function formatBytes(n: number | null): string {
  */
 export async function cdcWorkflow(rawInput: unknown): Promise<CdcResult> {
   const input = validateInput('cdcWorkflow', CdcInput, rawInput);
+  // Patches are asked before the first await: a marker must sit at the same point on replay.
+  // Runs started before them neither check first nor take leases, and copy each table whole.
+  const owned = wf.patched('sluice-cdc-owner');
+  const chunked = wf.patched('sluice-cdc-chunks');
   const carried = input.continuation;
   const derived = cdcNames(wf.workflowInfo().workflowId);
   const slot = carried?.slot ?? input.slot ?? derived.slot;
   const publication = carried?.publication ?? input.publication ?? derived.publication;
+  // One owner per destination table and per slot (in this destination): a second run fails at once naming the first.
+  const wanted = [
+    ...input.source.tables.map((t) => ({ kind: 'cdc' as const, resource: { name: t.split('.')[1]! } as Resource })),
+    { kind: 'cdc_slot' as const, resource: { name: slot } as Resource },
+  ];
+  return withResourceLeases(owned, input.destination, wanted, (take) => streamChanges(rawInput, input, { owned, chunked, slot, publication }, take));
+}
+
+async function streamChanges(
+  rawInput: unknown,
+  input: CdcInput,
+  run: { owned: boolean; chunked: boolean; slot: string; publication: string },
+  takeLeases: () => Promise<LeaseToken[]>,
+): Promise<CdcResult> {
+  const carried = input.continuation;
+  const { slot, publication } = run;
   let paused = carried?.paused ?? false;
   let stop: { dropSlot: boolean } | undefined;
   let phase: 'setup' | 'snapshot' | 'streaming' | 'paused' | 'stopped' = 'setup';
@@ -68,6 +100,8 @@ export async function cdcWorkflow(rawInput: unknown): Promise<CdcResult> {
   let snapshotDone = carried?.snapshotDone ?? !input.snapshot;
   let snapshotRows = 0;
   let tablesCopied = 0;
+  let chunks = 0;
+  let chunksCopied = 0;
   let streaming: wf.CancellationScope | undefined;
   let lastError: string | undefined;
   const schemaChanges: string[] = [];
@@ -89,13 +123,16 @@ export async function cdcWorkflow(rawInput: unknown): Promise<CdcResult> {
     lastCommitAt: position?.lastCommitAt ?? null,
     changesPerSecond: position?.rate ?? 0,
     tables: position?.tables ?? {},
-    snapshot: { done: snapshotDone, tablesCopied, tables: input.source.tables.length, rows: snapshotRows },
+    snapshot: { done: snapshotDone, tablesCopied, tables: input.source.tables.length, rows: snapshotRows, ...(chunks ? { chunks, chunksCopied } : {}) },
     schemaChanges: schemaChanges.slice(-20),
     ...(lastError ? { lastError } : {}),
   });
   const showProgress = () => {
     const lines = [`**${paused && phase === 'streaming' ? 'paused' : phase}** cdc ${tableList} -> ${input.destination.schema} (${input.deletes} deletes), slot ${slot}`];
-    if (!snapshotDone) lines.push(`snapshot: ${tablesCopied}/${input.source.tables.length} tables, ${formatCount(snapshotRows)} rows`);
+    if (!snapshotDone) {
+      const ofChunks = chunks ? ` (${chunksCopied}/${chunks} chunks)` : '';
+      lines.push(`snapshot: ${tablesCopied}/${input.source.tables.length} tables${ofChunks}, ${formatCount(snapshotRows)} rows`);
+    }
     if (position) {
       lines.push(`lsn ${position.lsn ?? '-'}, lag ${formatBytes(position.lagBytes)} / ${position.lagSeconds === null ? '?' : position.lagSeconds.toFixed(1)} s, last commit seen ${position.lastCommitAt ?? 'none yet'}`);
       lines.push(`${formatCount(position.changes)} changes in ${formatCount(position.batches)} batches, ${formatCount(position.rate ?? 0)} changes/s`);
@@ -121,9 +158,16 @@ export async function cdcWorkflow(rawInput: unknown): Promise<CdcResult> {
   setStatus('running');
   showProgress();
 
+  if (!carried) {
+    const checks = [{ destination: input.destination, cdc: { connection: input.source.connection, tables: input.source.tables } }];
+    await checkBeforeFanOut(run.owned, 'cdcWorkflow', checks, () => setStatus('failed'));
+  }
+  const leases = await takeLeases();
+  const leaseOf = (target: string) => leases.find((l) => l.key === `lease:cdc:${target}`);
+
   let setup: CdcSetupResult;
   try {
-    setup = await cdcSetup({ source: input.source, slot, publication });
+    setup = await cdcSetup({ source: input.source, slot, publication, ...(run.owned ? { owner: wf.workflowInfo().workflowId } : {}) });
   } catch (err) {
     setStatus('failed');
     throw wf.ApplicationFailure.nonRetryable(`cdcWorkflow cannot stream from the source: ${rootMessage(err)}`, 'CdcSetupFailed');
@@ -135,21 +179,56 @@ export async function cdcWorkflow(rawInput: unknown): Promise<CdcResult> {
   if (!snapshotDone) {
     phase = 'snapshot';
     showProgress();
-    const queue = [...setup.tables];
-    const copyNext = async (): Promise<void> => {
-      for (let table = queue.shift(); table; table = queue.shift()) {
-        try {
-          const r = await cdcSnapshotTable({ source: input.source, destination: input.destination, table, slot, slotLsn: setup.slotLsn });
-          snapshotRows += r.rows;
-          tablesCopied++;
-          showProgress();
-        } catch (err) {
-          setStatus('failed');
-          throw wf.ApplicationFailure.nonRetryable(`snapshot of ${table.source} failed: ${rootMessage(err)}`, 'CdcSnapshotFailed');
+    if (run.chunked) {
+      // Each table is planned into key-range chunks (one for a small table); every chunk is an
+      // activity of its own, at most `parallel` in flight over all tables, and a crash redoes one chunk.
+      const planned = await Promise.all(
+        setup.tables.map(async (table) => {
+          const plan = await cdcPlanSnapshot({ source: input.source, destination: input.destination, table, slot, slotLsn: setup.slotLsn, chunkRows: input.snapshotChunkRows });
+          return Array.from({ length: plan.chunks }, (_, index) => ({ table, chunk: { index, of: plan.chunks } }));
+        }),
+      );
+      const left = new Map(planned.map((p) => [p[0]!.table.target, p.length]));
+      const queue = planned.flat();
+      chunks = queue.length;
+      showProgress();
+      const copyNext = async (): Promise<void> => {
+        for (let item = queue.shift(); item; item = queue.shift()) {
+          const { table, chunk } = item;
+          try {
+            const lease = leaseOf(table.target);
+            const r = await cdcSnapshotTable({ source: input.source, destination: input.destination, table, slot, slotLsn: setup.slotLsn, chunk, ...(lease ? { lease } : {}) });
+            snapshotRows += r.rows;
+            chunksCopied++;
+            const remaining = left.get(table.target)! - 1;
+            left.set(table.target, remaining);
+            if (remaining === 0) tablesCopied++;
+            showProgress();
+          } catch (err) {
+            setStatus('failed');
+            const where = chunk.of > 1 ? ` (chunk ${chunk.index + 1} of ${chunk.of})` : '';
+            throw wf.ApplicationFailure.nonRetryable(`snapshot of ${table.source}${where} failed: ${rootMessage(err)}`, 'CdcSnapshotFailed');
+          }
         }
-      }
-    };
-    await Promise.all(Array.from({ length: Math.min(input.parallel, queue.length) }, copyNext));
+      };
+      await Promise.all(Array.from({ length: Math.min(input.parallel, queue.length) }, copyNext));
+    } else {
+      const queue = [...setup.tables];
+      const copyNext = async (): Promise<void> => {
+        for (let table = queue.shift(); table; table = queue.shift()) {
+          try {
+            const r = await cdcSnapshotTable({ source: input.source, destination: input.destination, table, slot, slotLsn: setup.slotLsn });
+            snapshotRows += r.rows;
+            tablesCopied++;
+            showProgress();
+          } catch (err) {
+            setStatus('failed');
+            throw wf.ApplicationFailure.nonRetryable(`snapshot of ${table.source} failed: ${rootMessage(err)}`, 'CdcSnapshotFailed');
+          }
+        }
+      };
+      await Promise.all(Array.from({ length: Math.min(input.parallel, queue.length) }, copyNext));
+    }
     snapshotDone = true;
   }
 
@@ -187,6 +266,7 @@ export async function cdcWorkflow(rawInput: unknown): Promise<CdcResult> {
           batchChanges: input.batchChanges,
           batchWaitMs: durationMs(input.batchWait),
           windowMs: durationMs(input.streamWindow),
+          ...(run.owned ? { leases, owner: wf.workflowInfo().workflowId } : {}),
         }),
       );
       schemaChanges.push(...position.schemaChanges);

@@ -182,28 +182,42 @@ export async function withResourceLease<T>(
 ): Promise<T> {
   // With several kinds (a full refresh), the run holds all of them; commits present the first.
   const kinds = Array.isArray(kind) ? kind : [kind];
-  const held: LeaseToken[] = [];
   // Patches are asked before the first await: a marker must sit at the same point on replay.
-  const leased = patched(patch);
+  return withResourceLeases(patched(patch), destination, kinds.map((k) => ({ kind: k, resource })), (take) => body(async () => (await take())[0]));
+}
+
+/**
+ * withResourceLease for a run that owns several resources at once (cdcWorkflow: every
+ * destination table and its replication slot; a full refresh: every writer kind of its table):
+ * `take()` takes them in order, and a run that finds any of them held gives back those it took
+ * and fails at once, naming the holder. `enabled` is the caller's patch (asked before its first
+ * await); off, `take()` returns [].
+ */
+export async function withResourceLeases<T>(
+  enabled: boolean,
+  destination: Destination,
+  wanted: { kind: LeaseKind; resource: Resource }[],
+  body: (take: () => Promise<LeaseToken[]>) => Promise<T>,
+): Promise<T> {
+  const leases: LeaseToken[] = [];
   const release = async () => {
-    const all = held.splice(0);
-    for (const lease of all) await CancellationScope.nonCancellable(() => releaseResourceLease({ destination, lease }));
+    for (const held of leases.splice(0)) await CancellationScope.nonCancellable(() => releaseResourceLease({ destination, lease: held }));
   };
-  const takeLease = async () => {
-    if (!leased) return undefined;
-    for (const k of kinds) {
+  const take = async () => {
+    if (!enabled) return [];
+    for (const { kind, resource } of wanted) {
       try {
-        held.push(await acquireResourceLease({ destination, resource, kind: k, chain: workflowInfo().firstExecutionRunId }));
+        leases.push(await acquireResourceLease({ destination, resource, kind, chain: workflowInfo().firstExecutionRunId }));
       } catch (err) {
         await release();
         throw ApplicationFailure.nonRetryable(rootMessage(err), failureType(err) ?? 'LeaseUnavailable');
       }
     }
-    return held[0];
+    return [...leases];
   };
   let result: T;
   try {
-    result = await body(takeLease);
+    result = await body(take);
   } catch (err) {
     if (!(err instanceof ContinueAsNew)) await release();
     throw err;

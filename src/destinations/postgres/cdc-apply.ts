@@ -16,7 +16,8 @@ import { finished } from 'node:stream/promises';
 import { qualifiedName, quoteIdent } from '../../schema/identifiers';
 import { parseLsn } from '../../sources/postgres/cdc/pgoutput';
 import { canonicalType, copyField } from '../../schema/types';
-import type { ChangeBatch, TableBatch } from './cdc-batch';
+import type { ChangeBatch, FirstKeyRange, TableBatch } from './cdc-batch';
+import { checkLeases, type LeaseToken } from './lease';
 import { ensureMetadata, planSchema } from './loader';
 import { getPool } from './pool';
 import * as sql from './sql';
@@ -26,6 +27,7 @@ const STAGE = '_sluice_cdc_stage';
 const OP = '_sluice_op';
 const ABSENT = '_sluice_absent';
 const AT = '_sluice_at';
+const FROM = '_sluice_from_';
 
 /** A source table as it lands: destination name, key, and the source's current columns (destination names, source types). */
 export interface TableShape {
@@ -42,10 +44,12 @@ export interface ApplyRequest {
   shapes: Map<string, TableShape>;
   batch: ChangeBatch;
   load: { loadId: string; workflowId: string; runId: string; resource: string; partition: string };
-  /** _sluice_state row of the stream: the batch applies only if the saved `lsn` is below `lsn`. */
-  state: { key: string; lsn: bigint; value: object };
+  /** _sluice_state row of the stream: the batch applies only if the saved `lsn` is below `lsn`. `value` may still be computed while the batch is written. */
+  state: { key: string; lsn: bigint; value: object | Promise<object> };
   /** Columns reported as dropped by earlier batches (reported once). */
   knownDropped: Set<string>;
+  /** The run's leases (every table and the slot): checked in the batch's transaction, so a replaced run never commits. */
+  leases?: LeaseToken[];
 }
 
 export interface ApplyResult {
@@ -61,35 +65,44 @@ export async function applyBatch(req: ApplyRequest): Promise<ApplyResult> {
   client.on('error', onClientError);
   let broken = false;
   try {
-    await client.query('begin');
-    const saved = await client.query<{ lsn: string | null }>(
-      `select state->>'lsn' as lsn from ${qualifiedName(req.schema, '_sluice_state')} where resource = $1 for update`,
-      [req.state.key],
-    );
-    const savedLsn = saved.rows[0]?.lsn;
+    // Round trips are what a batch pays beyond its rows: statements without parameters go
+    // together, and the load row and the position are written by one statement.
+    const state = qualifiedName(req.schema, '_sluice_state');
+    // The batch's joins (deletes, key changes) match a few staged keys against a table that may
+    // be huge: probing its key index beats scanning it for a hash join, which a planner without
+    // statistics on the fresh staging table would often pick.
+    const [, , , saved] = (await client.query(
+      `begin; set local enable_hashjoin = off; set local enable_mergejoin = off; select state->>'lsn' as lsn from ${state} where resource = ${sql.literal(req.state.key)} for update`,
+    )) as unknown as pg.QueryResult<{ lsn: string | null }>[];
+    const savedLsn = saved!.rows[0]?.lsn;
     if (savedLsn && parseLsn(savedLsn) >= req.state.lsn) {
       await client.query('rollback');
       return { applied: false, schemaChanges: [] };
     }
+    if (req.leases?.length) await checkLeases(client, req.schema, req.leases);
     const schemaChanges: string[] = [];
     for (const [target, tableBatch] of req.batch.tables) {
       const shape = req.shapes.get(target);
       if (!shape) throw new Error(`no shape for table ${target}`);
-      schemaChanges.push(...(await evolveTable(client, req, shape)));
-      await applyTable(client, req, shape, tableBatch);
+      const evolved = await evolveTable(client, req, shape);
+      schemaChanges.push(...evolved.changes);
+      await applyTable(client, req, shape, tableBatch, evolved.columns);
     }
-    if (!req.batch.empty) await client.query(
-      `insert into ${qualifiedName(req.schema, '_sluice_loads')}
-         (load_id, workflow_id, run_id, resource, table_name, partition, write_disposition, status, rows_loaded, finished_at)
-       values ($1, $2, $3, $4, $5, $6, 'cdc', 'completed', $7, now())
-       on conflict (load_id) do nothing`,
-      [req.load.loadId, req.load.workflowId, req.load.runId, req.load.resource, [...req.batch.tables.keys()].join(','), req.load.partition, req.batch.changes],
-    );
-    await client.query(
-      `insert into ${qualifiedName(req.schema, '_sluice_state')} (resource, state, updated_at) values ($1, $2, now())
-       on conflict (resource) do update set state = excluded.state, updated_at = now()`,
-      [req.state.key, JSON.stringify(req.state.value)],
-    );
+    const value = JSON.stringify(await req.state.value);
+    const saveState = `insert into ${state} (resource, state, updated_at) values ($1, $2, now()) on conflict (resource) do update set state = excluded.state, updated_at = now()`;
+    if (req.batch.empty) {
+      await client.query(saveState, [req.state.key, value]);
+    } else {
+      await client.query(
+        `with load as (
+           insert into ${qualifiedName(req.schema, '_sluice_loads')}
+             (load_id, workflow_id, run_id, resource, table_name, partition, write_disposition, status, rows_loaded, finished_at)
+           values ($3, $4, $5, $6, $7, $8, 'cdc', 'completed', $9, now())
+           on conflict (load_id) do nothing)
+         ${saveState}`,
+        [req.state.key, value, req.load.loadId, req.load.workflowId, req.load.runId, req.load.resource, [...req.batch.tables.keys()].join(','), req.load.partition, req.batch.changes],
+      );
+    }
     await client.query('commit');
     return { applied: true, schemaChanges };
   } catch (err) {
@@ -110,12 +123,23 @@ async function destinationColumns(client: pg.PoolClient, schema: string, table: 
 
 const isSluiceColumn = (name: string) => name === sql.LOAD_ID_COLUMN || name === DELETED_AT_COLUMN;
 
-/** Creates or evolves the destination table to the source's current columns; returns what changed. */
-async function evolveTable(client: pg.PoolClient, req: ApplyRequest, shape: TableShape): Promise<string[]> {
+/** Creates or evolves the destination table to the source's current columns; returns what changed and the columns it now has. */
+async function evolveTable(client: pg.PoolClient, req: ApplyRequest, shape: TableShape): Promise<{ changes: string[]; columns: sql.TargetColumn[] }> {
   const { schema } = req;
   const { target } = shape;
   await client.query('select pg_advisory_xact_lock(hashtextextended($1, 0))', [`sluice-table:${schema}.${target}`]);
   const existing = (await destinationColumns(client, schema, target))?.filter((c) => !isSluiceColumn(c.name));
+  // A wider modifier of the same type at the source (varchar(20) -> varchar(80), numeric(12,2) ->
+  // numeric(16,2)) widens the destination column to exactly that type; the load engine's rules
+  // compare base types, and would leave numeric(12,2) too narrow or turn varchar into text.
+  const modifierChanges: string[] = [];
+  for (const column of existing ?? []) {
+    const incoming = shape.columns.find((c) => c.name === column.name)?.type;
+    if (!incoming || !widerModifier(incoming, column.type)) continue;
+    await client.query(sql.widenColumnSql(schema, target, { name: column.name, type: canonicalType(incoming) }));
+    modifierChanges.push(`widened column ${column.name} from ${column.type} to ${canonicalType(incoming)}`);
+    column.type = canonicalType(incoming);
+  }
   const plan = planSchema({
     table: target,
     existing,
@@ -123,7 +147,8 @@ async function evolveTable(client: pg.PoolClient, req: ApplyRequest, shape: Tabl
     declared: new Set(),
     contract: { tables: 'evolve', columns: 'evolve', dataTypes: 'evolve' },
   });
-  const changes = [...plan.changes];
+  const changes = [...modifierChanges, ...plan.changes];
+  let altered = plan.create || plan.add.length > 0 || plan.widen.length > 0 || modifierChanges.length > 0;
   if (plan.create) await client.query(sql.createTableSql(schema, target, plan.columns, shape.key));
   for (const column of plan.add) await client.query(sql.addColumnSql(schema, target, column));
   for (const column of plan.widen) await client.query(sql.widenColumnSql(schema, target, column));
@@ -135,51 +160,65 @@ async function evolveTable(client: pg.PoolClient, req: ApplyRequest, shape: Tabl
     const id = `${target}.${column.name}`;
     if (current.has(column.name) || req.knownDropped.has(id)) continue;
     await client.query(`alter table ${qualifiedName(schema, target)} alter column ${quoteIdent(column.name)} drop not null`);
+    altered = true;
     req.knownDropped.add(id);
     changes.push(`column ${column.name} was dropped at the source: kept in ${target} as nullable, no longer written`);
   }
-  return changes.map((c) => `${target}: ${c}`);
+  const columns = altered || !existing ? (await destinationColumns(client, schema, target))!.filter((c) => !isSluiceColumn(c.name)) : existing;
+  return { changes: changes.map((c) => `${target}: ${c}`), columns };
 }
 
-async function applyTable(client: pg.PoolClient, req: ApplyRequest, shape: TableShape, batch: TableBatch): Promise<void> {
+async function applyTable(client: pg.PoolClient, req: ApplyRequest, shape: TableShape, batch: TableBatch, columns: sql.TargetColumn[]): Promise<void> {
   const { schema } = req;
   const target = qualifiedName(schema, shape.target);
   const soft = req.deletes === 'soft';
-  const columns = (await destinationColumns(client, schema, shape.target))!.filter((c) => !isSluiceColumn(c.name));
   const types = new Map(columns.map((c) => [c.name, c.type]));
   if (batch.truncatedAt) {
     // In order: the batch dropped every change before the truncate, so this runs first.
+    const within = batch.truncateRanges ? ` and (${rangesWhere(shape.key[0]!, batch.truncateRanges)})` : '';
     if (soft) {
-      await client.query(`update ${target} set ${quoteIdent(DELETED_AT_COLUMN)} = $1, ${quoteIdent(sql.LOAD_ID_COLUMN)} = $2 where ${quoteIdent(DELETED_AT_COLUMN)} is null`, [
+      await client.query(`update ${target} set ${quoteIdent(DELETED_AT_COLUMN)} = $1, ${quoteIdent(sql.LOAD_ID_COLUMN)} = $2 where ${quoteIdent(DELETED_AT_COLUMN)} is null${within}`, [
         batch.truncatedAt,
         req.load.loadId,
       ]);
     } else {
-      await client.query(sql.deleteAllSql(schema, shape.target));
+      await client.query(`${sql.deleteAllSql(schema, shape.target)} where true${within}`);
     }
   }
   if (batch.rows.size === 0) return;
 
-  // Staging holds every column some change carries; ABSENT lists, per row, the ones it did not.
-  const carried = columns.filter((c) => [...batch.rows.values()].some((p) => p.op === 'upsert' && p.values.has(c.name)) && !shape.key.includes(c.name));
+  // Staging holds every column some change carries; ABSENT lists, per row, the ones it did not;
+  // FROM_i, for an update that changed the key, the old key whose row fills what it did not carry.
+  const present = new Set<string>();
+  let moved = false;
+  for (const p of batch.rows.values()) {
+    if (p.op !== 'upsert') continue;
+    for (const c of p.values.keys()) present.add(c);
+    if (p.from) moved = true;
+  }
+  // A moved row takes every column it lacks from its old row, so then every column is staged.
+  const carried = columns.filter((c) => (moved || present.has(c.name)) && !shape.key.includes(c.name));
   const staged = [...shape.key, ...carried.map((c) => c.name)];
-  await client.query(`drop table if exists ${quoteIdent(STAGE)}`);
-  await client.query(
-    `create temp table ${quoteIdent(STAGE)} (${[OP, ABSENT, AT].map((c) => `${quoteIdent(c)} text`).concat(staged.map((c) => `${quoteIdent(c)} text`)).join(', ')}) on commit drop`,
-  );
-  const sink = client.query(copyFrom(`copy ${quoteIdent(STAGE)} (${[OP, ABSENT, AT, ...staged].map(quoteIdent).join(', ')}) from stdin`));
+  const from = moved ? shape.key.map((_, i) => `${FROM}${i}`) : [];
+  const stageColumns = [OP, ABSENT, AT, ...from, ...staged];
+  await client.query(`drop table if exists ${quoteIdent(STAGE)}; create temp table ${quoteIdent(STAGE)} (${stageColumns.map((c) => `${quoteIdent(c)} text`).join(', ')}) on commit drop`);
+  const sink = client.query(copyFrom(`copy ${quoteIdent(STAGE)} (${stageColumns.map(quoteIdent).join(', ')}) from stdin`));
   let buffer = '';
   const write = async () => {
     if (!sink.write(buffer)) await new Promise((r) => sink.once('drain', r));
     buffer = '';
   };
+  let anyAbsent = false;
   for (const pending of batch.rows.values()) {
     const fields: string[] = [];
     if (pending.op === 'delete') {
-      fields.push('d', '\\N', copyField(pending.at.toISOString()), ...pending.key.map(copyField), ...carried.map(() => '\\N'));
+      fields.push('d', '\\N', copyField(pending.at.toISOString()), ...from.map(() => '\\N'), ...pending.key.map(copyField), ...carried.map(() => '\\N'));
     } else {
       const absent = carried.filter((c) => !pending.values.has(c.name)).map((c) => c.name);
-      fields.push('u', copyField(absent.length ? pgTextArray(absent) : null), '\\N', ...pending.key.map(copyField));
+      if (absent.length) anyAbsent = true;
+      fields.push('u', copyField(absent.length ? pgTextArray(absent) : null), '\\N');
+      for (let i = 0; i < from.length; i++) fields.push(copyField(pending.from?.[i] ?? null));
+      fields.push(...pending.key.map(copyField));
       for (const c of carried) fields.push(copyField(pending.values.get(c.name) ?? null));
     }
     buffer += fields.join('\t') + '\n';
@@ -188,32 +227,110 @@ async function applyTable(client: pg.PoolClient, req: ApplyRequest, shape: Table
   if (buffer) await write();
   sink.end();
   await finished(sink);
-  if (batch.rows.size >= 50_000) await client.query(`analyze ${quoteIdent(STAGE)}`);
 
-  const keyMatch = shape.key.map((k) => `t.${quoteIdent(k)} = s.${quoteIdent(k)}::${types.get(k)}`).join(' and ');
+  const stage = quoteIdent(STAGE);
+  const match = (alias: string, keys: string[]) => shape.key.map((k, i) => `${alias}.${quoteIdent(k)} = s.${quoteIdent(keys[i]!)}::${types.get(k)}`).join(' and ');
+  const keyMatch = match('t', shape.key);
   const op = (o: string) => `s.${quoteIdent(OP)} = '${o}'`;
+  if (moved && anyAbsent) {
+    // An update that changed the key and left a TOASTed value out: the value is the old row's,
+    // read before this batch deletes that row. An old row the destination lacks leaves it null.
+    const fill = carried.map((c) => `${quoteIdent(c.name)} = case when ${sql.literal(c.name)} = any(s.${quoteIdent(ABSENT)}::text[]) then o.${quoteIdent(c.name)}::text else s.${quoteIdent(c.name)} end`);
+    await client.query(
+      `update ${stage} s set ${[...fill, `${quoteIdent(ABSENT)} = null`].join(', ')} from ${target} o
+        where ${op('u')} and s.${quoteIdent(ABSENT)} is not null and s.${quoteIdent(from[0]!)} is not null and ${match('o', from)}`,
+    );
+    anyAbsent = (await client.query(`select 1 from ${stage} s where ${op('u')} and s.${quoteIdent(ABSENT)} is not null limit 1`)).rowCount! > 0;
+  }
   if (soft) {
     await client.query(
       `update ${target} t set ${quoteIdent(DELETED_AT_COLUMN)} = coalesce(t.${quoteIdent(DELETED_AT_COLUMN)}, s.${quoteIdent(AT)}::timestamptz), ${quoteIdent(sql.LOAD_ID_COLUMN)} = $1
-       from ${quoteIdent(STAGE)} s where ${op('d')} and ${keyMatch}`,
+       from ${stage} s where ${op('d')} and ${keyMatch}`,
       [req.load.loadId],
     );
   } else {
-    await client.query(`delete from ${target} t using ${quoteIdent(STAGE)} s where ${op('d')} and ${keyMatch}`);
+    await client.query(`delete from ${target} t using ${stage} s where ${op('d')} and ${keyMatch}`);
   }
-  const sets = carried.map(
-    (c) => `${quoteIdent(c.name)} = case when ${sql.literal(c.name)} = any(s.${quoteIdent(ABSENT)}::text[]) then t.${quoteIdent(c.name)} else s.${quoteIdent(c.name)}::${c.type} end`,
+  const insertColumns = [...shape.key, ...carried.map((c) => c.name)];
+  const selected = `select ${insertColumns.map((c) => `s.${quoteIdent(c)}::${types.get(c)}`).join(', ')}, $1 from ${stage} s where ${op('u')}`;
+  const into = `insert into ${target} (${[...insertColumns, sql.LOAD_ID_COLUMN].map(quoteIdent).join(', ')})`;
+  if (!anyAbsent && (await hasUniqueKey(client, target, shape.key))) {
+    // Every row carries every staged column: one upsert on the key's unique index (the batch
+    // holds each key once, so no row is touched twice).
+    const sets = [...carried.map((c) => c.name), sql.LOAD_ID_COLUMN].map((c) => `${quoteIdent(c)} = excluded.${quoteIdent(c)}`);
+    if (soft) sets.push(`${quoteIdent(DELETED_AT_COLUMN)} = null`);
+    try {
+      await client.query(`${into} ${selected} on conflict (${shape.key.map(quoteIdent).join(', ')}) do update set ${sets.join(', ')}`, [req.load.loadId]);
+    } catch (err) {
+      uniqueKeys.clear();
+      throw err;
+    }
+    return;
+  }
+  // The joins below plan better knowing the staged rows.
+  if (batch.rows.size >= 50_000) await client.query(`analyze ${stage}`);
+  const sets = carried.map((c) =>
+    anyAbsent
+      ? `${quoteIdent(c.name)} = case when ${sql.literal(c.name)} = any(s.${quoteIdent(ABSENT)}::text[]) then t.${quoteIdent(c.name)} else s.${quoteIdent(c.name)}::${c.type} end`
+      : `${quoteIdent(c.name)} = s.${quoteIdent(c.name)}::${c.type}`,
   );
   sets.push(`${quoteIdent(sql.LOAD_ID_COLUMN)} = $1`);
   if (soft) sets.push(`${quoteIdent(DELETED_AT_COLUMN)} = null`);
-  await client.query(`update ${target} t set ${sets.join(', ')} from ${quoteIdent(STAGE)} s where ${op('u')} and ${keyMatch}`, [req.load.loadId]);
-  const insertColumns = [...shape.key, ...carried.map((c) => c.name)];
-  await client.query(
-    `insert into ${target} (${[...insertColumns, sql.LOAD_ID_COLUMN].map(quoteIdent).join(', ')})
-     select ${insertColumns.map((c) => `s.${quoteIdent(c)}::${types.get(c)}`).join(', ')}, $1 from ${quoteIdent(STAGE)} s
-     where ${op('u')} and not exists (select 1 from ${target} t where ${keyMatch})`,
-    [req.load.loadId],
+  await client.query(`update ${target} t set ${sets.join(', ')} from ${stage} s where ${op('u')} and ${keyMatch}`, [req.load.loadId]);
+  await client.query(`${into} ${selected} and not exists (select 1 from ${target} t where ${keyMatch})`, [req.load.loadId]);
+}
+
+/** Tables known to have their key's unique index (asked once per worker; an index dropped later fails the upsert, which forgets it). */
+const uniqueKeys = new Set<string>();
+
+/**
+ * Whether `source` is `dest`'s own type with a modifier that holds every value of it and more:
+ * a longer varchar/char/bit varying, a numeric with as many integer and fraction digits or
+ * more (or none: unconstrained), a time or timestamp with more fractional digits.
+ */
+export function widerModifier(source: string, dest: string): boolean {
+  const parse = (t: string) => {
+    const c = canonicalType(t);
+    const m = /^([a-z ]+?)(?:\((\d+)(?:,(\d+))?\))?((?: with(?:out)? time zone)?)$/.exec(c);
+    return m ? { base: `${m[1]}${m[4]}`, args: m[2] === undefined ? undefined : [Number(m[2]), Number(m[3] ?? 0)] } : undefined;
+  };
+  const s = parse(source);
+  const d = parse(dest);
+  if (!s || !d || s.base !== d.base || canonicalType(source) === canonicalType(dest) || !d.args) return false;
+  if (!s.args) return ['character varying', 'numeric', 'bit varying'].includes(s.base);
+  const [sp, ss] = s.args as [number, number];
+  const [dp, ds] = d.args as [number, number];
+  if (s.base === 'numeric') return sp - ss >= dp - ds && ss >= ds;
+  return ['character varying', 'bit varying', 'time without time zone', 'time with time zone', 'timestamp without time zone', 'timestamp with time zone', 'interval'].includes(s.base) && sp >= dp;
+}
+
+/** Whether the destination table has a plain unique index on exactly the key columns (ON CONFLICT needs one). */
+async function hasUniqueKey(client: pg.PoolClient, table: string, key: string[]): Promise<boolean> {
+  const at = (client as unknown as { connectionParameters?: { host?: string; port?: number; database?: string } }).connectionParameters;
+  const id = JSON.stringify([at?.host, at?.port, at?.database, table, key]);
+  if (uniqueKeys.has(id)) return true;
+  const r = await client.query(
+    `select 1 from pg_index i
+      where i.indrelid = $1::regclass and i.indisunique and i.indpred is null and i.indexprs is null and i.indnkeyatts = $3
+        and (select array_agg(a.attname::text order by a.attname) from pg_attribute a where a.attrelid = i.indrelid and a.attnum = any(i.indkey)) = $2::text[]`,
+    [table, [...key].sort(), key.length],
   );
+  if (r.rowCount) uniqueKeys.add(id);
+  return (r.rowCount ?? 0) > 0;
+}
+
+/** SQL for "the first key column is in one of these ranges"; the bounds are integers (checked), never quoted in. */
+function rangesWhere(column: string, ranges: FirstKeyRange[]): string {
+  const c = quoteIdent(column);
+  const int = (v: string) => {
+    if (!/^-?\d{1,20}$/.test(v)) throw new Error(`key range bound ${JSON.stringify(v)} is not an integer`);
+    return v;
+  };
+  if (!ranges.length) return 'false';
+  return ranges
+    .map((r) => [r.lo === null ? 'true' : `${c} >= ${int(r.lo)}`, r.hi === null ? 'true' : `${c} < ${int(r.hi)}`].join(' and '))
+    .map((w) => `(${w})`)
+    .join(' or ');
 }
 
 /** A text[] literal in PostgreSQL's array input syntax (values quoted and escaped). */

@@ -12,7 +12,8 @@
 export type ChangeValues = Map<string, string | null>;
 
 export type Pending =
-  | { op: 'upsert'; key: string[]; values: ChangeValues }
+  /** `from`: the key changed from this one; what the change did not carry is that row's (in the destination). */
+  | { op: 'upsert'; key: string[]; values: ChangeValues; from?: string[] }
   | { op: 'delete'; key: string[]; at: Date };
 
 export interface TableCounts {
@@ -22,9 +23,20 @@ export interface TableCounts {
   truncates: number;
 }
 
+/** Keys whose first column (an integer) is in [lo, hi); null is unbounded. */
+export interface FirstKeyRange {
+  lo: string | null;
+  hi: string | null;
+}
+
 export interface TableBatch {
   /** Set when the batch truncates the table: applied before the batch's own later changes. */
   truncatedAt?: Date;
+  /**
+   * With truncatedAt: only these key ranges are emptied (a TRUNCATE that committed while the
+   * table's snapshot was copied in chunks, which some chunks' copies already show). Absent: all.
+   */
+  truncateRanges?: FirstKeyRange[];
   rows: Map<string, Pending>;
   counts: TableCounts;
 }
@@ -61,13 +73,18 @@ export class ChangeBatch {
     const t = this.table(table);
     const k = keyOf(key);
     let merged = values;
-    const previous = t.rows.get(oldKey && keyOf(oldKey) !== k ? keyOf(oldKey) : k);
+    const moved = oldKey !== undefined && keyOf(oldKey) !== k;
+    const previous = t.rows.get(moved ? keyOf(oldKey) : k);
+    // A moved row not in the batch yet takes what the change lacks from the old key's destination row.
+    let from = moved ? oldKey : undefined;
     if (previous?.op === 'upsert') {
       merged = new Map(previous.values);
       for (const [c, v] of values) merged.set(c, v);
+      // Moved again or for the first time: what neither change carried is still the first old key's.
+      from = previous.from ?? (moved ? oldKey : undefined);
     }
-    if (oldKey && keyOf(oldKey) !== k) t.rows.set(keyOf(oldKey), { op: 'delete', key: oldKey, at });
-    t.rows.set(k, { op: 'upsert', key, values: merged });
+    if (moved) t.rows.set(keyOf(oldKey), { op: 'delete', key: oldKey, at });
+    t.rows.set(k, { op: 'upsert', key, values: merged, ...(from ? { from } : {}) });
     t.counts.updates++;
     this.changes++;
   }
@@ -80,9 +97,16 @@ export class ChangeBatch {
   }
 
   /** Everything the batch holds for the table so far is void; later changes apply after the truncate. */
-  truncate(table: string, at: Date): void {
+  truncate(table: string, at: Date, ranges?: FirstKeyRange[]): void {
     const t = this.table(table);
-    t.rows.clear();
+    if (ranges) {
+      for (const [k, pending] of t.rows) if (ranges.some((r) => inRange(r, pending.key[0]!))) t.rows.delete(k);
+      // A whole-table truncate earlier in the batch stays whole.
+      if (!t.truncatedAt || t.truncateRanges) t.truncateRanges = [...(t.truncateRanges ?? []), ...ranges];
+    } else {
+      t.rows.clear();
+      delete t.truncateRanges;
+    }
     t.truncatedAt = at;
     t.counts.truncates++;
     this.changes++;
@@ -91,4 +115,9 @@ export class ChangeBatch {
   get empty(): boolean {
     return this.changes === 0;
   }
+}
+
+export function inRange(range: FirstKeyRange, firstKey: string): boolean {
+  const k = BigInt(firstKey);
+  return (range.lo === null || k >= BigInt(range.lo)) && (range.hi === null || k < BigInt(range.hi));
 }

@@ -25,8 +25,9 @@ import { PermanentError } from '../../errors';
 import { qualifiedName } from '../../schema/identifiers';
 import { getPool } from './pool';
 
+/** Writer kinds of a table (a full refresh holds them all); `cdc_slot` guards a replication slot. */
 export const LEASE_KINDS = ['backfill', 'incremental', 'files', 'full_refresh', 'cdc'] as const;
-export type LeaseKind = (typeof LEASE_KINDS)[number];
+export type LeaseKind = (typeof LEASE_KINDS)[number] | 'cdc_slot';
 
 export interface LeaseHolder {
   workflowId: string;
@@ -184,6 +185,20 @@ export async function checkLease(client: pg.PoolClient, schema: string, lease: L
   if (r.rowCount) return;
   const current = await client.query<{ state: unknown }>(`select state from ${stateTable(schema)} where resource = $1`, [lease.key]);
   throw new LeaseLostError(lease.key, lease.token, parseLease(current.rows[0]?.state));
+}
+
+/** checkLease for several leases in one round trip (a CDC batch holds one per table and one for its slot). */
+export async function checkLeases(client: pg.PoolClient, schema: string, leases: LeaseToken[]): Promise<void> {
+  const r = await client.query(
+    `update ${stateTable(schema)} s
+        set state = jsonb_set(s.state, '{renewedAt}', to_jsonb(to_char(now() at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'))), updated_at = now()
+       from unnest($1::text[], $2::bigint[]) as l(key, token)
+      where s.resource = l.key and (s.state->>'token')::bigint = l.token and s.state->'holder' <> 'null'::jsonb`,
+    [leases.map((l) => l.key), leases.map((l) => l.token)],
+  );
+  if (r.rowCount === leases.length) return;
+  // One of them is lost: the single check names it (and throws).
+  for (const lease of leases) await checkLease(client, schema, lease);
 }
 
 /** Renews (and checks) a lease in a transaction of its own: for runs that go long without a commit. */

@@ -71,6 +71,8 @@ export type LoadPath = 'direct' | 'typed-staging' | 'text-staging';
 export type Supersede =
   | { kind: 'range'; column: string; start: string; end: string }
   | { kind: 'from'; column: string; value: string | null }
+  /** A CDC snapshot chunk: rows whose key column is in [lo, hi); null is unbounded. */
+  | { kind: 'keyRange'; column: string; lo: string | null; hi: string | null }
   | { kind: 'load'; loadId: string }
   | { kind: 'file'; file: string; previousLoadId?: string };
 
@@ -742,6 +744,15 @@ async function deleteSuperseded(
       if (supersede.value === null) await client.query(sql.deleteAllSql(schema, table));
       else await client.query(sql.deleteFromSql(schema, table, namer.name(supersede.column)), [supersede.value]);
       return;
+    case 'keyRange': {
+      const c = quoteIdent(namer.name(supersede.column));
+      const where: string[] = [];
+      const params: string[] = [];
+      if (supersede.lo !== null) where.push(`${c} >= $${params.push(supersede.lo)}`);
+      if (supersede.hi !== null) where.push(`${c} < $${params.push(supersede.hi)}`);
+      await client.query(`delete from ${qualifiedName(schema, table)}${where.length ? ` where ${where.join(' and ')}` : ''}`, params);
+      return;
+    }
   }
 }
 

@@ -33,11 +33,12 @@ export class ReplicationStream {
 
   private constructor(private readonly client: pg.Client) {}
 
-  static async start(url: string, slot: string, publication: string, from: bigint): Promise<ReplicationStream> {
+  /** `applicationName` names the reader in pg_stat_activity: how another run learns who holds the slot. */
+  static async start(url: string, slot: string, publication: string, from: bigint, applicationName = 'sluice-cdc'): Promise<ReplicationStream> {
     const client = new pg.Client({
       connectionString: url,
       replication: 'database',
-      application_name: 'sluice-cdc',
+      application_name: applicationName,
       // pgoutput prints values with the walsender's settings: the same portable text the snapshot's COPY uses.
       options: '-c timezone=UTC -c datestyle=ISO,YMD -c intervalstyle=postgres -c extra_float_digits=3',
     } as pg.ClientConfig);

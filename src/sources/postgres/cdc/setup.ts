@@ -8,7 +8,7 @@ import { pipeline } from 'node:stream/promises';
 import pg from 'pg';
 import { to as copyTo } from 'pg-copy-streams';
 import { PermanentError } from '../../../errors';
-import { ColumnNamer, normalizeIdentifier, qualifiedName, quoteIdent, splitQualified } from '../../../schema/identifiers';
+import { ColumnNamer, normalizeIdentifier, qualifiedName, quoteIdent, shortHash, splitQualified } from '../../../schema/identifiers';
 import type { Extracted, SourceColumn } from '../../types';
 import { describeSource, PORTABLE_SESSION } from '../index';
 import { parseXidSnapshot, type XidSnapshot } from './snapshot';
@@ -73,18 +73,36 @@ export async function checkSource(client: pg.Client, tables: string[]): Promise<
       [found.oid],
     );
     const primary = keys.rows.filter((k) => k.primary).map((k) => k.name);
-    const key = primary.length ? primary : keys.rows.map((k) => k.name);
+    let key = primary.length ? primary : keys.rows.map((k) => k.name);
+    // REPLICA IDENTITY FULL sends every column of the old row, so any unique index on NOT NULL
+    // columns identifies it as well as a primary key would.
+    if (key.length === 0 && found.identity === 'f') key = await uniqueNotNullKey(client, found.oid);
     if (key.length === 0) {
       throw new PermanentError(
         found.identity === 'f'
-          ? `source table ${name} has REPLICA IDENTITY FULL but no primary key: sluice needs a key to merge its changes on`
+          ? `source table ${name} has REPLICA IDENTITY FULL but no primary key and no unique index on NOT NULL columns: ` +
+              'its rows are identified only by all their values, and two equal rows (which such a table may hold) cannot be told apart, ' +
+              'so an update or delete of one of them could not be applied to exactly one destination row'
           : `source table ${name} has no primary key, so its updates and deletes cannot be matched to destination rows`,
-        `add a primary key (ALTER TABLE ${rel} ADD PRIMARY KEY (...)), or a unique index and ALTER TABLE ${rel} REPLICA IDENTITY USING INDEX ...`,
+        `add a primary key (ALTER TABLE ${rel} ADD PRIMARY KEY (...)), or a unique index on NOT NULL columns (and ALTER TABLE ${rel} REPLICA IDENTITY USING INDEX ..., or keep FULL)`,
       );
     }
     result.push({ source: name, target: normalizeIdentifier(table), key });
   }
   return result;
+}
+
+/** The columns of the first plain unique index whose columns are all NOT NULL (none: []), in index order. */
+async function uniqueNotNullKey(client: pg.Client, oid: number): Promise<string[]> {
+  const r = await client.query<{ cols: string[] }>(
+    `select array(select a.attname::text from unnest(i.indkey::int2[]) with ordinality k(attnum, n) join pg_attribute a on a.attrelid = i.indrelid and a.attnum = k.attnum order by k.n) as cols
+       from pg_index i
+      where i.indrelid = $1 and i.indisunique and i.indisvalid and i.indpred is null and i.indexprs is null
+        and not exists (select 1 from pg_attribute a where a.attrelid = i.indrelid and a.attnum = any(i.indkey) and not a.attnotnull)
+      order by i.indexrelid limit 1`,
+    [oid],
+  );
+  return r.rows[0]?.cols ?? [];
 }
 
 /** Creates the publication (before the slot: pgoutput must find it from the slot's first change on), or adds missing tables to it. */
@@ -152,7 +170,7 @@ export async function currentWalLsn(client: pg.Client): Promise<string> {
  * that snapshot's xids (see snapshot.ts). The snapshot is exported by a holding transaction
  * that stays open until `release`, so the copy sees exactly what the xids describe.
  */
-export async function snapshotTable(url: string, table: string): Promise<{ data: Extracted; columns: SourceColumn[]; xids: XidSnapshot; release(): Promise<void> }> {
+export async function snapshotTable(url: string, table: string, range?: KeyRange): Promise<{ data: Extracted; columns: SourceColumn[]; xids: XidSnapshot; release(): Promise<void> }> {
   const columns = await describeSource(url, { kind: 'postgres', connection: '', table });
   const holder = new pg.Client({ connectionString: url, application_name: 'sluice-cdc-snapshot' });
   holder.on('error', () => undefined);
@@ -161,7 +179,8 @@ export async function snapshotTable(url: string, table: string): Promise<{ data:
   const r = await holder.query<{ xids: string; name: string }>('select pg_current_snapshot()::text as xids, pg_export_snapshot() as name');
   const { xids, name } = r.rows[0]!;
   const { schema, table: t } = splitQualified(table);
-  const query = `select ${columns.map((c) => quoteIdent(c.name)).join(', ')} from ${qualifiedName(schema ?? 'public', t)}`;
+  const where = range ? rangeWhere(range) : '';
+  const query = `select ${columns.map((c) => quoteIdent(c.name)).join(', ')} from ${qualifiedName(schema ?? 'public', t)}${where ? ` where ${where}` : ''}`;
   return {
     columns,
     xids: parseXidSnapshot(xids),
@@ -178,6 +197,93 @@ export async function snapshotTable(url: string, table: string): Promise<{ data:
     },
     release: () => holder.end().catch(() => undefined),
   };
+}
+
+/** A snapshot chunk: rows whose (integer) key column is in [lo, hi); null is unbounded. */
+export interface KeyRange {
+  column: string;
+  lo: string | null;
+  hi: string | null;
+}
+
+function rangeWhere(range: KeyRange): string {
+  const c = quoteIdent(range.column);
+  const bound = (v: string) => {
+    // Bounds are integers sluice read from the key itself; anything else is refused, never quoted in.
+    if (!/^-?\d{1,20}$/.test(v)) throw new Error(`snapshot chunk bound ${JSON.stringify(v)} is not an integer`);
+    return v;
+  };
+  return [range.lo === null ? undefined : `${c} >= ${bound(range.lo)}`, range.hi === null ? undefined : `${c} < ${bound(range.hi)}`].filter(Boolean).join(' and ');
+}
+
+const INTEGER_TYPES = new Set(['smallint', 'integer', 'bigint']);
+
+/**
+ * Splits a table into key ranges of about `chunkRows` rows, on the first key column when it is
+ * an integer (the ranges then mean the same in the source, in the destination and to the
+ * stream's snapshot filter); returns the n-1 inner bounds, none for a table copied whole.
+ * Bounds are exact quantiles of the key (one ordered scan of its index).
+ */
+export async function planChunks(client: pg.Client, table: CdcTable, chunkRows: number): Promise<{ column: string; bounds: string[] }> {
+  const { schema, table: t } = splitQualified(table.source);
+  const rel = qualifiedName(schema ?? 'public', t);
+  const column = table.key[0]!;
+  const type = (await client.query<{ type: string }>(
+    'select format_type(atttypid, atttypmod) as type from pg_attribute where attrelid = to_regclass($1) and attname = $2',
+    [rel, column],
+  )).rows[0]?.type;
+  if (!type || !INTEGER_TYPES.has(type)) return { column, bounds: [] };
+  const count = Number((await client.query<{ n: string }>(`select count(*) as n from ${rel}`)).rows[0]!.n);
+  if (count <= chunkRows) return { column, bounds: [] };
+  const step = Math.ceil(count / Math.ceil(count / chunkRows));
+  const c = quoteIdent(column);
+  const r = await client.query<{ b: string }>(
+    `select b::text from (select ${c} as b, row_number() over (order by ${c}) as rn from ${rel}) s where rn % $1 = 1 and rn > 1 order by rn`,
+    [step],
+  );
+  // A composite key repeats its first column: equal bounds would make empty chunks.
+  return { column, bounds: [...new Set(r.rows.map((x) => x.b))] };
+}
+
+/** application_name of the sessions that read a slot for workflow `workflowId`: who holds a slot is read off pg_stat_activity. */
+export function ownerTag(workflowId: string): string {
+  // PostgreSQL keeps 63 bytes of printable ASCII: the hash identifies, the id (maybe cut) is for people.
+  return `sluice-cdc ${shortHash(workflowId)} ${workflowId.replace(/[^\x20-\x7e]/g, '?')}`.slice(0, 63);
+}
+
+/**
+ * Refuses a slot that another consumer reads right now: another cdcWorkflow (named by its
+ * workflow id) or anything else. A session of this same workflow (an attempt that has not
+ * noticed its worker died) is not refused: it lets go soon, and the caller retries.
+ */
+export async function checkSlotHolder(client: pg.Client, slot: string, workflowId: string, waitMs = 10_000): Promise<void> {
+  const deadline = Date.now() + waitMs;
+  let holder: { pid: number; app: string | null } | undefined;
+  let tag: RegExpExecArray | null = null;
+  for (;;) {
+    const r = await client.query<{ pid: number; app: string | null }>(
+      `select s.active_pid as pid, a.application_name as app from pg_replication_slots s left join pg_stat_activity a on a.pid = s.active_pid
+        where s.slot_name = $1 and s.active_pid is not null`,
+      [slot],
+    );
+    holder = r.rows[0];
+    if (!holder) return;
+    tag = /^sluice-cdc ([0-9a-z]+) (.+)$/.exec(holder.app ?? '');
+    if (tag?.[1] === shortHash(workflowId)) return;
+    // A reader that is being stopped (a terminated run's last streaming call) lets go within seconds.
+    if (Date.now() >= deadline) break;
+    await new Promise((r) => setTimeout(r, 500));
+  }
+  const app = holder.app ?? '';
+  const other = tag?.[2];
+  throw new PermanentError(
+    other
+      ? `replication slot ${slot} is read by another cdcWorkflow, workflow ${other}: one workflow at a time may read a slot`
+      : `replication slot ${slot} is in use by another consumer (pid ${holder.pid}${app ? `, application_name ${app}` : ''})`,
+    other
+      ? `stop that workflow (temporal workflow signal --workflow-id ${other} --name stop) or give this one its own "slot"`
+      : 'give this workflow its own "slot", or stop the consumer that reads it',
+  );
 }
 
 /** Destination column names of a table's source columns, in the load engine's naming (same order, same collisions). */

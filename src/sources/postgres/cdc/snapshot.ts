@@ -47,3 +47,34 @@ export function seenBySnapshot(xid: number, snapshot: XidSnapshot): boolean {
   if (x < BigInt(snapshot.xmin)) return true;
   return !snapshot.xip.includes(x.toString());
 }
+
+/**
+ * A table's snapshot as the stream sees it: the table is copied in key ranges (chunks, split at
+ * `bounds` of its first key column, an integer), each under its own snapshot, so whether a
+ * streamed change is already in the copy depends on the chunk its key falls in. One chunk
+ * without bounds is a table copied whole.
+ */
+export interface SnapshotFilter {
+  bounds: bigint[];
+  /** One per chunk: bounds.length + 1. */
+  xids: XidSnapshot[];
+}
+
+/** The chunk a key's first column falls in: chunk i holds [bounds[i-1], bounds[i]). */
+export function chunkOf(filter: SnapshotFilter, firstKey: string): number {
+  if (filter.bounds.length === 0) return 0;
+  const k = BigInt(firstKey);
+  let lo = 0;
+  let hi = filter.bounds.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >> 1;
+    if (filter.bounds[mid]! <= k) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
+}
+
+/** Whether the copy of the chunk holding this key already has transaction `xid`'s changes to it. */
+export function seenForKey(filter: SnapshotFilter, xid: number, firstKey: string): boolean {
+  return seenBySnapshot(xid, filter.xids[chunkOf(filter, firstKey)]!);
+}
