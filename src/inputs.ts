@@ -385,8 +385,8 @@ const replicationName = z.string().regex(/^[a-z0-9_]{1,63}$/, 'must be 1-63 lowe
 
 export const CdcSource = z.strictObject({
   kind: z.literal('postgres'),
-  connection: envVarName,
-  tables: z.array(qualifiedTable).min(1, 'name at least one table, like ["public.orders"]'),
+  connection: envVarName.describe('the variable holding the source connection string (a role with REPLICATION and SELECT)'),
+  tables: z.array(qualifiedTable).min(1, 'name at least one table, like ["public.orders"]').describe('schema-qualified tables to capture; each lands as <destination.schema>.<table>'),
 });
 
 /**
@@ -395,27 +395,27 @@ export const CdcSource = z.strictObject({
  */
 export const CdcInput = z
   .strictObject({
-    source: CdcSource,
+    source: CdcSource.describe('the PostgreSQL database (wal_level=logical) and the tables to capture'),
     destination: z.strictObject(Destination.shape).default(defaultDestination),
-    deletes: z.enum(['hard', 'soft']).default('soft'),
+    deletes: z.enum(['hard', 'soft']).default('soft').describe('hard deletes the destination row; soft sets its _sluice_deleted_at'),
     /** An initial copy of each table, consistent with the stream. */
-    snapshot: z.boolean().default(true),
+    snapshot: z.boolean().default(true).describe('copy each table first, consistent with the stream (false: changes from now on only)'),
     /** Replication slot and publication on the source; default: derived from the workflow id, created when missing. */
-    slot: replicationName.optional(),
-    publication: replicationName.optional(),
+    slot: replicationName.optional().describe('replication slot on the source (default: derived from the workflow id, created when missing)'),
+    publication: replicationName.optional().describe('publication on the source (default: derived from the workflow id, created when missing)'),
     /** Snapshot chunks (of any table) copied at once. */
-    parallel: z.number().int().min(1).max(64).default(4),
+    parallel: z.number().int().min(1).max(64).default(4).describe('snapshot chunks (of any table) copied at once'),
     /**
      * Rows per snapshot chunk: a larger table whose key starts with an integer column is copied
      * in key ranges of about this many rows, each its own activity (a crash redoes one chunk).
      */
-    snapshotChunkRows: z.number().int().min(1).default(1_000_000),
+    snapshotChunkRows: z.number().int().min(1).default(1_000_000).describe('a larger table whose key starts with an integer column is copied in key ranges of about this many rows, one activity each'),
     /** A batch closes at the first commit after this many changes ... */
-    batchChanges: z.number().int().min(1).max(1_000_000).default(10_000),
+    batchChanges: z.number().int().min(1).max(1_000_000).default(10_000).describe('a batch closes at the first commit after this many changes ...'),
     /** ... or this long after its first change. */
-    batchWait: duration.default('1s'),
+    batchWait: duration.default('1s').describe('... or this long after its first change'),
     /** How long one streaming activity runs before it reports back (history stays bounded). */
-    streamWindow: duration.default('1m'),
+    streamWindow: duration.default('1m').describe('how long one streaming activity runs before it reports back (keeps history bounded)'),
     /** Internal: what a run hands to its continue-as-new successor. */
     continuation: z
       .strictObject({
@@ -426,7 +426,8 @@ export const CdcInput = z
         snapshotDone: z.boolean(),
         paused: z.boolean(),
       })
-      .optional(),
+      .optional()
+      .describe('Internal: what a run hands to its continue-as-new successor; never set it yourself'),
   })
   .superRefine((c, ctx) => {
     const seen = new Map<string, string>();

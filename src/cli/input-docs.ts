@@ -3,7 +3,7 @@
  * it cannot drift from what the workflows accept. Pure: schemas in, Markdown out.
  */
 import { z } from 'zod';
-import { BackfillInput, Destination, FilesInput, FilesSource, FullRefreshInput, IncrementalInput, PipelineInput, Resource, Source } from '../inputs';
+import { BackfillInput, CdcInput, Destination, FilesInput, FilesSource, FullRefreshInput, IncrementalInput, PipelineInput, Resource, Source } from '../inputs';
 
 interface JsonSchema {
   type?: string | string[];
@@ -41,6 +41,7 @@ const WORKFLOWS: { name: string; intro: string; schema: z.ZodType }[] = [
   { name: 'filesWorkflow', intro: 'One activity per file; a file already loaded is never loaded again.', schema: FilesInput },
   { name: 'fullRefreshWorkflow', intro: 'Loads into staging, then swaps the table in atomically.', schema: FullRefreshInput },
   { name: 'pipelineWorkflow', intro: 'Runs steps as child workflows in dependency order.', schema: PipelineInput },
+  { name: 'cdcWorkflow', intro: 'Snapshots the tables, then applies their logical-replication changes in commit order until stopped.', schema: CdcInput },
 ];
 
 interface Row {
