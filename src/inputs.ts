@@ -330,8 +330,11 @@ export const FilesInput = z
     /** Internal: what a run hands to its continue-as-new successor. */
     continuation: z
       .strictObject({
-        /** Every file loaded so far, as [path, fingerprint, version]: tuples keep large directories small in history. */
-        files: z.array(z.tuple([z.string(), z.string(), z.number().int().min(1)])),
+        /**
+         * Runs from before batches: every file loaded so far, as [path, fingerprint, version].
+         * Runs now carry no files at all (_sluice_state records them), only the pass's cursor.
+         */
+        files: z.array(z.tuple([z.string(), z.string(), z.number().int().min(1)])).optional(),
         /** Passes completed ("every"). */
         passes: z.number().int().min(0),
         /** Totals over all passes. */
@@ -343,7 +346,13 @@ export const FilesInput = z
             loaded: z.number().int().min(0),
             rows: z.number().int().min(0),
             rejected: z.number().int().min(0),
+            /** The pass's failures, all of them before batches; now the first few (failedCount counts them all). */
             failed: z.array(z.strictObject({ file: z.string(), error: z.string(), fingerprint: z.string() })),
+            failedCount: z.number().int().min(0).optional(),
+            /** Files examined so far in the pass (loaded, unchanged or failed). */
+            examined: z.number().int().min(0).optional(),
+            /** The last path examined: the pass goes on after it. */
+            cursor: z.string().optional(),
           })
           .optional(),
         paused: z.boolean(),

@@ -1,6 +1,7 @@
 /**
- * Activities of filesWorkflow: list a directory (metadata and fingerprints, never rows), load one
- * file in one transaction, and read which files earlier runs loaded.
+ * Activities of filesWorkflow: plan the next bounded batch of files to load (the listing from a
+ * cursor, diffed against _sluice_state), load one file in one transaction, and, for runs that
+ * started before batches, list a whole directory and read which files earlier runs loaded.
  *
  * Loaded files are mirrored to _sluice_state as ONE ROW PER FILE, key
  * `files:<resource>:<path>`, written by the load that loaded the file in the same transaction
@@ -20,6 +21,7 @@ import { getPool } from '../destinations/postgres/pool';
 import type { Destination, FilesSource, Resource } from '../inputs';
 import { qualifiedName } from '../schema/identifiers';
 import { extractFile, filesStoreFor, type ListedFile } from '../sources/files';
+import { planBatch, type FilesBatch, type StoredFile } from '../sources/files/plan';
 import { destinationTable, summarize, withHeartbeat, workflowOf, type ActivityDeps, type LoadSummary } from './context';
 
 export interface LoadFileRequest {
@@ -56,7 +58,29 @@ interface FileStateValue extends LoadedFile {
   size: number;
   mtimeMs: number;
   loadId: string;
+  /** Local files loaded from a planned batch: unchanged stat data means unchanged bytes (see ListedEntry). */
+  statKey?: string;
 }
+
+export interface PlanFilesRequest {
+  source: FilesSource;
+  resource: Resource;
+  destination: Destination;
+  /** The last path an earlier batch of this pass examined; absent at the start of a pass. */
+  after?: string;
+  /** At most this many files to load. */
+  maxFiles: number;
+}
+
+/**
+ * Bounds of one planned batch. The result carries at most 128 KiB of files (Temporal refuses
+ * payloads over 2 MB and warns far below), and a call examines at most 50,000 files, so a huge
+ * unchanged directory moves its progress in steps and a retried call repeats little.
+ */
+const PLAN_MAX_BYTES = 128 * 1024;
+const PLAN_MAX_EXAMINED = 50_000;
+/** Paths per _sluice_state query: one indexed `= any($1)` lookup each. */
+const PLAN_LOOKUP_BATCH = 1_000;
 
 /** The resource name is URI-encoded so that a ":" in it cannot make two resources' keys meet. */
 function fileStatePrefix(resource: string): string {
@@ -91,7 +115,32 @@ export function createFileActivities(_deps: ActivityDeps) {
       });
     },
 
-    /** Files that earlier runs loaded for this resource, so a new run skips them. */
+    /**
+     * The next batch of a pass: files after `after` that are new or changed according to
+     * _sluice_state, with the version each loads as, and where the next batch starts.
+     */
+    async planFilesBatch(req: PlanFilesRequest): Promise<FilesBatch> {
+      return withHeartbeat(async (progress) => {
+        const url = resolveConnection(req.destination.connection);
+        await ensureMetadata(url, req.destination.schema);
+        const store = await filesStoreFor(req.source);
+        let bytesHashed = 0;
+        let planned = { examined: 0, toLoad: 0 };
+        const report = () => progress({ ...planned, bytesHashed });
+        const entries = store.entries(req.source.pattern, req.after, (p) => {
+          bytesHashed = p.bytesHashed;
+          report();
+        });
+        const lookup = (paths: string[]) => readStoredFiles(url, req.destination.schema, req.resource.name, paths);
+        const limits = { maxFiles: req.maxFiles, maxBytes: PLAN_MAX_BYTES, maxExamined: PLAN_MAX_EXAMINED, lookupBatch: PLAN_LOOKUP_BATCH };
+        return planBatch(entries, lookup, limits, (p) => {
+          planned = p;
+          report();
+        });
+      });
+    },
+
+    /** Files that earlier runs loaded for this resource, so a new run skips them (runs from before planFilesBatch). */
     async readFilesState(destination: Destination, resource: Resource): Promise<LoadedFile[]> {
       return withHeartbeat(async () => {
         const url = resolveConnection(destination.connection);
@@ -127,6 +176,7 @@ export function createFileActivities(_deps: ActivityDeps) {
         size: file.size,
         mtimeMs: file.mtimeMs,
         loadId,
+        ...(file.statKey !== undefined ? { statKey: file.statKey } : {}),
       };
       return withHeartbeat(async (progress, signal) => {
         let result: LoadResult;
@@ -168,6 +218,21 @@ export function createFileActivities(_deps: ActivityDeps) {
       }, { reportToWorkflow: true });
     },
   };
+}
+
+/** The stored state of those of `paths` that are loaded, by path: one query for the whole key batch. */
+async function readStoredFiles(url: string, schema: string, resource: string, paths: string[]): Promise<Map<string, StoredFile>> {
+  const result = await getPool(url).query<{ state: unknown }>(
+    `select state from ${qualifiedName(schema, '_sluice_state')} where resource = any($1::text[])`,
+    [paths.map((path) => fileStateKey(resource, path))],
+  );
+  const stored = new Map<string, StoredFile>();
+  for (const { state } of result.rows) {
+    if (!isLoadedFile(state)) continue;
+    const statKey = (state as Partial<FileStateValue>).statKey;
+    stored.set(state.path, { fingerprint: state.fingerprint, version: state.version, ...(typeof statKey === 'string' ? { statKey } : {}) });
+  }
+  return stored;
 }
 
 async function previousLoadId(url: string, schema: string, key: string): Promise<string | undefined> {

@@ -3,6 +3,7 @@ import type { Activities, LoadSummary } from '../activities';
 import { filesLocation, FilesInput, type Progress } from '../inputs';
 import type { LeaseToken } from '../destinations/postgres/lease';
 import type { ListedFile } from '../sources/files';
+import type { FilesBatch } from '../sources/files/plan';
 import {
   checkBeforeFanOut,
   failedRun,
@@ -25,7 +26,7 @@ import {
 } from './shared';
 import { durationMs } from '../plan/duration';
 
-const { readFilesState, listSourceFiles } = wf.proxyActivities<Activities>({
+const { readFilesState, listSourceFiles, planFilesBatch } = wf.proxyActivities<Activities>({
   // Listing hashes new and touched files, which takes as long as reading them once.
   startToCloseTimeout: '2h',
   heartbeatTimeout: '30s',
@@ -37,7 +38,21 @@ const { loadFile } = wf.proxyActivities<Activities>({
   heartbeatTimeout: '15s',
 });
 
-/** Starts the next pass of an `every` workflow now instead of at the end of its sleep. */
+/**
+ * Failures kept by name, in progress, across continue-as-new and in the result; all of them are
+ * counted, and each is a failed row in _sluice_loads with its error.
+ */
+const FAILURE_SAMPLES = 10;
+/** A failure's message as kept in the workflow: a hostile file must not grow history through it. */
+const FAILURE_MESSAGE_CHARS = 2_000;
+
+/**
+ * Files per planned batch: enough to keep the window full while the next batch is planned, few
+ * enough that a run continuing as new mid-batch re-plans little (its started files are skipped).
+ */
+function batchSize(parallel: number): number {
+  return Math.min(500, Math.max(50, parallel * 10));
+}
 
 export interface FilesResult {
   /** Files the pattern matched. */
@@ -45,7 +60,10 @@ export interface FilesResult {
   loaded: number;
   /** Already loaded with the same content (by this workflow or, per _sluice_state, an earlier one). */
   skipped: number;
+  /** The failed files, or the first few of them when `failedCount` is present. */
   failed: { file: string; error: string }[];
+  /** Present when more files failed than `failed` names: how many. */
+  failedCount?: number;
   rows: number;
   rejected: number;
 }
@@ -56,29 +74,50 @@ interface FileState {
   version: number;
 }
 
+/** The files of one batch (before batches: of the whole pass), in objects and bytes, for the progress line. */
+interface Batch {
+  files: number;
+  bytes: number;
+  filesDone: number;
+  bytesDone: number;
+}
+
 interface PassState {
-  /** Files the listing matched; null until the pass has listed them. */
+  /** Files the listing matched; null until the pass has listed them (in batches: until the listing ends). */
   listed: number | null;
+  /** In batches: files examined so far, up to the cursor (loaded, unchanged, failed or in flight). */
+  examined: number;
+  /** The last path examined; the next batch starts after it. */
+  cursor?: string;
   loaded: number;
+  /** Before batches: unchanged files, counted from the whole listing. */
   skipped: number;
   rows: number;
   rejected: number;
+  /** Before batches every failure of the pass; in batches the first few. */
   failed: { file: string; error: string; fingerprint: string }[];
+  failedCount: number;
 }
 
-
-
 /**
- * Loads the files of a directory: lists them (path, size, modification time and a content hash),
- * then runs one `loadFile` activity per new or changed file, at most `parallel` in flight. A file
- * that fails for good is recorded and the others carry on. The set of loaded files
- * (path -> fingerprint) is workflow state, and each load also writes its file to _sluice_state
- * in its own transaction, so a new run skips what earlier runs loaded.
+ * Loads the files of a directory or object-storage prefix, one `loadFile` activity per new or
+ * changed file, at most `parallel` in flight; a file that fails for good is recorded and the
+ * others carry on. Each load writes its file to _sluice_state (`files:<resource>:<path>`) in its
+ * own transaction, and that is the one record of what is loaded: the `planFilesBatch` activity
+ * lists the source from a cursor in a stable order, diffs it against _sluice_state and hands
+ * back a bounded batch of files to load, with the next cursor. The workflow carries the cursor,
+ * counts and the first few failures, never the listing or the loaded files, so history and
+ * payloads stay small at any directory size.
  *
  * `once` runs one pass and returns what it did. `every` sleeps between passes (the `syncNow`
- * signal cuts the sleep short) and tries each pass's failed files again in the next one; both
- * obey pause, resume and setParallel, and continue as new when history grows long, even in the
- * middle of a pass, carrying the loaded files (as [path, fingerprint, version]) and the counts.
+ * signal cuts the sleep short); each pass starts its cursor over, so files that failed are tried
+ * again in the next one (within a pass they are not: the cursor is past them). Both obey pause,
+ * resume and setParallel, and continue as new when history grows long, between batches or in the
+ * middle of one (carrying the path of the last file started; files loaded since are skipped by
+ * the next plan, their state having committed with their rows).
+ *
+ * Runs from before batches (no `files-bounded-batches` marker) list the whole source in one
+ * activity and carry every loaded file through continue-as-new; they replay that way.
  */
 export async function filesWorkflow(rawInput: unknown): Promise<FilesResult> {
   const input = validateInput('filesWorkflow', FilesInput, rawInput);
@@ -91,14 +130,24 @@ async function loadFiles(rawInput: unknown, input: FilesInput, takeLease: () => 
   // Asked before the first await, so the marker sits at the same point on replay.
   const failOnFailures = wf.patched('sluice-fail-on-failures');
   const preflight = preflightPatched();
+  const inBatches = wf.patched('files-bounded-batches');
 
+  // Before batches: every file loaded, the workflow's own record. In batches only a run that a
+  // run from before batches continued carries it, and only uses it to finish that pass as it began.
   const known = new Map<string, FileState>((carried?.files ?? []).map(([path, fingerprint, version]) => [path, { fingerprint, version }]));
   let passes = carried?.passes ?? 0;
   let rows = carried?.rows ?? 0;
   let rejected = carried?.rejected ?? 0;
   let paused = carried?.paused ?? false;
   let parallel = carried?.parallel ?? input.parallel;
-  let pass: PassState = { listed: null, skipped: 0, ...(carried?.pass ?? { loaded: 0, rows: 0, rejected: 0, failed: [] }) };
+  const newPass = (): PassState => ({ listed: null, examined: 0, loaded: 0, skipped: 0, rows: 0, rejected: 0, failed: [], failedCount: 0 });
+  let pass: PassState = newPass();
+  if (carried?.pass) {
+    const { failed, failedCount, ...counts } = carried.pass;
+    pass = { ...pass, ...counts, failed: inBatches ? failed.slice(0, FAILURE_SAMPLES) : failed, failedCount: failedCount ?? failed.length };
+  }
+  // A run from before batches that continued mid-pass named the files that failed in it.
+  const failedEarlierInPass = new Map(inBatches && carried?.files ? (carried.pass?.failed ?? []).map((f) => [f.file, f.fingerprint]) : []);
   let phase: 'starting' | 'listing' | 'loading' | 'waiting' | 'done' = 'starting';
   let syncRequested = false;
   let nextPassAt: number | undefined;
@@ -113,22 +162,25 @@ async function loadFiles(rawInput: unknown, input: FilesInput, takeLease: () => 
   // Rows each file in flight has staged so far, as its loadFile activity reports them (activityProgress).
   const staged = new Map<string, number>();
   const stagedRows = () => [...staged.values()].reduce((a, b) => a + b, 0);
-  // The batch of this pass (files to load), in objects and bytes, for the progress line.
-  let batch = { files: 0, bytes: 0, filesDone: 0, bytesDone: 0 };
+  // The batch being loaded (files to load), in objects and bytes, for the progress line.
+  let batch: Batch = { files: 0, bytes: 0, filesDone: 0, bytesDone: 0 };
+  let batches = 0;
+  // In batches, unchanged files are what was examined and neither loaded, failed nor in flight.
+  const skipped = () => (inBatches ? Math.max(0, pass.examined - pass.loaded - pass.failedCount - inFlight.size) : pass.skipped);
 
   const progress = (): Progress => ({
-    done: pass.loaded + pass.skipped + pass.failed.length,
-    failed: pass.failed.length,
+    done: pass.loaded + skipped() + pass.failedCount,
+    failed: pass.failedCount,
     inFlight: inFlight.size,
     total: pass.listed,
     rows,
     rejected,
     loaded: pass.loaded,
-    skipped: pass.skipped,
+    skipped: skipped(),
     failedFiles: pass.failed.map(({ file, error }) => ({ file, error })),
     inFlightFiles: [...inFlight],
     rowsInFlight: stagedRows(),
-    knownFiles: known.size,
+    ...(inBatches ? { examined: pass.examined, batches } : { knownFiles: known.size }),
     batchFiles: batch.files,
     batchBytes: batch.bytes,
     batchFilesDone: batch.filesDone,
@@ -144,16 +196,20 @@ async function loadFiles(rawInput: unknown, input: FilesInput, takeLease: () => 
   const showProgress = () => {
     const p = progress();
     const what = paused ? 'paused' : phase === 'loading' ? 'loading files' : phase;
+    const detail =
+      `(${pass.loaded} loaded, ${skipped()} unchanged; ` +
+      `batch ${inBatches ? `${batches} ` : ''}${batch.filesDone}/${batch.files} objects, ${formatBytes(batch.bytesDone)} of ${formatBytes(batch.bytes)})`;
     const counts =
-      pass.listed === null
-        ? `${known.size} files loaded so far`
-        : `${p.done}/${pass.listed} files (${pass.loaded} loaded, ${pass.skipped} unchanged; ` +
-          `batch ${batch.filesDone}/${batch.files} objects, ${formatBytes(batch.bytesDone)} of ${formatBytes(batch.bytes)})`;
+      pass.listed !== null
+        ? `${p.done}/${pass.listed} files ${detail}`
+        : inBatches
+          ? `${p.done} files so far, listing goes on ${detail}`
+          : `${known.size} files loaded so far`;
     const [main, ...rest] = windowLines({
       head: `**${what}** ${input.resource.name} from ${filesLocation(input.source)}/${input.source.pattern}: ${counts}`,
       rows,
       rejected,
-      failed: pass.failed.length,
+      failed: pass.failedCount,
       parallel,
       inFlight,
       failures: pass.failed.map((f) => `${f.file} (${f.error})`),
@@ -194,16 +250,21 @@ async function loadFiles(rawInput: unknown, input: FilesInput, takeLease: () => 
   if (!carried) await checkBeforeFanOut(preflight, 'filesWorkflow', [preflightCheck(input)], () => setStatus('failed'));
   const lease = await takeLease();
 
-  if (!carried) {
+  if (!carried && !inBatches) {
     // A new run starts from what earlier runs committed; continued runs carry the map instead.
     for (const file of await readFilesState(input.destination, input.resource)) {
       known.set(file.path, { fingerprint: file.fingerprint, version: file.version });
     }
   }
 
-  const runFile = async (file: ListedFile) => {
+  const recordFailure = (failure: PassState['failed'][number]) => {
+    pass.failedCount++;
+    if (!inBatches) pass.failed.push(failure);
+    else if (pass.failed.length < FAILURE_SAMPLES) pass.failed.push({ ...failure, error: failure.error.slice(0, FAILURE_MESSAGE_CHARS) });
+  };
+
+  const runFile = async (file: ListedFile, version: number, of: Batch) => {
     showProgress();
-    const version = (known.get(file.path)?.version ?? 0) + 1;
     try {
       const summary: LoadSummary = await loadFile.executeWithOptions(
         {
@@ -214,7 +275,7 @@ async function loadFiles(rawInput: unknown, input: FilesInput, takeLease: () => 
         },
         [{ source: input.source, resource: input.resource, destination: input.destination, file, version, ...(lease ? { lease } : {}) }],
       );
-      known.set(file.path, { fingerprint: file.fingerprint, version });
+      if (!inBatches) known.set(file.path, { fingerprint: file.fingerprint, version });
       pass.loaded++;
       pass.rows += summary.rows;
       pass.rejected += summary.rejected;
@@ -223,17 +284,40 @@ async function loadFiles(rawInput: unknown, input: FilesInput, takeLease: () => 
     } catch (err) {
       if (isLeaseLost(err)) leaseLost ??= err;
       // A cancelled workflow cancels its loads: that is not the file's failure.
-      if (!wf.isCancellation(err)) pass.failed.push({ file: file.path, error: rootMessage(err), fingerprint: file.fingerprint });
+      if (!wf.isCancellation(err)) recordFailure({ file: file.path, error: rootMessage(err), fingerprint: file.fingerprint });
     } finally {
       staged.delete(file.path);
-      batch.filesDone++;
-      batch.bytesDone += file.size;
+      of.filesDone++;
+      of.bytesDone += file.size;
       showProgress();
     }
   };
 
   const continueAsNew = async (midPass: boolean): Promise<never> => {
     await wf.condition(wf.allHandlersFinished);
+    if (inBatches) {
+      return wf.continueAsNew<typeof filesWorkflow>({
+        ...(rawInput as object),
+        continuation: {
+          passes,
+          rows,
+          rejected,
+          pass: midPass
+            ? {
+                loaded: pass.loaded,
+                rows: pass.rows,
+                rejected: pass.rejected,
+                failed: pass.failed,
+                failedCount: pass.failedCount,
+                examined: pass.examined,
+                ...(pass.cursor !== undefined ? { cursor: pass.cursor } : {}),
+              }
+            : undefined,
+          paused,
+          parallel,
+        },
+      });
+    }
     return wf.continueAsNew<typeof filesWorkflow>({
       ...(rawInput as object),
       continuation: {
@@ -248,24 +332,81 @@ async function loadFiles(rawInput: unknown, input: FilesInput, takeLease: () => 
     });
   };
 
-  for (;;) {
-    await wf.condition(() => !paused);
-    syncRequested = false;
-    phase = 'listing';
-    nextPassAt = undefined;
-    showProgress();
+  /** The listing failed: `once` fails the run, `every` ends the pass with what it did and tries again next pass. */
+  const listingFailed = async (err: unknown): Promise<void> => {
+    if (wf.isCancellation(err)) throw err;
+    listError = rootMessage(err);
+    if (everyMs === undefined) {
+      if (inBatches) await window.drain();
+      setStatus('failed');
+      showProgress();
+      throw wf.ApplicationFailure.nonRetryable(`cannot list ${filesLocation(input.source)}/${input.source.pattern}: ${listError}`, 'ListFailed');
+    }
+  };
+
+  /**
+   * One pass in planned batches, from the pass's cursor on. The next batch is planned while the
+   * last files of the one before are still loading. Returns 'cut' when history is long enough to
+   * continue as new: every file up to the cursor has then been started (and, once the window
+   * drains, settled), none after it.
+   */
+  const passInBatches = async (): Promise<'done' | 'cut'> => {
+    for (;;) {
+      if (leaseLost !== undefined) return 'done';
+      if (wf.workflowInfo().continueAsNewSuggested) return 'cut';
+      let planned: FilesBatch;
+      try {
+        planned = await planFilesBatch({
+          source: input.source,
+          resource: input.resource,
+          destination: input.destination,
+          ...(pass.cursor !== undefined ? { after: pass.cursor } : {}),
+          maxFiles: batchSize(parallel),
+        });
+        listError = undefined;
+      } catch (err) {
+        await listingFailed(err);
+        pass.listed = pass.examined;
+        return 'done';
+      }
+      const examinedBefore = pass.examined;
+      const of: Batch = { files: planned.files.length, bytes: planned.files.reduce((sum, f) => sum + f.file.size, 0), filesDone: 0, bytesDone: 0 };
+      if (of.files) {
+        batch = of;
+        batches++;
+      }
+      phase = 'loading';
+      showProgress();
+      for (const { file, version, examined } of planned.files) {
+        if (failedEarlierInPass.get(file.path) !== file.fingerprint && known.get(file.path)?.fingerprint !== file.fingerprint) {
+          if (!(await window.slot(() => leaseLost !== undefined))) return leaseLost === undefined ? 'cut' : 'done';
+          window.start(file.path, () => runFile(file, version, of));
+        } else {
+          // Settled by the run from before batches that this one continues.
+          of.filesDone++;
+          of.bytesDone += file.size;
+        }
+        pass.examined = examinedBefore + examined;
+        pass.cursor = file.path;
+      }
+      pass.examined = examinedBefore + planned.examined;
+      if (planned.cursor !== undefined) pass.cursor = planned.cursor;
+      showProgress();
+      if (planned.exhausted) {
+        pass.listed = pass.examined;
+        return 'done';
+      }
+    }
+  };
+
+  /** One pass the way runs from before batches make it: the whole listing in one activity result. */
+  const passFromListing = async (): Promise<boolean> => {
     let listing: ListedFile[];
     try {
       listing = await listSourceFiles(input.source);
       listError = undefined;
     } catch (err) {
-      if (wf.isCancellation(err)) throw err;
-      listError = rootMessage(err);
-      if (everyMs === undefined) {
-        setStatus('failed');
-        showProgress();
-        throw wf.ApplicationFailure.nonRetryable(`cannot list ${filesLocation(input.source)}/${input.source.pattern}: ${listError}`, 'ListFailed');
-      }
+      await listingFailed(err);
       // A long-running sync outlives a directory that is briefly unavailable: try again next pass.
       listing = [];
     }
@@ -279,14 +420,20 @@ async function loadFiles(rawInput: unknown, input: FilesInput, takeLease: () => 
     phase = 'loading';
     showProgress();
 
-    let cut = false;
     for (const file of todo) {
-      if (!(await window.slot(() => leaseLost !== undefined))) {
-        cut = leaseLost === undefined;
-        break;
-      }
-      window.start(file.path, () => runFile(file));
+      if (!(await window.slot(() => leaseLost !== undefined))) return leaseLost === undefined;
+      window.start(file.path, () => runFile(file, (known.get(file.path)?.version ?? 0) + 1, batch));
     }
+    return false;
+  };
+
+  for (;;) {
+    await wf.condition(() => !paused);
+    syncRequested = false;
+    phase = 'listing';
+    nextPassAt = undefined;
+    showProgress();
+    const cut = inBatches ? (await passInBatches()) === 'cut' : await passFromListing();
     await window.drain();
     if (leaseLost) {
       setStatus('failed');
@@ -297,22 +444,24 @@ async function loadFiles(rawInput: unknown, input: FilesInput, takeLease: () => 
     passes++;
     lastPassAt = Date.now();
     if (everyMs === undefined) {
-      setStatus(pass.failed.length ? 'failed' : 'completed');
+      setStatus(pass.failedCount ? 'failed' : 'completed');
       phase = 'done';
       showProgress();
+      const files = pass.listed ?? pass.examined;
       const result: FilesResult = {
-        files: pass.listed,
+        files,
         loaded: pass.loaded,
-        skipped: pass.skipped,
+        skipped: skipped(),
         failed: pass.failed.map(({ file, error }) => ({ file, error })),
+        ...(pass.failedCount > pass.failed.length ? { failedCount: pass.failedCount } : {}),
         rows: pass.rows,
         rejected: pass.rejected,
       };
-      if (!failOnFailures || !pass.failed.length || input.allowFailures) return result;
+      if (!failOnFailures || !pass.failedCount || input.allowFailures) return result;
       const named = result.failed.slice(0, 5).map((f) => `${f.file} (${f.error})`).join('; ');
       throw failedRun(
         'FilesFailed',
-        `files load of ${input.resource.name}: ${result.failed.length} of ${pass.listed} files failed: ${named}${result.failed.length > 5 ? '; ...' : ''}. ` +
+        `files load of ${input.resource.name}: ${pass.failedCount} of ${files} files failed: ${named}${pass.failedCount > 5 ? '; ...' : ''}. ` +
           'Fix them and start the same input again: files already loaded are skipped, so only these load ' +
           '(or set "allowFailures": true to complete despite failures)',
         result,
@@ -325,6 +474,10 @@ async function loadFiles(rawInput: unknown, input: FilesInput, takeLease: () => 
     await wf.condition(() => syncRequested, everyMs);
     await wf.condition(() => !paused);
     if (wf.workflowInfo().continueAsNewSuggested) await continueAsNew(false);
-    pass = { listed: null, loaded: 0, skipped: 0, rows: 0, rejected: 0, failed: [] };
+    pass = newPass();
+    if (inBatches) {
+      failedEarlierInPass.clear();
+      known.clear();
+    }
   }
 }
