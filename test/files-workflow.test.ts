@@ -252,6 +252,7 @@ describe('filesWorkflow', () => {
       await handle.cancel();
       await assert.rejects(handle.result(), WorkflowFailedError);
       await saveHistory(handle, 'files-every-syncnow');
+      await saveHistory(handle, 'files-bounded-every-syncnow');
     });
   });
 
@@ -274,6 +275,9 @@ describe('filesWorkflow', () => {
       const latest = await stack.client.workflow.getHandle(workflowId).describe();
       assert.notEqual(latest.runId, handle.firstExecutionRunId, 'the test server suggests continue-as-new after 400 events');
       await saveHistory(stack.client.workflow.getHandle(workflowId, handle.firstExecutionRunId), 'files-continue-as-new-mid-pass');
+      // The same in planned batches: the first run continues as new in the middle of a batch, the last resumes at its cursor.
+      await saveHistory(stack.client.workflow.getHandle(workflowId, handle.firstExecutionRunId), 'files-bounded-batches');
+      await saveHistory(stack.client.workflow.getHandle(workflowId, latest.runId), 'files-bounded-batches-last-run');
     });
     assert.equal(await count(stack.db, `${stack.schema}.many`), files * 2);
     assert.equal(await count(stack.db, `${stack.schema}._sluice_loads`, `resource = 'many'`), files);
