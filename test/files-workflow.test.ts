@@ -258,16 +258,18 @@ describe('filesWorkflow', () => {
 
   test('a pass too long for one history continues as new in the middle and loads every file exactly once', async () => {
     const dir = join(root, 'many');
-    // Three events per activity alone pass the 400 after which the test server suggests continue-as-new.
-    const files = 160;
-    for (let i = 0; i < files; i++) await put(dir, `part-${String(i).padStart(3, '0')}.csv`, csv('id,part', [[i * 2, i], [i * 2 + 1, i]]));
+    // Three events per activity alone pass the 400 after which the test server suggests
+    // continue-as-new. Small files load many to an activity, as many as keep every slot busy: at
+    // parallel 64 that is a few per activity, and still well over a hundred activities.
+    const files = 1_000;
+    for (let i = 0; i < files; i++) await put(dir, `part-${String(i).padStart(4, '0')}.csv`, csv('id,part', [[i * 2, i], [i * 2 + 1, i]]));
     const workflowId = `files-many-${stack.schema}`;
     await stack.withWorker(async () => {
       const handle = await run('files-many', {
         source: { kind: 'files', path: dir, pattern: '*.csv', format: 'csv' },
         resource: { name: 'many' },
         destination: { schema: stack.schema },
-        parallel: 8,
+        parallel: 64,
         once: true,
       });
       const result = (await handle.result()) as FilesResult;
@@ -278,9 +280,56 @@ describe('filesWorkflow', () => {
       // The same in planned batches: the first run continues as new in the middle of a batch, the last resumes at its cursor.
       await saveHistory(stack.client.workflow.getHandle(workflowId, handle.firstExecutionRunId), 'files-bounded-batches');
       await saveHistory(stack.client.workflow.getHandle(workflowId, latest.runId), 'files-bounded-batches-last-run');
+      // And with grouped loads.
+      await saveHistory(stack.client.workflow.getHandle(workflowId, handle.firstExecutionRunId), 'files-grouped-loads-continued');
+      await saveHistory(stack.client.workflow.getHandle(workflowId, latest.runId), 'files-grouped-loads-last-run');
     });
     assert.equal(await count(stack.db, `${stack.schema}.many`), files * 2);
     assert.equal(await count(stack.db, `${stack.schema}._sluice_loads`, `resource = 'many'`), files);
+  });
+
+  test('small files load many to an activity, each in its own transaction: a bad file fails alone, the group in flight shows its files and rows', async () => {
+    const dir = join(root, 'grouped');
+    // Sorted first, so that the group in flight is slow enough to be seen.
+    const bigRows = 300_000;
+    await put(dir, 'a-big.csv', csv('id,part', Array.from({ length: bigRows }, (_, i) => [i, 0])));
+    const small = 40;
+    for (let i = 1; i <= small; i++) await put(dir, `b-${String(i).padStart(3, '0')}.csv`, csv('id,part', [[bigRows + i, i]]));
+    await put(dir, 'b-020-broken.csv.gz', Buffer.from('this was never gzip'));
+    await stack.withWorker(async () => {
+      const handle = await run('files-grouped', {
+        source: { kind: 'files', path: dir, pattern: '*.{csv,csv.gz}', format: 'csv' },
+        resource: { name: 'grouped', columns: { id: 'bigint' } },
+        destination: { schema: stack.schema },
+        parallel: 2,
+        once: true,
+        allowFailures: true,
+      });
+      const details = await waitFor('the group in flight, with its rows so far', async () => {
+        const meta = await handle.query<{ currentDetails?: string }>('__temporal_workflow_metadata');
+        return /in flight: 21 files from a-big\.csv \(0\/21 done, [\d,.]+[kM]? rows so far\)/.test(meta.currentDetails ?? '') ? meta.currentDetails : undefined;
+      }, 120_000);
+      assert.match(details!, /\*\*loading files\*\* grouped/);
+      const during = await handle.query<Progress>('progress');
+      assert.ok(during.groupsInFlight === 1 || during.groupsInFlight === 2, `${during.groupsInFlight} groups in flight`);
+      assert.equal(during.inFlight, 21 * (during.groupsInFlight as number), 'in flight counts files, 21 to a group');
+
+      const result = (await handle.result()) as FilesResult;
+      assert.equal(result.files, small + 2);
+      assert.equal(result.loaded, small + 1);
+      assert.equal(result.rows, bigRows + small);
+      assert.deepEqual(result.failed.map((f) => f.file), ['b-020-broken.csv.gz']);
+      assert.match(result.failed[0]!.error, /cannot read b-020-broken\.csv\.gz: incorrect header check/);
+      const history = await handle.fetchHistory();
+      const scheduled = history.events!.filter((e) => e.activityTaskScheduledEventAttributes).map((e) => e.activityTaskScheduledEventAttributes!.activityType!.name);
+      assert.deepEqual(scheduled.filter((name) => name?.startsWith('loadFile')), ['loadFileGroup', 'loadFileGroup']);
+      await saveHistory(handle, 'files-grouped-loads');
+    });
+    // One load, one load id and one state row per file, as with one activity per file.
+    const loads = await stack.db.query(`select status, count(*)::int as n, count(distinct load_id)::int as ids from ${stack.schema}._sluice_loads where resource = 'grouped' group by status order by status`);
+    assert.deepEqual(loads.rows, [{ status: 'completed', n: small + 1, ids: small + 1 }, { status: 'failed', n: 1, ids: 1 }]);
+    assert.equal(await count(stack.db, `${stack.schema}._sluice_state`, `resource like 'files:grouped:%'`), small + 1);
+    assert.equal(await count(stack.db, `${stack.schema}.grouped`), bigRows + small);
   });
 
   test('a worker SIGKILLed in the middle of a file: another loads the file again from its start, exactly once', async () => {

@@ -1,7 +1,8 @@
 /**
  * Activities of filesWorkflow: plan the next bounded batch of files to load (the listing from a
- * cursor, diffed against _sluice_state), load one file in one transaction, and, for runs that
- * started before batches, list a whole directory and read which files earlier runs loaded.
+ * cursor, diffed against _sluice_state), load one file in one transaction (or a group of small
+ * files, one after another, each in its own), and, for runs that started before batches, list a
+ * whole directory and read which files earlier runs loaded.
  *
  * Loaded files are mirrored to _sluice_state as ONE ROW PER FILE, key
  * `files:<resource>:<path>`, written by the load that loaded the file in the same transaction
@@ -22,7 +23,7 @@ import type { Destination, FilesSource, Resource } from '../inputs';
 import { qualifiedName } from '../schema/identifiers';
 import { extractFile, filesStoreFor, type ListedFile } from '../sources/files';
 import { planBatch, type FilesBatch, type StoredFile } from '../sources/files/plan';
-import { destinationTable, summarize, withHeartbeat, workflowOf, type ActivityDeps, type LoadSummary } from './context';
+import { destinationTable, summarize, toFailure, withHeartbeat, workflowOf, type ActivityDeps, type LoadSummary } from './context';
 
 export interface LoadFileRequest {
   source: FilesSource;
@@ -38,6 +39,26 @@ export interface LoadFileRequest {
   /** The resource's lease: the file's commit checks it. */
   lease?: LeaseToken;
 }
+
+export interface LoadFileGroupRequest {
+  source: FilesSource;
+  resource: Resource;
+  destination: Destination;
+  /** Loaded in this order, each as its own `loadFile` would. */
+  files: { file: ListedFile; version: number }[];
+  lease?: LeaseToken;
+}
+
+/** One file of a group, by its position in the request: counts, or the error it failed with for good. */
+export type FileOutcome = { rows: number; rejected: number; alreadyLoaded: boolean } | { error: string };
+
+/** Counts only (and the failures' messages, cut short): a group's result stays small whatever its files hold. */
+export interface FileGroupSummary {
+  files: FileOutcome[];
+}
+
+/** A failed file's message in a group's result: 100 of them stay far under an event's size limit. */
+const GROUP_ERROR_CHARS = 1_000;
 
 export interface FileLoadSummary extends LoadSummary {
   path: string;
@@ -165,58 +186,95 @@ export function createFileActivities(_deps: ActivityDeps) {
      */
     async loadFile(req: LoadFileRequest): Promise<FileLoadSummary> {
       const ctx = Context.current();
-      const { workflowId, runId } = workflowOf(ctx);
-      const { file, version } = req;
-      const loadId = fileLoadId(workflowId, file, version);
-      const state: FileStateValue = {
-        resource: req.resource.name,
-        path: file.path,
-        fingerprint: file.fingerprint,
-        version,
-        size: file.size,
-        mtimeMs: file.mtimeMs,
-        loadId,
-        ...(file.statKey !== undefined ? { statKey: file.statKey } : {}),
-      };
-      return withHeartbeat(async (progress, signal) => {
-        let result: LoadResult;
-        const url = resolveConnection(req.destination.connection);
-        // A changed file replaces what its previous version loaded, whatever the disposition:
-        // with append its old rows would otherwise stay beside the new ones.
-        const previous = version > 1 ? await previousLoadId(url, req.destination.schema, fileStateKey(req.resource.name, file.path)) : undefined;
-        try {
-          result = await loadResource({
-            lease: req.lease,
-            supersede: previous === undefined ? undefined : { kind: 'load', loadId: previous },
-            url,
-            schema: req.destination.schema,
-            table: destinationTable(req.resource),
-            resource: req.resource,
-            loadId,
-            workflowId,
-            runId,
-            partition: file.path,
-            attempt: ctx.info.attempt,
-            data: await extractFile(req.source, file, { signal }),
-            state: { key: fileStateKey(req.resource.name, file.path), value: state },
-            onProgress: (rows) => progress({ file: file.path, rows }),
-          });
-        } catch (err) {
-          // Cancelled, timed out or shutting down: the file is fine and the rollback left nothing
-          // behind, so another attempt (on another worker) may load it.
-          if (signal.aborted) {
-            throw ApplicationFailure.retryable(`loading ${file.path} was interrupted: ${String(signal.reason)}`, 'LoadInterrupted');
-          }
-          throw err;
-        }
-        return {
-          ...summarize(result),
-          path: file.path,
-          fingerprint: file.fingerprint,
-          version,
-        };
-      }, { reportToWorkflow: true });
+      return withHeartbeat((progress, signal) => loadOneFile(ctx, req, (rows) => progress({ file: req.file.path, rows }), signal), { reportToWorkflow: true });
     },
+
+    /**
+     * Loads a group of small files one after another, each exactly as `loadFile` loads it: its
+     * own transaction, load id and _sluice_state row, its commit checking the lease. A file that
+     * fails for good is reported in its outcome and the others load; anything that may heal
+     * fails the attempt, and the retry finds the files committed before as done (by load id).
+     */
+    async loadFileGroup(req: LoadFileGroupRequest): Promise<FileGroupSummary> {
+      const ctx = Context.current();
+      const group = req.files[0]?.file.path;
+      return withHeartbeat(
+        async (progress, signal) => {
+          const files: FileOutcome[] = [];
+          let rows = 0;
+          for (const [done, { file, version }] of req.files.entries()) {
+            const beat = (staged: number) => progress({ group, file: file.path, filesDone: done, rows: rows + staged });
+            beat(0);
+            try {
+              const summary = await loadOneFile(ctx, { ...req, file, version }, beat, signal);
+              rows += summary.rows;
+              files.push({ rows: summary.rows, rejected: summary.rejected, alreadyLoaded: summary.alreadyLoaded });
+            } catch (err) {
+              const failure = toFailure(err);
+              // The lease is the run's, not the file's: the whole group stops, as the workflow does.
+              if (signal.aborted || !(failure instanceof ApplicationFailure) || !failure.nonRetryable || failure.type === 'LeaseLostError') throw failure;
+              files.push({ error: failure.message.slice(0, GROUP_ERROR_CHARS) });
+            }
+          }
+          progress({ group, filesDone: req.files.length, rows });
+          return { files };
+        },
+        { reportToWorkflow: true },
+      );
+    },
+  };
+}
+
+/** The body of `loadFile`, shared with `loadFileGroup`; `progress` gets the rows staged so far. */
+async function loadOneFile(ctx: Context, req: LoadFileRequest, progress: (rows: number) => void, signal: AbortSignal): Promise<FileLoadSummary> {
+  const { workflowId, runId } = workflowOf(ctx);
+  const { file, version } = req;
+  const loadId = fileLoadId(workflowId, file, version);
+  const state: FileStateValue = {
+    resource: req.resource.name,
+    path: file.path,
+    fingerprint: file.fingerprint,
+    version,
+    size: file.size,
+    mtimeMs: file.mtimeMs,
+    loadId,
+    ...(file.statKey !== undefined ? { statKey: file.statKey } : {}),
+  };
+  let result: LoadResult;
+  const url = resolveConnection(req.destination.connection);
+  // A changed file replaces what its previous version loaded, whatever the disposition:
+  // with append its old rows would otherwise stay beside the new ones.
+  const previous = version > 1 ? await previousLoadId(url, req.destination.schema, fileStateKey(req.resource.name, file.path)) : undefined;
+  try {
+    result = await loadResource({
+      lease: req.lease,
+      supersede: previous === undefined ? undefined : { kind: 'load', loadId: previous },
+      url,
+      schema: req.destination.schema,
+      table: destinationTable(req.resource),
+      resource: req.resource,
+      loadId,
+      workflowId,
+      runId,
+      partition: file.path,
+      attempt: ctx.info.attempt,
+      data: await extractFile(req.source, file, { signal }),
+      state: { key: fileStateKey(req.resource.name, file.path), value: state },
+      onProgress: progress,
+    });
+  } catch (err) {
+    // Cancelled, timed out or shutting down: the file is fine and the rollback left nothing
+    // behind, so another attempt (on another worker) may load it.
+    if (signal.aborted) {
+      throw ApplicationFailure.retryable(`loading ${file.path} was interrupted: ${String(signal.reason)}`, 'LoadInterrupted');
+    }
+    throw err;
+  }
+  return {
+    ...summarize(result),
+    path: file.path,
+    fingerprint: file.fingerprint,
+    version,
   };
 }
 

@@ -1,9 +1,10 @@
 import * as wf from '@temporalio/workflow';
 import type { Activities, LoadSummary } from '../activities';
+import type { FileGroupSummary } from '../activities/files';
 import { filesLocation, FilesInput, type Progress } from '../inputs';
 import type { LeaseToken } from '../destinations/postgres/lease';
 import type { ListedFile } from '../sources/files';
-import type { FilesBatch } from '../sources/files/plan';
+import type { FilesBatch, PlannedFile } from '../sources/files/plan';
 import {
   checkBeforeFanOut,
   failedRun,
@@ -23,6 +24,7 @@ import {
   LOAD_START_TO_CLOSE,
   activityProgressSignal,
   formatBytes,
+  formatCount,
 } from './shared';
 import { durationMs } from '../plan/duration';
 
@@ -32,7 +34,7 @@ const { readFilesState, listSourceFiles, planFilesBatch } = wf.proxyActivities<A
   heartbeatTimeout: '30s',
   retry: { initialInterval: '1s', backoffCoefficient: 2, maximumInterval: '1m', maximumAttempts: 10 },
 });
-const { loadFile } = wf.proxyActivities<Activities>({
+const { loadFile, loadFileGroup } = wf.proxyActivities<Activities>({
   startToCloseTimeout: LOAD_START_TO_CLOSE,
   // The activity heartbeats every second while it runs: a killed worker is noticed in 15 s.
   heartbeatTimeout: '15s',
@@ -52,6 +54,42 @@ const FAILURE_MESSAGE_CHARS = 2_000;
  */
 function batchSize(parallel: number): number {
   return Math.min(500, Math.max(50, parallel * 10));
+}
+
+/**
+ * With grouped loads: a small file costs an activity's history events and round trip once per
+ * group, so a batch is planned for up to GROUP_FILES per slot (planFilesBatch's own bound on its
+ * result's bytes cuts it shorter).
+ */
+function groupedBatchSize(parallel: number): number {
+  return Math.min(5_000, Math.max(50, parallel * GROUP_FILES));
+}
+
+/** Files and bytes one `loadFileGroup` loads at most; a file over the byte bound loads alone through `loadFile`. */
+const GROUP_FILES = 100;
+const GROUP_BYTES = 64 * 1024 * 1024;
+
+/**
+ * The groups a batch's files load in, consecutive and in order: as many files per group as
+ * keeps every slot of the window busy with the batch (at most GROUP_FILES and GROUP_BYTES). A
+ * group of one loads through `loadFile`.
+ */
+function groupFiles(files: PlannedFile[], parallel: number): PlannedFile[][] {
+  const perGroup = Math.min(GROUP_FILES, Math.max(1, Math.ceil(files.length / Math.max(1, parallel))));
+  const groups: PlannedFile[][] = [];
+  let group: PlannedFile[] = [];
+  let bytes = 0;
+  for (const planned of files) {
+    if (group.length && (group.length >= perGroup || bytes + planned.file.size > GROUP_BYTES)) {
+      groups.push(group);
+      group = [];
+      bytes = 0;
+    }
+    group.push(planned);
+    bytes += planned.file.size;
+  }
+  if (group.length) groups.push(group);
+  return groups;
 }
 
 export interface FilesResult {
@@ -131,6 +169,8 @@ async function loadFiles(rawInput: unknown, input: FilesInput, takeLease: () => 
   const failOnFailures = wf.patched('sluice-fail-on-failures');
   const preflight = preflightPatched();
   const inBatches = wf.patched('files-bounded-batches');
+  // Small files load many to an activity (each still in its own transaction): see runGroup.
+  const grouped = inBatches && wf.patched('files-grouped-loads');
 
   // Before batches: every file loaded, the workflow's own record. In batches only a run that a
   // run from before batches continued carries it, and only uses it to finish that pass as it began.
@@ -159,19 +199,23 @@ async function loadFiles(rawInput: unknown, input: FilesInput, takeLease: () => 
   );
   const inFlight = window.inFlight;
   let leaseLost: unknown;
-  // Rows each file in flight has staged so far, as its loadFile activity reports them (activityProgress).
+  // Rows each file (or group) in flight has staged so far, as its activity reports them (activityProgress).
   const staged = new Map<string, number>();
+  // Groups in flight by their first path (what their heartbeats name): window key, files, files done.
+  const groups = new Map<string, { key: string; files: number; done: number }>();
+  // Files in flight: the window's slots, a group counting as its files.
+  const filesInFlight = () => inFlight.size + [...groups.values()].reduce((n, g) => n + g.files - 1, 0);
   const stagedRows = () => [...staged.values()].reduce((a, b) => a + b, 0);
   // The batch being loaded (files to load), in objects and bytes, for the progress line.
   let batch: Batch = { files: 0, bytes: 0, filesDone: 0, bytesDone: 0 };
   let batches = 0;
   // In batches, unchanged files are what was examined and neither loaded, failed nor in flight.
-  const skipped = () => (inBatches ? Math.max(0, pass.examined - pass.loaded - pass.failedCount - inFlight.size) : pass.skipped);
+  const skipped = () => (inBatches ? Math.max(0, pass.examined - pass.loaded - pass.failedCount - filesInFlight()) : pass.skipped);
 
   const progress = (): Progress => ({
     done: pass.loaded + skipped() + pass.failedCount,
     failed: pass.failedCount,
-    inFlight: inFlight.size,
+    inFlight: filesInFlight(),
     total: pass.listed,
     rows,
     rejected,
@@ -181,6 +225,7 @@ async function loadFiles(rawInput: unknown, input: FilesInput, takeLease: () => 
     inFlightFiles: [...inFlight],
     rowsInFlight: stagedRows(),
     ...(inBatches ? { examined: pass.examined, batches } : { knownFiles: known.size }),
+    ...(grouped ? { groupsInFlight: groups.size } : {}),
     batchFiles: batch.files,
     batchBytes: batch.bytes,
     batchFilesDone: batch.filesDone,
@@ -211,7 +256,12 @@ async function loadFiles(rawInput: unknown, input: FilesInput, takeLease: () => 
       rejected,
       failed: pass.failedCount,
       parallel,
-      inFlight,
+      // A group shows how far it is: its files done and the rows it has loaded or staged so far.
+      inFlight: [...inFlight].map((key) => {
+        const group = [...groups.values()].find((g) => g.key === key);
+        if (!group) return key;
+        return `${key} (${group.done}/${group.files} done${staged.get(key) ? `, ${formatCount(staged.get(key)!)} rows so far` : ''})`;
+      }),
       failures: pass.failed.map((f) => `${f.file} (${f.error})`),
     });
     const lines = [main!];
@@ -238,7 +288,15 @@ async function loadFiles(rawInput: unknown, input: FilesInput, takeLease: () => 
     syncRequested = true;
   });
   wf.setHandler(activityProgressSignal, ({ details }) => {
-    const beat = details as { file?: unknown; rows?: unknown } | null;
+    const beat = details as { file?: unknown; rows?: unknown; group?: unknown; filesDone?: unknown } | null;
+    if (typeof beat?.group === 'string' && grouped) {
+      const group = groups.get(beat.group);
+      if (!group || typeof beat.rows !== 'number') return;
+      staged.set(group.key, beat.rows);
+      if (typeof beat.filesDone === 'number') group.done = Math.min(group.files, Math.max(group.done, beat.filesDone));
+      showProgress();
+      return;
+    }
     if (typeof beat?.file !== 'string' || !inFlight.has(beat.file) || typeof beat.rows !== 'number') return;
     staged.set(beat.file, beat.rows);
     showProgress();
@@ -263,16 +321,18 @@ async function loadFiles(rawInput: unknown, input: FilesInput, takeLease: () => 
     else if (pass.failed.length < FAILURE_SAMPLES) pass.failed.push({ ...failure, error: failure.error.slice(0, FAILURE_MESSAGE_CHARS) });
   };
 
+  const loadOptions = (summary: string): wf.ActivityOptions => ({
+    startToCloseTimeout: LOAD_START_TO_CLOSE,
+    heartbeatTimeout: '15s',
+    summary,
+    retry: { initialInterval: '1s', backoffCoefficient: 2, maximumInterval: '1m', maximumAttempts: input.maxAttempts },
+  });
+
   const runFile = async (file: ListedFile, version: number, of: Batch) => {
     showProgress();
     try {
       const summary: LoadSummary = await loadFile.executeWithOptions(
-        {
-          startToCloseTimeout: LOAD_START_TO_CLOSE,
-          heartbeatTimeout: '15s',
-          summary: `file ${file.path}`,
-          retry: { initialInterval: '1s', backoffCoefficient: 2, maximumInterval: '1m', maximumAttempts: input.maxAttempts },
-        },
+        loadOptions(`file ${file.path}`),
         [{ source: input.source, resource: input.resource, destination: input.destination, file, version, ...(lease ? { lease } : {}) }],
       );
       if (!inBatches) known.set(file.path, { fingerprint: file.fingerprint, version });
@@ -290,6 +350,72 @@ async function loadFiles(rawInput: unknown, input: FilesInput, takeLease: () => 
       of.filesDone++;
       of.bytesDone += file.size;
       showProgress();
+    }
+  };
+
+  /**
+   * Loads consecutive small files in one `loadFileGroup` activity: one activity's events and
+   * round trip for the group, each file still its own transaction, load id and _sluice_state
+   * row. A file that fails for good fails alone (its outcome says so). When the group itself
+   * fails for good (what it hit kept failing through every attempt), its files go through
+   * `loadFile` one at a time, as ungrouped files do: those it committed are found done by load
+   * id, and whichever file the failure is really about fails alone.
+   */
+  const runGroup = async (files: PlannedFile[], key: string, of: Batch) => {
+    const first = files[0]!.file.path;
+    groups.set(first, { key, files: files.length, done: 0 });
+    showProgress();
+    let outcomes: FileGroupSummary['files'] | undefined;
+    try {
+      const summary = await loadFileGroup.executeWithOptions(loadOptions(`${files.length} files from ${first}`), [
+        {
+          source: input.source,
+          resource: input.resource,
+          destination: input.destination,
+          files: files.map(({ file, version }) => ({ file, version })),
+          ...(lease ? { lease } : {}),
+        },
+      ]);
+      if (summary.files.length === files.length) outcomes = summary.files;
+    } catch (err) {
+      if (isLeaseLost(err)) leaseLost ??= err;
+      // A cancelled workflow cancels its loads: that is not the files' failure.
+      if (leaseLost !== undefined || wf.isCancellation(err)) {
+        groups.delete(first);
+        staged.delete(key);
+        of.filesDone += files.length;
+        of.bytesDone += files.reduce((sum, f) => sum + f.file.size, 0);
+        showProgress();
+        return;
+      }
+    }
+    groups.delete(first);
+    staged.delete(key);
+    if (outcomes) {
+      for (const [i, outcome] of outcomes.entries()) {
+        const { file } = files[i]!;
+        if ('error' in outcome) {
+          recordFailure({ file: file.path, error: outcome.error, fingerprint: file.fingerprint });
+        } else {
+          pass.loaded++;
+          pass.rows += outcome.rows;
+          pass.rejected += outcome.rejected;
+          rows += outcome.rows;
+          rejected += outcome.rejected;
+        }
+        of.filesDone++;
+        of.bytesDone += file.size;
+      }
+      showProgress();
+      return;
+    }
+    for (const { file, version } of files) {
+      if (leaseLost !== undefined) {
+        of.filesDone++;
+        of.bytesDone += file.size;
+        continue;
+      }
+      await runFile(file, version, of);
     }
   };
 
@@ -361,7 +487,7 @@ async function loadFiles(rawInput: unknown, input: FilesInput, takeLease: () => 
           resource: input.resource,
           destination: input.destination,
           ...(pass.cursor !== undefined ? { after: pass.cursor } : {}),
-          maxFiles: batchSize(parallel),
+          maxFiles: grouped ? groupedBatchSize(parallel) : batchSize(parallel),
         });
         listError = undefined;
       } catch (err) {
@@ -377,17 +503,37 @@ async function loadFiles(rawInput: unknown, input: FilesInput, takeLease: () => 
       }
       phase = 'loading';
       showProgress();
-      for (const { file, version, examined } of planned.files) {
-        if (failedEarlierInPass.get(file.path) !== file.fingerprint && known.get(file.path)?.fingerprint !== file.fingerprint) {
-          if (!(await window.slot(() => leaseLost !== undefined))) return leaseLost === undefined ? 'cut' : 'done';
-          window.start(file.path, () => runFile(file, version, of));
-        } else {
-          // Settled by the run from before batches that this one continues.
+      // Settled by the run from before batches that this one continues.
+      const settled = ({ file }: PlannedFile) => failedEarlierInPass.get(file.path) === file.fingerprint || known.get(file.path)?.fingerprint === file.fingerprint;
+      if (grouped) {
+        for (const { file } of planned.files.filter(settled)) {
           of.filesDone++;
           of.bytesDone += file.size;
         }
-        pass.examined = examinedBefore + examined;
-        pass.cursor = file.path;
+        for (const group of groupFiles(planned.files.filter((f) => !settled(f)), parallel)) {
+          if (!(await window.slot(() => leaseLost !== undefined))) return leaseLost === undefined ? 'cut' : 'done';
+          const [{ file, version }] = group as [PlannedFile];
+          const key = `${group.length} files from ${file.path}`;
+          if (group.length === 1) window.start(file.path, () => runFile(file, version, of));
+          else window.start(key, () => runGroup(group, key, of));
+          // Every file up to the cursor has started: a run that continues as new resumes after the group.
+          const last = group[group.length - 1]!;
+          pass.examined = examinedBefore + last.examined;
+          pass.cursor = last.file.path;
+        }
+      } else {
+        for (const one of planned.files) {
+          const { file, version, examined } = one;
+          if (!settled(one)) {
+            if (!(await window.slot(() => leaseLost !== undefined))) return leaseLost === undefined ? 'cut' : 'done';
+            window.start(file.path, () => runFile(file, version, of));
+          } else {
+            of.filesDone++;
+            of.bytesDone += file.size;
+          }
+          pass.examined = examinedBefore + examined;
+          pass.cursor = file.path;
+        }
       }
       pass.examined = examinedBefore + planned.examined;
       if (planned.cursor !== undefined) pass.cursor = planned.cursor;
