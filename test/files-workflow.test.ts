@@ -44,6 +44,61 @@ describe('filesWorkflow', () => {
     await rm(root, { recursive: true, force: true });
   });
 
+  /** A CSV file long enough that a worker can be killed in the middle of loading it. */
+  const bigCsv = (rows: number) => {
+    const lines = ['id,payload'];
+    for (let i = 1; i <= rows; i++) lines.push(`${i},row number ${i} with some padding to make it take a while`);
+    return lines.join('\n') + '\n';
+  };
+  // PostgreSQL reports a running COPY's progress: a worker killed now is well inside the big file.
+  const bigFileHalfStaged = () =>
+    waitFor(
+      'the big file half staged',
+      async () => {
+        const r = await stack.db.query<{ n: string }>(`select coalesce(max(tuples_processed), 0) as n from pg_stat_progress_copy where command = 'COPY FROM'`);
+        return Number(r.rows[0]!.n) >= 100_000;
+      },
+      120_000,
+    );
+
+  /**
+   * Starts a run on a worker process and SIGKILLs it in the middle of the big file; `killed`
+   * checks what had committed by then, and a second worker finishes the run for `finished`.
+   */
+  const killedInBigFile = async (
+    queue: string,
+    workflowId: string,
+    input: Record<string, unknown>,
+    killed: () => Promise<void>,
+    finished: (handle: WorkflowHandle) => Promise<void>,
+  ) => {
+    const taskQueue = `${stack.taskQueue}-${queue}`;
+    const first = await spawnWorker(taskQueue);
+    let second: Awaited<ReturnType<typeof spawnWorker>> | undefined;
+    try {
+      const handle = await stack.client.workflow.start('filesWorkflow', { taskQueue, workflowId: `${workflowId}-${stack.schema}`, args: [input] });
+      await bigFileHalfStaged();
+      await killHard(first);
+      await killed();
+      second = await spawnWorker(taskQueue);
+      await finished(handle);
+    } finally {
+      await killHard(first);
+      if (second) await killHard(second);
+    }
+  };
+
+  /** The run's result, every row exactly once in `table`, and an activity attempted again after the kill. */
+  const loadedOnceAfterKill = async (handle: WorkflowHandle, table: string, expected: FilesResult) => {
+    assert.deepEqual(await handle.result(), expected);
+    const rows = await stack.db.query(`select count(*)::int as n, count(distinct id)::int as d from ${stack.schema}.${table}`);
+    assert.deepEqual(rows.rows[0], { n: expected.rows, d: expected.rows });
+    const history = await handle.fetchHistory();
+    const attempts = history.events!.filter((e) => e.activityTaskStartedEventAttributes).map((e) => e.activityTaskStartedEventAttributes!.attempt ?? 1);
+    assert.ok(attempts.some((a) => a > 1), 'loaded again after the kill');
+    return history;
+  };
+
   const run = (workflowId: string, input: Record<string, unknown>) =>
     stack.client.workflow.start('filesWorkflow', { taskQueue: stack.taskQueue, workflowId: `${workflowId}-${stack.schema}`, args: [input] });
 
@@ -335,44 +390,45 @@ describe('filesWorkflow', () => {
   test('a worker SIGKILLed in the middle of a file: another loads the file again from its start, exactly once', async () => {
     const dir = join(root, 'killed');
     const bigRows = 400_000;
-    const lines = ['id,payload'];
-    for (let i = 1; i <= bigRows; i++) lines.push(`${i},row number ${i} with some padding to make it take a while`);
-    await put(dir, 'big.csv', lines.join('\n') + '\n');
+    await put(dir, 'big.csv', bigCsv(bigRows));
     await put(dir, 'small-1.csv', csv('id,payload', [[bigRows + 1, 'x']]));
     await put(dir, 'small-2.csv', csv('id,payload', [[bigRows + 2, 'y']]));
-    const taskQueue = `${stack.taskQueue}-kill`;
-    const first = await spawnWorker(taskQueue);
-    let second: Awaited<ReturnType<typeof spawnWorker>> | undefined;
-    try {
-      const handle = await stack.client.workflow.start('filesWorkflow', {
-        taskQueue,
-        workflowId: `files-killed-${stack.schema}`,
-        args: [{ source: { kind: 'files', path: dir, pattern: '*.csv', format: 'csv' }, resource: { name: 'killed' }, destination: { schema: stack.schema }, once: true }],
-      });
-      // PostgreSQL reports a running COPY's progress: kill the worker well inside the big file.
-      await waitFor(
-        'the big file half staged',
-        async () => {
-          const r = await stack.db.query<{ n: string }>(`select coalesce(max(tuples_processed), 0) as n from pg_stat_progress_copy where command = 'COPY FROM'`);
-          return Number(r.rows[0]!.n) >= 100_000;
-        },
-        120_000,
-      );
-      await killHard(first);
-      assert.equal(await count(stack.db, `${stack.schema}._sluice_loads`, `partition = 'big.csv' and status = 'completed'`), 0, 'killed before the big file committed');
-      second = await spawnWorker(taskQueue);
-      const result = (await handle.result()) as FilesResult;
-      assert.deepEqual(result, { files: 3, loaded: 3, skipped: 0, failed: [], rows: bigRows + 2, rejected: 0 });
-      const rows = await stack.db.query(`select count(*)::int as n, count(distinct id)::int as d from ${stack.schema}.killed`);
-      assert.deepEqual(rows.rows[0], { n: bigRows + 2, d: bigRows + 2 });
-      const history = await handle.fetchHistory();
-      const attempts = history.events!.filter((e) => e.activityTaskStartedEventAttributes).map((e) => e.activityTaskStartedEventAttributes!.attempt ?? 1);
-      assert.ok(attempts.some((a) => a > 1), 'the big file was loaded again after the kill');
-      await saveHistory(handle, 'files-worker-killed');
-    } finally {
-      await killHard(first);
-      if (second) await killHard(second);
-    }
+    await killedInBigFile(
+      'kill',
+      'files-killed',
+      { source: { kind: 'files', path: dir, pattern: '*.csv', format: 'csv' }, resource: { name: 'killed' }, destination: { schema: stack.schema }, once: true },
+      async () => {
+        assert.equal(await count(stack.db, `${stack.schema}._sluice_loads`, `partition = 'big.csv' and status = 'completed'`), 0, 'killed before the big file committed');
+      },
+      async (handle) => {
+        await loadedOnceAfterKill(handle, 'killed', { files: 3, loaded: 3, skipped: 0, failed: [], rows: bigRows + 2, rejected: 0 });
+        await saveHistory(handle, 'files-worker-killed');
+      },
+    );
+  });
+
+  test('a worker SIGKILLed in the middle of a group: the retried group finds the files it committed done, and loads the rest, each exactly once', async () => {
+    const dir = join(root, 'killed-group');
+    const bigRows = 400_000;
+    for (let i = 1; i <= 10; i++) await put(dir, `a-${String(i).padStart(2, '0')}.csv`, csv('id,payload', [[bigRows + i, 'before']]));
+    await put(dir, 'b-big.csv', bigCsv(bigRows));
+    for (let i = 1; i <= 10; i++) await put(dir, `c-${String(i).padStart(2, '0')}.csv`, csv('id,payload', [[bigRows + 10 + i, 'after']]));
+    await killedInBigFile(
+      'kill-group',
+      'files-killed-group',
+      // parallel 1: the 21 files are one group, the big one in its middle.
+      { source: { kind: 'files', path: dir, pattern: '*.csv', format: 'csv' }, resource: { name: 'killed_group' }, destination: { schema: stack.schema }, parallel: 1, once: true },
+      async () => {
+        assert.equal(await count(stack.db, `${stack.schema}._sluice_loads`, `resource = 'killed_group' and status = 'completed'`), 10, 'the files before the big one had committed');
+      },
+      async (handle) => {
+        const history = await loadedOnceAfterKill(handle, 'killed_group', { files: 21, loaded: 21, skipped: 0, failed: [], rows: bigRows + 20, rejected: 0 });
+        assert.equal(await count(stack.db, `${stack.schema}._sluice_loads`, `resource = 'killed_group'`), 21, 'one load per file, none twice');
+        const groups = history.events!.filter((e) => e.activityTaskScheduledEventAttributes?.activityType?.name === 'loadFileGroup').length;
+        assert.equal(groups, 1, 'one group, retried');
+        await saveHistory(handle, 'files-grouped-worker-killed');
+      },
+    );
   });
 
   test('a run continued as new in the middle of a pass keeps its files and counts', async () => {
