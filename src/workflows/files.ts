@@ -201,10 +201,12 @@ async function loadFiles(rawInput: unknown, input: FilesInput, takeLease: () => 
   let leaseLost: unknown;
   // Rows each file (or group) in flight has staged so far, as its activity reports them (activityProgress).
   const staged = new Map<string, number>();
-  // Groups in flight by their first path (what their heartbeats name): window key, files, files done.
-  const groups = new Map<string, { key: string; files: number; done: number }>();
-  // Files in flight: the window's slots, a group counting as its files.
-  const filesInFlight = () => inFlight.size + [...groups.values()].reduce((n, g) => n + g.files - 1, 0);
+  // Groups in flight by their first path (what their heartbeats name): window key, files, files
+  // done as the activity reports them, and files the workflow has counted (when the group falls
+  // back to one activity per file).
+  const groups = new Map<string, { key: string; files: number; done: number; counted: number }>();
+  // Files in flight: the window's slots, a group counting as its files not yet counted.
+  const filesInFlight = () => inFlight.size + [...groups.values()].reduce((n, g) => n + g.files - g.counted - 1, 0);
   const stagedRows = () => [...staged.values()].reduce((a, b) => a + b, 0);
   // The batch being loaded (files to load), in objects and bytes, for the progress line.
   let batch: Batch = { files: 0, bytes: 0, filesDone: 0, bytesDone: 0 };
@@ -363,7 +365,8 @@ async function loadFiles(rawInput: unknown, input: FilesInput, takeLease: () => 
    */
   const runGroup = async (files: PlannedFile[], key: string, of: Batch) => {
     const first = files[0]!.file.path;
-    groups.set(first, { key, files: files.length, done: 0 });
+    const group = { key, files: files.length, done: 0, counted: 0 };
+    groups.set(first, group);
     showProgress();
     let outcomes: FileGroupSummary['files'] | undefined;
     try {
@@ -389,9 +392,9 @@ async function loadFiles(rawInput: unknown, input: FilesInput, takeLease: () => 
         return;
       }
     }
-    groups.delete(first);
     staged.delete(key);
     if (outcomes) {
+      groups.delete(first);
       for (const [i, outcome] of outcomes.entries()) {
         const { file } = files[i]!;
         if ('error' in outcome) {
@@ -413,10 +416,13 @@ async function loadFiles(rawInput: unknown, input: FilesInput, takeLease: () => 
       if (leaseLost !== undefined) {
         of.filesDone++;
         of.bytesDone += file.size;
-        continue;
+      } else {
+        await runFile(file, version, of);
       }
-      await runFile(file, version, of);
+      group.counted++;
+      group.done = group.counted;
     }
+    groups.delete(first);
   };
 
   const continueAsNew = async (midPass: boolean): Promise<never> => {
