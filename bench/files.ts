@@ -2,7 +2,8 @@
  * `npm run bench:files`: filesWorkflow at parallel 4 over object storage (SeaweedFS, CSV and
  * Parquet) and over a local directory (CSV), next to a raw `COPY FROM STDIN` of the same rows in
  * the same run. BENCH_FILES x BENCH_ROWS rows (default 100 x 10,000; the issue's full size is
- * BENCH_FILES=1000).
+ * BENCH_FILES=1000). Then a drop of many small files: BENCH_SMALL_FILES one-row CSV files
+ * (default 5,000) at parallel 32, in files per second (BENCH_SMALL_FILES=0 skips it).
  */
 import { CreateBucketCommand, PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
 import { Client, Connection } from '@temporalio/client';
@@ -26,6 +27,8 @@ import { startDevServer } from '../src/dev/temporal-server';
 const FILES = Number(process.env.BENCH_FILES ?? 100);
 const ROWS = Number(process.env.BENCH_ROWS ?? 10_000);
 const PARALLEL = 4;
+const SMALL_FILES = Number(process.env.BENCH_SMALL_FILES ?? 5_000);
+const SMALL_PARALLEL = 32;
 
 function csvFile(n: number): string {
   const lines = ['id,at,amount,label'];
@@ -114,6 +117,14 @@ async function main(): Promise<void> {
       ['S3 (SeaweedFS), Parquet', { kind: 'files', url: 's3://bench/parquet/', pattern: '*.parquet', format: 'parquet', connection: 'BENCH' }],
     ];
     const results: [string, number][] = [];
+    const small = join(scratch, 'small');
+    await mkdir(small);
+    for (let n = 0; n < SMALL_FILES; n += 500) {
+      await Promise.all(
+        Array.from({ length: Math.min(500, SMALL_FILES - n) }, (_, k) => writeFile(join(small, `f-${String(n + k).padStart(6, '0')}.csv`), `id,label\n${n + k},small ${n + k}\n`)),
+      );
+    }
+    let smallMs: number | undefined;
     await worker.runUntil(async () => {
       for (const [i, [label, source]] of runs.entries()) {
         const started = Date.now();
@@ -124,6 +135,16 @@ async function main(): Promise<void> {
         })) as { rows: number; failed: unknown[] };
         if (result.rows !== FILES * ROWS || result.failed.length) throw new Error(`${label}: unexpected result ${JSON.stringify(result)}`);
         results.push([label, Date.now() - started]);
+      }
+      if (SMALL_FILES > 0) {
+        const started = Date.now();
+        const result = (await temporal.workflow.execute('filesWorkflow', {
+          taskQueue: 'bench',
+          workflowId: 'bench-files-small',
+          args: [{ source: { kind: 'files', path: small, pattern: '*.csv', format: 'csv' }, resource: { name: 'small', columns: { id: 'bigint' } }, destination: { schema: 'bench' }, parallel: SMALL_PARALLEL, once: true }],
+        })) as { rows: number; failed: unknown[] };
+        if (result.rows !== SMALL_FILES || result.failed.length) throw new Error(`small files: unexpected result ${JSON.stringify(result)}`);
+        smallMs = Date.now() - started;
       }
     });
     await native.close();
@@ -136,6 +157,11 @@ async function main(): Promise<void> {
     console.log('|---|---:|---:|---:|');
     line('raw `COPY FROM STDIN` of the same rows (baseline)', rawMs);
     for (const [label, ms] of results) line(`filesWorkflow, ${label}`, ms);
+    if (smallMs !== undefined) {
+      console.log(`\n| ${SMALL_FILES.toLocaleString('en-US')} one-row CSV files, local directory, parallel ${SMALL_PARALLEL} | seconds | files/s |`);
+      console.log('|---|---:|---:|');
+      console.log(`| filesWorkflow | ${(smallMs / 1000).toFixed(2)} | ${Math.round(SMALL_FILES / (smallMs / 1000)).toLocaleString('en-US')} |`);
+    }
   } finally {
     await pool.end();
     await closePools();

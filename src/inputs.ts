@@ -340,13 +340,23 @@ export const FilesInput = z
     parallel: z.number().int().min(1).max(500).default(4).describe('at most this many files in flight; the setParallel signal changes it'),
     ...schedule,
     maxAttempts: maxAttempts('file'),
+    filesPerActivity: z
+      .number()
+      .int()
+      .min(1)
+      .max(100)
+      .default(1)
+      .describe('small files one activity may load one after another (64 MiB in all), each still in its own transaction; 1 (the default): one activity per file'),
     /** With `once`: complete (not FAILED) even when files failed for good. */
     allowFailures: z.boolean().optional().describe('complete (not FAILED) even when partitions, files or steps failed for good'),
     /** Internal: what a run hands to its continue-as-new successor. */
     continuation: z
       .strictObject({
-        /** Every file loaded so far, as [path, fingerprint, version]: tuples keep large directories small in history. */
-        files: z.array(z.tuple([z.string(), z.string(), z.number().int().min(1)])),
+        /**
+         * Runs from before batches: every file loaded so far, as [path, fingerprint, version].
+         * Runs now carry no files at all (_sluice_state records them), only the pass's cursor.
+         */
+        files: z.array(z.tuple([z.string(), z.string(), z.number().int().min(1)])).optional(),
         /** Passes completed ("every"). */
         passes: z.number().int().min(0),
         /** Totals over all passes. */
@@ -358,7 +368,13 @@ export const FilesInput = z
             loaded: z.number().int().min(0),
             rows: z.number().int().min(0),
             rejected: z.number().int().min(0),
+            /** The pass's failures, all of them before batches; now the first few (failedCount counts them all). */
             failed: z.array(z.strictObject({ file: z.string(), error: z.string(), fingerprint: z.string() })),
+            failedCount: z.number().int().min(0).optional(),
+            /** Files examined so far in the pass (loaded, unchanged or failed). */
+            examined: z.number().int().min(0).optional(),
+            /** The last path examined: the pass goes on after it. */
+            cursor: z.string().optional(),
           })
           .optional(),
         paused: z.boolean(),

@@ -106,6 +106,34 @@ describe('filesWorkflow on object storage', () => {
     assert.deepEqual(changed.rows, [{ id: 1000, v: 'rewritten' }, { id: 1002, v: 'added' }], 'the old version of the object left no rows');
   });
 
+  test('more objects than one batch: each planned batch resumes the listing after the last key (StartAfter), and every object loads once', async () => {
+    const bucket = await s3.bucket('batches');
+    // parallel 1 plans 50 files per batch: 130 objects take three batches, across nested keys.
+    const objects = 130;
+    const keys = Array.from({ length: objects }, (_, i) => `in/${i % 3 === 0 ? 'deep/' : ''}k-${String(i).padStart(3, '0')}.csv`);
+    for (const [i, key] of keys.entries()) await s3.put(bucket, key, csv([[i, `v${i}`]]));
+    const input = {
+      source: { kind: 'files', url: `s3://${bucket}/in/`, pattern: '**/*.csv', format: 'csv', connection: s3.connection },
+      resource: { name: 'batched', columns: { id: 'bigint' } },
+      destination: { schema: stack.schema },
+      parallel: 1,
+      once: true,
+    };
+    const { handle, result } = await runOnce('s3-batches', input);
+    assert.deepEqual(result, { files: objects, loaded: objects, skipped: 0, failed: [], rows: objects, rejected: 0 });
+    // Batches planned over the whole chain (the run may have continued as new in between).
+    let plans = 0;
+    for (let runId: string | null | undefined = handle.firstExecutionRunId; runId; ) {
+      const history: Awaited<ReturnType<WorkflowHandle['fetchHistory']>> = await stack.client.workflow.getHandle(handle.workflowId, runId).fetchHistory();
+      const events = history.events ?? [];
+      plans += events.filter((e) => e.activityTaskScheduledEventAttributes?.activityType?.name === 'planFilesBatch').length;
+      runId = events.at(-1)?.workflowExecutionContinuedAsNewEventAttributes?.newExecutionRunId;
+    }
+    assert.ok(plans >= 3, `planned in batches (${plans})`);
+    const rows = await stack.db.query(`select count(*)::int as n, count(distinct id)::int as d from ${stack.schema}.batched`);
+    assert.deepEqual(rows.rows[0], { n: objects, d: objects });
+  });
+
   test('Parquet on object storage is read by byte ranges, with its types', async () => {
     const dir = await mkdtemp(join(process.env.SLUICE_TEST_SCRATCH ?? tmpdir(), 's3-parquet-'));
     await mkdir(dir, { recursive: true });

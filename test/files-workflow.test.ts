@@ -44,6 +44,61 @@ describe('filesWorkflow', () => {
     await rm(root, { recursive: true, force: true });
   });
 
+  /** A CSV file long enough that a worker can be killed in the middle of loading it. */
+  const bigCsv = (rows: number) => {
+    const lines = ['id,payload'];
+    for (let i = 1; i <= rows; i++) lines.push(`${i},row number ${i} with some padding to make it take a while`);
+    return lines.join('\n') + '\n';
+  };
+  // PostgreSQL reports a running COPY's progress: a worker killed now is well inside the big file.
+  const bigFileHalfStaged = () =>
+    waitFor(
+      'the big file half staged',
+      async () => {
+        const r = await stack.db.query<{ n: string }>(`select coalesce(max(tuples_processed), 0) as n from pg_stat_progress_copy where command = 'COPY FROM'`);
+        return Number(r.rows[0]!.n) >= 100_000;
+      },
+      120_000,
+    );
+
+  /**
+   * Starts a run on a worker process and SIGKILLs it in the middle of the big file; `killed`
+   * checks what had committed by then, and a second worker finishes the run for `finished`.
+   */
+  const killedInBigFile = async (
+    queue: string,
+    workflowId: string,
+    input: Record<string, unknown>,
+    killed: () => Promise<void>,
+    finished: (handle: WorkflowHandle) => Promise<void>,
+  ) => {
+    const taskQueue = `${stack.taskQueue}-${queue}`;
+    const first = await spawnWorker(taskQueue);
+    let second: Awaited<ReturnType<typeof spawnWorker>> | undefined;
+    try {
+      const handle = await stack.client.workflow.start('filesWorkflow', { taskQueue, workflowId: `${workflowId}-${stack.schema}`, args: [input] });
+      await bigFileHalfStaged();
+      await killHard(first);
+      await killed();
+      second = await spawnWorker(taskQueue);
+      await finished(handle);
+    } finally {
+      await killHard(first);
+      if (second) await killHard(second);
+    }
+  };
+
+  /** The run's result, every row exactly once in `table`, and an activity attempted again after the kill. */
+  const loadedOnceAfterKill = async (handle: WorkflowHandle, table: string, expected: FilesResult) => {
+    assert.deepEqual(await handle.result(), expected);
+    const rows = await stack.db.query(`select count(*)::int as n, count(distinct id)::int as d from ${stack.schema}.${table}`);
+    assert.deepEqual(rows.rows[0], { n: expected.rows, d: expected.rows });
+    const history = await handle.fetchHistory();
+    const attempts = history.events!.filter((e) => e.activityTaskStartedEventAttributes).map((e) => e.activityTaskStartedEventAttributes!.attempt ?? 1);
+    assert.ok(attempts.some((a) => a > 1), 'loaded again after the kill');
+    return history;
+  };
+
   const run = (workflowId: string, input: Record<string, unknown>) =>
     stack.client.workflow.start('filesWorkflow', { taskQueue: stack.taskQueue, workflowId: `${workflowId}-${stack.schema}`, args: [input] });
 
@@ -280,14 +335,16 @@ describe('filesWorkflow', () => {
       await handle.cancel();
       await assert.rejects(handle.result(), WorkflowFailedError);
       await saveHistory(handle, 'files-every-syncnow');
+      await saveHistory(handle, 'files-bounded-every-syncnow');
     });
   });
 
   test('a pass too long for one history continues as new in the middle and loads every file exactly once', async () => {
     const dir = join(root, 'many');
-    // Three events per activity alone pass the 400 after which the test server suggests continue-as-new.
+    // Three events per activity (one per file, the default) alone pass the 400 after which the
+    // test server suggests continue-as-new.
     const files = 160;
-    for (let i = 0; i < files; i++) await put(dir, `part-${String(i).padStart(3, '0')}.csv`, csv('id,part', [[i * 2, i], [i * 2 + 1, i]]));
+    for (let i = 0; i < files; i++) await put(dir, `part-${String(i).padStart(4, '0')}.csv`, csv('id,part', [[i * 2, i], [i * 2 + 1, i]]));
     const workflowId = `files-many-${stack.schema}`;
     await stack.withWorker(async () => {
       const handle = await run('files-many', {
@@ -302,52 +359,104 @@ describe('filesWorkflow', () => {
       const latest = await stack.client.workflow.getHandle(workflowId).describe();
       assert.notEqual(latest.runId, handle.firstExecutionRunId, 'the test server suggests continue-as-new after 400 events');
       await saveHistory(stack.client.workflow.getHandle(workflowId, handle.firstExecutionRunId), 'files-continue-as-new-mid-pass');
+      // The same in planned batches: the first run continues as new in the middle of a batch, the last resumes at its cursor.
+      await saveHistory(stack.client.workflow.getHandle(workflowId, handle.firstExecutionRunId), 'files-bounded-batches');
+      await saveHistory(stack.client.workflow.getHandle(workflowId, latest.runId), 'files-bounded-batches-last-run');
+      // (files-grouped-loads-continued and -last-run are this run from when grouping was the default.)
     });
     assert.equal(await count(stack.db, `${stack.schema}.many`), files * 2);
     assert.equal(await count(stack.db, `${stack.schema}._sluice_loads`, `resource = 'many'`), files);
   });
 
+  test('small files load many to an activity, each in its own transaction: a bad file fails alone, the group in flight shows its files and rows', async () => {
+    const dir = join(root, 'grouped');
+    // Sorted first, so that the group in flight is slow enough to be seen.
+    const bigRows = 300_000;
+    await put(dir, 'a-big.csv', csv('id,part', Array.from({ length: bigRows }, (_, i) => [i, 0])));
+    const small = 40;
+    for (let i = 1; i <= small; i++) await put(dir, `b-${String(i).padStart(3, '0')}.csv`, csv('id,part', [[bigRows + i, i]]));
+    await put(dir, 'b-020-broken.csv.gz', Buffer.from('this was never gzip'));
+    await stack.withWorker(async () => {
+      const handle = await run('files-grouped', {
+        source: { kind: 'files', path: dir, pattern: '*.{csv,csv.gz}', format: 'csv' },
+        resource: { name: 'grouped', columns: { id: 'bigint' } },
+        destination: { schema: stack.schema },
+        parallel: 2,
+        filesPerActivity: 100,
+        once: true,
+        allowFailures: true,
+      });
+      const details = await waitFor('the group in flight, with its rows so far', async () => {
+        const meta = await handle.query<{ currentDetails?: string }>('__temporal_workflow_metadata');
+        return /in flight: 21 files from a-big\.csv \(0\/21 done, [\d,.]+[kM]? rows so far\)/.test(meta.currentDetails ?? '') ? meta.currentDetails : undefined;
+      }, 120_000);
+      assert.match(details!, /\*\*loading files\*\* grouped/);
+      const during = await handle.query<Progress>('progress');
+      assert.ok(during.groupsInFlight === 1 || during.groupsInFlight === 2, `${during.groupsInFlight} groups in flight`);
+      assert.equal(during.inFlight, 21 * (during.groupsInFlight as number), 'in flight counts files, 21 to a group');
+
+      const result = (await handle.result()) as FilesResult;
+      assert.equal(result.files, small + 2);
+      assert.equal(result.loaded, small + 1);
+      assert.equal(result.rows, bigRows + small);
+      assert.deepEqual(result.failed.map((f) => f.file), ['b-020-broken.csv.gz']);
+      assert.match(result.failed[0]!.error, /cannot read b-020-broken\.csv\.gz: incorrect header check/);
+      const history = await handle.fetchHistory();
+      const scheduled = history.events!.filter((e) => e.activityTaskScheduledEventAttributes).map((e) => e.activityTaskScheduledEventAttributes!.activityType!.name);
+      assert.deepEqual(scheduled.filter((name) => name?.startsWith('loadFile')), ['loadFileGroup', 'loadFileGroup']);
+      await saveHistory(handle, 'files-grouped-loads');
+      await saveHistory(handle, 'files-grouped-opt-in');
+    });
+    // One load, one load id and one state row per file, as with one activity per file.
+    const loads = await stack.db.query(`select status, count(*)::int as n, count(distinct load_id)::int as ids from ${stack.schema}._sluice_loads where resource = 'grouped' group by status order by status`);
+    assert.deepEqual(loads.rows, [{ status: 'completed', n: small + 1, ids: small + 1 }, { status: 'failed', n: 1, ids: 1 }]);
+    assert.equal(await count(stack.db, `${stack.schema}._sluice_state`, `resource like 'files:grouped:%'`), small + 1);
+    assert.equal(await count(stack.db, `${stack.schema}.grouped`), bigRows + small);
+  });
+
   test('a worker SIGKILLed in the middle of a file: another loads the file again from its start, exactly once', async () => {
     const dir = join(root, 'killed');
     const bigRows = 400_000;
-    const lines = ['id,payload'];
-    for (let i = 1; i <= bigRows; i++) lines.push(`${i},row number ${i} with some padding to make it take a while`);
-    await put(dir, 'big.csv', lines.join('\n') + '\n');
+    await put(dir, 'big.csv', bigCsv(bigRows));
     await put(dir, 'small-1.csv', csv('id,payload', [[bigRows + 1, 'x']]));
     await put(dir, 'small-2.csv', csv('id,payload', [[bigRows + 2, 'y']]));
-    const taskQueue = `${stack.taskQueue}-kill`;
-    const first = await spawnWorker(taskQueue);
-    let second: Awaited<ReturnType<typeof spawnWorker>> | undefined;
-    try {
-      const handle = await stack.client.workflow.start('filesWorkflow', {
-        taskQueue,
-        workflowId: `files-killed-${stack.schema}`,
-        args: [{ source: { kind: 'files', path: dir, pattern: '*.csv', format: 'csv' }, resource: { name: 'killed' }, destination: { schema: stack.schema }, once: true }],
-      });
-      // PostgreSQL reports a running COPY's progress: kill the worker well inside the big file.
-      await waitFor(
-        'the big file half staged',
-        async () => {
-          const r = await stack.db.query<{ n: string }>(`select coalesce(max(tuples_processed), 0) as n from pg_stat_progress_copy where command = 'COPY FROM'`);
-          return Number(r.rows[0]!.n) >= 100_000;
-        },
-        120_000,
-      );
-      await killHard(first);
-      assert.equal(await count(stack.db, `${stack.schema}._sluice_loads`, `partition = 'big.csv' and status = 'completed'`), 0, 'killed before the big file committed');
-      second = await spawnWorker(taskQueue);
-      const result = (await handle.result()) as FilesResult;
-      assert.deepEqual(result, { files: 3, loaded: 3, skipped: 0, failed: [], rows: bigRows + 2, rejected: 0 });
-      const rows = await stack.db.query(`select count(*)::int as n, count(distinct id)::int as d from ${stack.schema}.killed`);
-      assert.deepEqual(rows.rows[0], { n: bigRows + 2, d: bigRows + 2 });
-      const history = await handle.fetchHistory();
-      const attempts = history.events!.filter((e) => e.activityTaskStartedEventAttributes).map((e) => e.activityTaskStartedEventAttributes!.attempt ?? 1);
-      assert.ok(attempts.some((a) => a > 1), 'the big file was loaded again after the kill');
-      await saveHistory(handle, 'files-worker-killed');
-    } finally {
-      await killHard(first);
-      if (second) await killHard(second);
-    }
+    await killedInBigFile(
+      'kill',
+      'files-killed',
+      { source: { kind: 'files', path: dir, pattern: '*.csv', format: 'csv' }, resource: { name: 'killed' }, destination: { schema: stack.schema }, once: true },
+      async () => {
+        assert.equal(await count(stack.db, `${stack.schema}._sluice_loads`, `partition = 'big.csv' and status = 'completed'`), 0, 'killed before the big file committed');
+      },
+      async (handle) => {
+        await loadedOnceAfterKill(handle, 'killed', { files: 3, loaded: 3, skipped: 0, failed: [], rows: bigRows + 2, rejected: 0 });
+        await saveHistory(handle, 'files-worker-killed');
+      },
+    );
+  });
+
+  test('a worker SIGKILLed in the middle of a group: the retried group finds the files it committed done, and loads the rest, each exactly once', async () => {
+    const dir = join(root, 'killed-group');
+    const bigRows = 400_000;
+    for (let i = 1; i <= 10; i++) await put(dir, `a-${String(i).padStart(2, '0')}.csv`, csv('id,payload', [[bigRows + i, 'before']]));
+    await put(dir, 'b-big.csv', bigCsv(bigRows));
+    for (let i = 1; i <= 10; i++) await put(dir, `c-${String(i).padStart(2, '0')}.csv`, csv('id,payload', [[bigRows + 10 + i, 'after']]));
+    await killedInBigFile(
+      'kill-group',
+      'files-killed-group',
+      // parallel 1: the 21 files are one group, the big one in its middle.
+      { source: { kind: 'files', path: dir, pattern: '*.csv', format: 'csv' }, resource: { name: 'killed_group' }, destination: { schema: stack.schema }, parallel: 1, filesPerActivity: 100, once: true },
+      async () => {
+        assert.equal(await count(stack.db, `${stack.schema}._sluice_loads`, `resource = 'killed_group' and status = 'completed'`), 10, 'the files before the big one had committed');
+      },
+      async (handle) => {
+        const history = await loadedOnceAfterKill(handle, 'killed_group', { files: 21, loaded: 21, skipped: 0, failed: [], rows: bigRows + 20, rejected: 0 });
+        assert.equal(await count(stack.db, `${stack.schema}._sluice_loads`, `resource = 'killed_group'`), 21, 'one load per file, none twice');
+        const groups = history.events!.filter((e) => e.activityTaskScheduledEventAttributes?.activityType?.name === 'loadFileGroup').length;
+        assert.equal(groups, 1, 'one group, retried');
+        await saveHistory(handle, 'files-grouped-worker-killed');
+        await saveHistory(handle, 'files-grouped-opt-in-worker-killed');
+      },
+    );
   });
 
   test('a run continued as new in the middle of a pass keeps its files and counts', async () => {

@@ -27,11 +27,31 @@ export interface ListedFile {
   fingerprint: string;
   /** Why the file could not be hashed (permission denied, ...): loading it will fail, and only it. */
   error?: string;
+  /** Local files planned in batches: the ListedEntry statKey the fingerprint was taken with, kept in _sluice_state. */
+  statKey?: string;
 }
 
 export interface ListProgress {
   files: number;
   bytesHashed: number;
+}
+
+/**
+ * A matched file as the listing walks past it, before any hashing: the planner (plan.ts) asks
+ * for the fingerprint only when stat data cannot show that the file is the one already loaded.
+ */
+export interface ListedEntry {
+  path: string;
+  size: number;
+  mtimeMs: number;
+  /**
+   * Local files: device, inode, size, mtime and ctime. The same key as when the file was loaded
+   * means the same bytes (ctime cannot be set from user space, so any rewrite or rename into
+   * place changes it, as in git's index); another key only means the file must be hashed.
+   */
+  statKey?: string;
+  /** The file with its fingerprint: object storage knows it from the listing, a local file is hashed. */
+  fingerprinted(): Promise<ListedFile>;
 }
 
 const UNLIMITED_DEPTH = Number.POSITIVE_INFINITY;
@@ -48,6 +68,31 @@ export async function listFiles(
   /** The directories that may be read (SLUICE_FILES_ROOTS by default; see roots.ts). */
   roots: readonly string[] = filesRoots(),
 ): Promise<ListedFile[]> {
+  const listed: ListedFile[] = [];
+  const progress: ListProgress = { files: 0, bytesHashed: 0 };
+  for await (const entry of listEntries(dir, pattern, undefined, roots, progress, onProgress)) {
+    listed.push(await entry.fingerprinted());
+    progress.files++;
+    onProgress?.(progress);
+  }
+  return listed;
+}
+
+/**
+ * The files of `listFiles`, in the same order, streamed: only those whose path sorts after
+ * `after`, and without hashing any until asked. Directories are walked in order (a directory
+ * sorts as its name plus "/", which is where its paths fall among its siblings'), and one that
+ * sorts wholly before `after` is not read at all, so resuming a listing from a cursor costs the
+ * directories on the way to it, not everything before it.
+ */
+export async function* listEntries(
+  dir: string,
+  pattern: string,
+  after: string | undefined,
+  roots: readonly string[] = filesRoots(),
+  progress: ListProgress = { files: 0, bytesHashed: 0 },
+  onProgress?: (p: ListProgress) => void,
+): AsyncGenerator<ListedEntry> {
   const isMatch = picomatch(pattern, { dot: false });
   // `*` never crosses a "/", so only a pattern with `**` needs to descend without limit.
   const maxDepth = pattern.includes('**') ? UNLIMITED_DEPTH : pattern.split('/').length - 1;
@@ -67,10 +112,24 @@ export async function listFiles(
   const allowed = await realRoots(roots);
   const requested = dir;
   dir = await containedRealPath(`source.path ${requested}`, requested, allowed);
-  const refused: { path: string; stats: Stats; error: string }[] = [];
 
-  const found: { path: string; stats: Stats; error?: string }[] = [];
-  const walk = async (relativeDir: string, depth: number): Promise<void> => {
+  const entryOf = (path: string, stats: Stats, refused?: string): ListedEntry => ({
+    path,
+    size: stats.size,
+    mtimeMs: stats.mtimeMs,
+    ...(refused === undefined ? { statKey: statKey(stats) } : {}),
+    async fingerprinted() {
+      const base = { path, size: stats.size, mtimeMs: stats.mtimeMs };
+      try {
+        if (refused !== undefined) throw new Error(refused);
+        return { ...base, fingerprint: await fingerprintOf(path, join(dir, path), stats, allowed, progress, onProgress) };
+      } catch (err) {
+        return { ...base, fingerprint: `unreadable:${stats.size}:${stats.mtimeMs}`, error: errorMessage(err) };
+      }
+    },
+  });
+
+  async function* walk(relativeDir: string, depth: number): AsyncGenerator<ListedEntry> {
     let entries: Dirent[];
     try {
       entries = await readdir(join(dir, relativeDir), { withFileTypes: true });
@@ -79,11 +138,20 @@ export async function listFiles(
       if (relativeDir === '') throw new PermanentError(`cannot list ${dir}: ${errorMessage(err)}`, 'check the permissions of source.path');
       return;
     }
-    for (const entry of entries) {
-      if (entry.name.startsWith('.')) continue;
+    const ordered = entries
+      .filter((entry) => !entry.name.startsWith('.'))
+      .map((entry) => ({ entry, key: entry.isDirectory() ? `${entry.name}/` : entry.name }))
+      .sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
+    for (const { entry } of ordered) {
       const path = relativeDir === '' ? entry.name : `${relativeDir}/${entry.name}`;
       let isFile = entry.isFile();
       let isDir = entry.isDirectory();
+      if (isDir) {
+        // Every path below sorts between `path/` and `path0` ("0" follows "/"): skip the directory if `after` is past it.
+        if (depth < maxDepth && (after === undefined || after < `${path}0`)) yield* walk(path, depth + 1);
+        continue;
+      }
+      if (after !== undefined && path <= after) continue;
       if (entry.isSymbolicLink()) {
         // Follow links to files that stay inside a root; links to directories are not descended
         // (they can form cycles). A link out of the roots is listed as refused: loading it fails
@@ -96,36 +164,18 @@ export async function listFiles(
             await containedRealPath(path, join(dir, path), allowed);
           } catch (err) {
             const link = await lstat(join(dir, path)).catch(() => undefined);
-            if (link) refused.push({ path, stats: link, error: errorMessage(err) });
+            if (link) yield entryOf(path, link, errorMessage(err));
             continue;
           }
         }
       }
-      if (isDir && depth < maxDepth) await walk(path, depth + 1);
-      else if (isFile && isMatch(path)) {
+      if (isFile && isMatch(path)) {
         const stats = await stat(join(dir, path)).catch(() => undefined);
-        if (stats) found.push({ path, stats });
+        if (stats) yield entryOf(path, stats);
       }
     }
-  };
-  await walk('', 0);
-  for (const { path, stats, error } of refused) found.push({ path, stats, error });
-  found.sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0));
-
-  const listed: ListedFile[] = [];
-  const progress: ListProgress = { files: 0, bytesHashed: 0 };
-  for (const { path, stats, error } of found) {
-    const base = { path, size: stats.size, mtimeMs: stats.mtimeMs };
-    try {
-      if (error !== undefined) throw new Error(error);
-      listed.push({ ...base, fingerprint: await fingerprintOf(path, join(dir, path), stats, allowed, progress, onProgress) });
-    } catch (err) {
-      listed.push({ ...base, fingerprint: `unreadable:${stats.size}:${stats.mtimeMs}`, error: errorMessage(err) });
-    }
-    progress.files++;
-    onProgress?.(progress);
   }
-  return listed;
+  yield* walk('', 0);
 }
 
 interface CachedFingerprint {
@@ -136,7 +186,7 @@ interface CachedFingerprint {
 const MAX_CACHED = 100_000;
 const fingerprintCache = new Map<string, CachedFingerprint>();
 
-function statKey(stats: Stats): string {
+export function statKey(stats: Stats): string {
   return `${stats.dev}:${stats.ino}:${stats.size}:${stats.mtimeMs}:${stats.ctimeMs}`;
 }
 

@@ -23,7 +23,7 @@ import { Transform, type Readable } from 'node:stream';
 import picomatch from 'picomatch';
 import { resolveS3Connection } from '../../config';
 import { errorMessage, PermanentError, TransientError } from '../../errors';
-import type { ListedFile, ListProgress } from './list';
+import type { ListedEntry, ListedFile, ListProgress } from './list';
 import { FileChangedError, type FileRef, type FilesStore, type RandomAccessFile } from './store';
 
 export interface S3Location {
@@ -118,6 +118,11 @@ export class S3Store implements FilesStore {
   }
 
   async *list(pattern: string, onProgress?: (p: ListProgress) => void): AsyncIterable<ListedFile> {
+    for await (const entry of this.entries(pattern, undefined, onProgress)) yield await entry.fingerprinted();
+  }
+
+  /** Keys come in S3's own order (UTF-8 bytes), and StartAfter resumes a listing there. */
+  async *entries(pattern: string, after: string | undefined, onProgress?: (p: ListProgress) => void): AsyncIterable<ListedEntry> {
     const { bucket, prefix } = this.where;
     const isMatch = picomatch(pattern, { dot: false });
     // A pattern without "/" or "**" selects the top level only: a delimiter spares listing the rest.
@@ -128,7 +133,13 @@ export class S3Store implements FilesStore {
       let page: ListObjectsV2CommandOutput;
       try {
         page = await this.client.send(
-          new ListObjectsV2Command({ Bucket: bucket, Prefix: prefix, ContinuationToken: token, ...(topLevelOnly ? { Delimiter: '/' } : {}) }),
+          new ListObjectsV2Command({
+            Bucket: bucket,
+            Prefix: prefix,
+            ContinuationToken: token,
+            ...(token === undefined && after !== undefined ? { StartAfter: prefix + after } : {}),
+            ...(topLevelOnly ? { Delimiter: '/' } : {}),
+          }),
         );
       } catch (err) {
         throw mapS3Error(err, `cannot list ${this.location}`, this.connection);
@@ -140,7 +151,8 @@ export class S3Store implements FilesStore {
         if (!isMatch(path)) continue;
         const size = object.Size ?? 0;
         progress.files++;
-        yield { path, size, mtimeMs: object.LastModified?.getTime() ?? 0, fingerprint: s3Fingerprint(object.ETag ?? '', size) };
+        const file: ListedFile = { path, size, mtimeMs: object.LastModified?.getTime() ?? 0, fingerprint: s3Fingerprint(object.ETag ?? '', size) };
+        yield { path, size, mtimeMs: file.mtimeMs, fingerprinted: async () => file };
       }
       onProgress?.(progress);
       token = page.IsTruncated ? page.NextContinuationToken : undefined;

@@ -15,7 +15,7 @@ import { isAbsolute, relative, resolve } from 'node:path';
 import { Transform, type Readable } from 'node:stream';
 import { PermanentError } from '../../errors';
 import type { FilesSource } from '../../inputs';
-import { listFiles, type ListedFile, type ListProgress } from './list';
+import { listEntries, listFiles, type ListedEntry, type ListedFile, type ListProgress } from './list';
 import { openContained, realRoots } from './roots';
 
 /** The part of a listed file a read needs: which file, and which version of it. */
@@ -34,6 +34,11 @@ export interface FilesStore {
   readonly location: string;
   /** Files whose path (relative to the location, "/"-separated) matches the pattern, streamed. */
   list(pattern: string, onProgress?: (p: ListProgress) => void): AsyncIterable<ListedFile>;
+  /**
+   * The same files in the same stable order, streamed from just after `after` (a path an earlier
+   * listing returned), each fingerprinted only when asked: how a listing is resumed from a cursor.
+   */
+  entries(pattern: string, after: string | undefined, onProgress?: (p: ListProgress) => void): AsyncIterable<ListedEntry>;
   /** The stored bytes (before gunzip) of the listed version, as a stream whose errors are the file's. */
   open(file: FileRef, options: { signal?: AbortSignal }): Promise<Readable>;
   openRandomAccess(file: FileRef, options: { signal?: AbortSignal }): Promise<RandomAccessFile>;
@@ -76,6 +81,10 @@ export class LocalStore implements FilesStore {
 
   async *list(pattern: string, onProgress?: (p: ListProgress) => void): AsyncIterable<ListedFile> {
     yield* await listFiles(this.location, pattern, onProgress);
+  }
+
+  entries(pattern: string, after: string | undefined, onProgress?: (p: ListProgress) => void): AsyncIterable<ListedEntry> {
+    return listEntries(this.location, pattern, after, undefined, undefined, onProgress);
   }
 
   async open(file: FileRef, options: { signal?: AbortSignal }): Promise<Readable> {
