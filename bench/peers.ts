@@ -34,6 +34,7 @@ import { freePort } from '../src/dev/ports';
 import { startEmbeddedPostgres } from '../src/dev/postgres';
 import { resolveTemporalCli } from '../src/dev/temporal-cli';
 import { startDevServer } from '../src/dev/temporal-server';
+import { workerLaunch } from '../src/dev/worker-launch';
 
 const exec = promisify(execFile);
 const ROWS = Number(process.env.BENCH_ROWS ?? 1_000_000);
@@ -97,23 +98,6 @@ function run(command: string, args: string[], env: NodeJS.ProcessEnv = process.e
     child.on('error', fail);
     child.on('exit', (code) => (code === 0 ? ok() : fail(new Error(`${command} ${args.slice(0, 3).join(' ')} ... exited with ${code}`))));
   });
-}
-
-/**
- * The worker as `npm run worker` starts it (package.json's script, without npm in between): its
- * environment assignments and node flags, so the memory measured is the production worker's.
- */
-function workerLaunch(): { args: string[]; env: Record<string, string> } {
-  const script =
-    process.env.BENCH_WORKER_SCRIPT ?? (JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { scripts: Record<string, string> }).scripts.worker!;
-  const words = script.split(/\s+/).filter(Boolean);
-  const env: Record<string, string> = {};
-  while (words[0] && /^[A-Z_][A-Z0-9_]*=/.test(words[0])) {
-    const [name, ...value] = words.shift()!.split('=');
-    env[name!] = value.join('=');
-  }
-  if (words.shift() !== 'node') throw new Error(`package.json's worker script does not start node: ${script}`);
-  return { args: words.map((w) => (w.endsWith('.ts') ? join(ROOT, w) : w)), env };
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -246,7 +230,7 @@ async function main(): Promise<void> {
     // The worker as it runs in production (Dockerfile): one node process, a prebuilt workflow bundle.
     const bundle = join(scratch, 'workflow-bundle.js');
     await writeFile(bundle, await bundleWorkflows());
-    const launch = workerLaunch();
+    const launch = workerLaunch(process.env.BENCH_WORKER_SCRIPT);
     worker = spawn(process.execPath, launch.args, {
       env: { ...env, ...launch.env, SLUICE_WORKFLOW_BUNDLE: bundle },
       stdio: ['ignore', 'ignore', 'inherit'],
