@@ -34,7 +34,8 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 # npm runs scripts through `sh -c`; Debian's dash forks for it, and on `docker stop` npm's
 # SIGTERM then kills that shell and orphans the worker, which is SIGKILLed unfinished. bash
-# execs the single command, so npm -> tsx -> node pass SIGTERM on and the worker drains.
+# execs the single command, so npm -> node pass SIGTERM on and the worker drains (the worker
+# script runs node itself, with tsx's CommonJS hook and its memory settings: see package.json).
 ENV NODE_ENV=production \
     NPM_CONFIG_SCRIPT_SHELL=/bin/bash \
     NPM_CONFIG_UPDATE_NOTIFIER=false \

@@ -8,14 +8,14 @@
  * comparison, the first 20 of those partitions once more without that index.
  *
  *   BENCH_FILL_ROWS=10000000 (0 skips the filled-table runs)
+ *   BENCH_ROUNDS=3   rounds of the workflow next to the direct loads, alternating (medians printed)
  */
-import { Client, Connection } from '@temporalio/client';
-import { DefaultLogger, NativeConnection, Runtime, Worker } from '@temporalio/worker';
+import { DefaultLogger, Runtime } from '@temporalio/worker';
 import { chmod, mkdtemp, rm } from 'node:fs/promises';
+import { readdirSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pg from 'pg';
-import { createActivities } from '../src/activities';
 import { loadResource } from '../src/destinations/postgres/loader';
 import { closePools } from '../src/destinations/postgres/pool';
 import { freePort } from '../src/dev/ports';
@@ -25,11 +25,55 @@ import { Resource } from '../src/inputs';
 import { partitionAt } from '../src/plan/partitions';
 import { defineResource, defineSource, registerSource } from '../src/sources/registered';
 import type { Row } from '../src/sources/types';
+import { benchWorker } from './worker';
 
 const PARTITIONS = 365;
 const PARALLEL = 20;
 const ROWS_PER_PARTITION = 10;
 const FILL_ROWS = Number(process.env.BENCH_FILL_ROWS ?? 10_000_000);
+const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3);
+
+/**
+ * CPU seconds used so far by this process and every live descendant (the Temporal dev server,
+ * PostgreSQL and its backends), from Linux /proc; undefined elsewhere. On a shared machine CPU
+ * time moves far less than wall time, so it is printed next to it.
+ */
+function treeCpuSeconds(byName?: Map<string, number>): number | undefined {
+  if (process.platform !== 'linux') return undefined;
+  const parentOf = new Map<number, number>();
+  const ticks = new Map<number, number>();
+  const names = new Map<number, string>();
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const stat = readFileSync(`/proc/${entry}/stat`, 'utf8');
+      const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      parentOf.set(Number(entry), Number(fields[1]));
+      names.set(Number(entry), stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')')));
+      ticks.set(Number(entry), Number(fields[11]) + Number(fields[12]));
+    } catch {
+      // the process ended while we looked
+    }
+  }
+  let total = 0;
+  for (const [pid, t] of ticks) {
+    for (let p: number | undefined = pid; p; p = parentOf.get(p)) {
+      if (p === process.pid) {
+        total += t;
+        const name = names.get(pid)!;
+        byName?.set(name, (byName.get(name) ?? 0) + t / 100);
+        break;
+      }
+    }
+  }
+  return total / 100;
+}
+
+function median(values: number[]): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  const mid = sorted.length >> 1;
+  return sorted.length % 2 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
+}
 
 function* tenRows(start: string): Generator<Row> {
   const t0 = Date.parse(start);
@@ -79,9 +123,51 @@ async function main(): Promise<void> {
       );
       return Date.now() - started;
     };
-    const direct = Date.now();
-    await directLoads('direct');
-    const directMs = Date.now() - direct;
+    const { client, worker, close } = await benchWorker(server.address);
+    const backfill = (workflowId: string, resourceName: string, start: string, end: string) =>
+      client.workflow.execute('backfillWorkflow', {
+        taskQueue: 'bench',
+        workflowId,
+        args: [{ source: { kind: 'registered', name: 'bench.rows' }, resource: { ...resource, name: resourceName }, destination: { schema: 'bench_temporal' }, partitionColumn: 'at', start, end, parallel: PARALLEL }],
+      }) as Promise<{ succeeded: number; rows: number }>;
+    // Rounds alternate the workflow and the direct loads, so both see the same machine.
+    const temporalRuns: number[] = [];
+    const directRuns: number[] = [];
+    const temporalCpu: number[] = [];
+    const directCpu: number[] = [];
+    await worker.runUntil(async () => {
+      // Warm the workflow bundle and the connection pool so the measurement is the steady state.
+      await backfill('bench-warmup', 'warmup', '2023-01-01', '2023-01-05');
+      for (let round = 1; round <= ROUNDS; round++) {
+        const before = new Map<string, number>();
+        const after = new Map<string, number>();
+        const cpu0 = treeCpuSeconds(before);
+        const started = Date.now();
+        const result = await backfill(`bench-backfill-${round}`, resource.name, '2024-01-01', '2024-12-30');
+        if (result.succeeded !== PARTITIONS || result.rows !== PARTITIONS * ROWS_PER_PARTITION) throw new Error(`unexpected result ${JSON.stringify(result)}`);
+        temporalRuns.push(Date.now() - started);
+        const cpu1 = treeCpuSeconds(after);
+        directRuns.push(await directLoads(`direct-${round}`));
+        const cpu2 = treeCpuSeconds();
+        if (cpu0 !== undefined) {
+          temporalCpu.push((cpu1! - cpu0) * 1000);
+          directCpu.push((cpu2! - cpu1!) * 1000);
+        }
+        const byProcess = [...after].map(([name, t]) => `${name} ${Math.round((t - (before.get(name) ?? 0)) * 1000)}`).join(', ');
+        console.log(
+          `  round ${round}: backfillWorkflow CPU ms by process: ${byProcess}`,
+        );
+        console.log(
+          `  round ${round}: backfillWorkflow ${temporalRuns.at(-1)} ms (CPU ${temporalCpu.at(-1)?.toFixed(0)} ms), direct ${directRuns.at(-1)} ms (CPU ${directCpu.at(-1)?.toFixed(0)} ms)`,
+        );
+      }
+    });
+    await close();
+    const temporalMs = median(temporalRuns);
+    const directMs = median(directRuns);
+    const spread = (runs: number[]) => `${(Math.min(...runs) / PARTITIONS).toFixed(1)} to ${(Math.max(...runs) / PARTITIONS).toFixed(1)}`;
+    const overhead = temporalRuns.map((t, i) => t - directRuns[i]!);
+
     const filled: string[] = [];
     if (FILL_ROWS > 0) {
       const admin = new pg.Client({ connectionString: db.url });
@@ -108,40 +194,18 @@ async function main(): Promise<void> {
       }
     }
 
-    const native = await NativeConnection.connect({ address: server.address });
-    const connection = await Connection.connect({ address: server.address });
-    const client = new Client({ connection });
-    const worker = await Worker.create({
-      connection: native,
-      taskQueue: 'bench',
-      workflowsPath: require.resolve('../src/workflows'),
-      activities: createActivities({ searchAttributesRegistered: true }),
-      maxConcurrentActivityTaskExecutions: 100,
-    });
-    const temporalMs = await worker.runUntil(async () => {
-      // Warm the workflow bundle and the connection pool so the measurement is the steady state.
-      await client.workflow.execute('backfillWorkflow', {
-        taskQueue: 'bench',
-        workflowId: 'bench-warmup',
-        args: [{ source: { kind: 'registered', name: 'bench.rows' }, resource: { ...resource, name: 'warmup' }, destination: { schema: 'bench_temporal' }, partitionColumn: 'at', start: '2023-01-01', end: '2023-01-05', parallel: PARALLEL }],
-      });
-      const started = Date.now();
-      const result = (await client.workflow.execute('backfillWorkflow', {
-        taskQueue: 'bench',
-        workflowId: 'bench-backfill',
-        args: [{ source: { kind: 'registered', name: 'bench.rows' }, resource, destination: { schema: 'bench_temporal' }, partitionColumn: 'at', start: '2024-01-01', end: '2024-12-30', parallel: PARALLEL }],
-      })) as { succeeded: number; rows: number };
-      if (result.succeeded !== PARTITIONS || result.rows !== PARTITIONS * ROWS_PER_PARTITION) throw new Error(`unexpected result ${JSON.stringify(result)}`);
-      return Date.now() - started;
-    });
-    await native.close();
-    await connection.close();
-
-    console.log(`\n| ${PARTITIONS} daily partitions x ${ROWS_PER_PARTITION} rows, parallel ${PARALLEL} | wall | ms per partition |`);
+    console.log(`\nmedian of ${ROUNDS} rounds (min to max in brackets):`);
+    console.log(`| ${PARTITIONS} daily partitions x ${ROWS_PER_PARTITION} rows, parallel ${PARALLEL} | wall | ms per partition |`);
     console.log('|---|---:|---:|');
-    console.log(`| backfillWorkflow (Temporal dev server, one activity per partition) | ${(temporalMs / 1000).toFixed(2)} s | ${(temporalMs / PARTITIONS).toFixed(1)} |`);
-    console.log(`| same loads called directly, no Temporal (baseline) | ${(directMs / 1000).toFixed(2)} s | ${(directMs / PARTITIONS).toFixed(1)} |`);
+    console.log(`| backfillWorkflow (Temporal dev server, one activity per partition) | ${(temporalMs / 1000).toFixed(2)} s | ${(temporalMs / PARTITIONS).toFixed(1)} (${spread(temporalRuns)}) |`);
+    console.log(`| same loads called directly, no Temporal (baseline) | ${(directMs / 1000).toFixed(2)} s | ${(directMs / PARTITIONS).toFixed(1)} (${spread(directRuns)}) |`);
+    console.log(`| workflow minus direct, round by round | ${(median(overhead) / 1000).toFixed(2)} s | ${(median(overhead) / PARTITIONS).toFixed(1)} (${spread(overhead)}) |`);
     for (const line of filled) console.log(line);
+    if (temporalCpu.length) {
+      const cpuOverhead = temporalCpu.map((t, i) => t - directCpu[i]!);
+      console.log(`\nCPU time of this process, the Temporal dev server and PostgreSQL, ms per partition (median, min to max):`);
+      console.log(`  backfillWorkflow ${(median(temporalCpu) / PARTITIONS).toFixed(1)} (${spread(temporalCpu)}), direct ${(median(directCpu) / PARTITIONS).toFixed(1)} (${spread(directCpu)}), workflow minus direct ${(median(cpuOverhead) / PARTITIONS).toFixed(1)} (${spread(cpuOverhead)})`);
+    }
   } finally {
     await closePools();
     await server.stop();

@@ -6,8 +6,7 @@
  * (default 5,000) at parallel 32, in files per second (BENCH_SMALL_FILES=0 skips it).
  */
 import { CreateBucketCommand, PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
-import { Client, Connection } from '@temporalio/client';
-import { DefaultLogger, NativeConnection, Runtime, Worker } from '@temporalio/worker';
+import { DefaultLogger, Runtime } from '@temporalio/worker';
 import { execFile } from 'node:child_process';
 import { chmod, mkdir, mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -17,12 +16,12 @@ import { pipeline } from 'node:stream/promises';
 import { promisify } from 'node:util';
 import pg from 'pg';
 import { from as copyFrom } from 'pg-copy-streams';
-import { createActivities } from '../src/activities';
 import { closePools } from '../src/destinations/postgres/pool';
 import { freePort } from '../src/dev/ports';
 import { startEmbeddedPostgres } from '../src/dev/postgres';
 import { startS3Server } from '../src/dev/s3-server';
 import { startDevServer } from '../src/dev/temporal-server';
+import { benchWorker } from './worker';
 
 const FILES = Number(process.env.BENCH_FILES ?? 100);
 const ROWS = Number(process.env.BENCH_ROWS ?? 10_000);
@@ -101,16 +100,7 @@ async function main(): Promise<void> {
     }
     const rawMs = Date.now() - rawStarted;
 
-    const native = await NativeConnection.connect({ address: server.address });
-    const connection = await Connection.connect({ address: server.address });
-    const temporal = new Client({ connection });
-    const worker = await Worker.create({
-      connection: native,
-      taskQueue: 'bench',
-      workflowsPath: require.resolve('../src/workflows'),
-      activities: createActivities({ searchAttributesRegistered: true }),
-      maxConcurrentActivityTaskExecutions: 100,
-    });
+    const { client: temporal, worker, close } = await benchWorker(server.address);
     const runs: [string, Record<string, unknown>][] = [
       ['local directory, CSV', { kind: 'files', path: local, pattern: '*.csv', format: 'csv' }],
       ['S3 (SeaweedFS), CSV', { kind: 'files', url: 's3://bench/csv/', pattern: '*.csv', format: 'csv', connection: 'BENCH' }],
@@ -147,8 +137,7 @@ async function main(): Promise<void> {
         smallMs = Date.now() - started;
       }
     });
-    await native.close();
-    await connection.close();
+    await close();
 
     const total = FILES * ROWS;
     const line = (label: string, ms: number) =>

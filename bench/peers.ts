@@ -18,6 +18,8 @@
  *   BENCH_PEERS=raw,sluice,sling,dlt-fast,dlt-default (default: all; sluice-replace: only sluice's replace)
  *   BENCH_TIE=0 skips the tie trap; BENCH_TIE_TIMEOUT_S=900 stops a dlt step of it that takes longer
  * Worker memory at 10M rows: BENCH_ROWS=10000000 BENCH_PEERS=raw,sluice-replace BENCH_TIE=0 npm run bench:peers
+ *   (no Python needed for that); BENCH_WORKER_SCRIPT='node --import tsx src/worker.ts' starts the
+ *   worker another way than package.json's `worker` script, to compare
  *   SLUICE_PYTHON=python3   the Python (3.9+) that makes the virtual environment
  */
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
@@ -32,6 +34,7 @@ import { freePort } from '../src/dev/ports';
 import { startEmbeddedPostgres } from '../src/dev/postgres';
 import { resolveTemporalCli } from '../src/dev/temporal-cli';
 import { startDevServer } from '../src/dev/temporal-server';
+import { workerLaunch } from '../src/dev/worker-launch';
 
 const exec = promisify(execFile);
 const ROWS = Number(process.env.BENCH_ROWS ?? 1_000_000);
@@ -155,12 +158,12 @@ class PeakSampler {
 }
 
 /** Runs a command to completion (or kills it after `timeoutS`), sampling its process tree; returns seconds, peak RSS and stdout. */
-function measureCommand(command: string, args: string[], env: NodeJS.ProcessEnv, extraRoots: () => number[] = () => [], timeoutS = 0) {
+function measureCommand(command: string, args: string[], env: NodeJS.ProcessEnv, extraRoots: () => number[] = () => [], timeoutS = 0, sampleCommand = true) {
   return new Promise<{ seconds: number; peak: number; stdout: string }>((ok, fail) => {
     const started = performance.now();
     const child = spawn(command, args, { env, stdio: ['ignore', 'pipe', 'pipe'], detached: timeoutS > 0 });
     const timer = timeoutS > 0 ? setTimeout(() => child.pid && process.kill(-child.pid, 'SIGKILL'), timeoutS * 1000) : undefined;
-    const sampler = new PeakSampler(() => [...(child.pid ? [child.pid] : []), ...extraRoots()]).start();
+    const sampler = new PeakSampler(() => [...(child.pid && sampleCommand ? [child.pid] : []), ...extraRoots()]).start();
     let stdout = '';
     let stderr = '';
     child.stdout!.on('data', (d: Buffer) => (stdout += d.toString()));
@@ -194,7 +197,9 @@ const ORDERS_DDL = `create table bench_src.orders (
 const fmtMb = (bytes: number) => (bytes ? `${Math.round(bytes / 1024 / 1024)} MB` : 'n/a');
 
 async function main(): Promise<void> {
-  const peers = await installPeers();
+  // Sluice and raw COPY alone (the 10M-row memory run) need no Python.
+  const python = process.env.BENCH_TIE !== '0' || [...PEERS].some((p) => /^(sling|dlt)/.test(p));
+  const peers = python ? await installPeers() : { python: '', slingBinary: '', versions: {} as Record<string, string> };
   console.log(`versions: ${JSON.stringify(peers.versions)}`);
   const scratch = await mkdtemp(join(tmpdir(), 'sluice-peers-'));
   await chmod(scratch, 0o755);
@@ -225,17 +230,22 @@ async function main(): Promise<void> {
     // The worker as it runs in production (Dockerfile): one node process, a prebuilt workflow bundle.
     const bundle = join(scratch, 'workflow-bundle.js');
     await writeFile(bundle, await bundleWorkflows());
-    worker = spawn(process.execPath, ['--import', 'tsx', join(ROOT, 'src', 'worker.ts')], {
-      env: { ...env, SLUICE_WORKFLOW_BUNDLE: bundle },
+    const launch = workerLaunch(process.env.BENCH_WORKER_SCRIPT);
+    worker = spawn(process.execPath, launch.args, {
+      env: { ...env, ...launch.env, SLUICE_WORKFLOW_BUNDLE: bundle },
       stdio: ['ignore', 'ignore', 'inherit'],
     });
     const workerPid = () => (worker?.pid ? [worker.pid] : []);
+    // Sluice's peak memory is the worker's alone: the `temporal` CLI client that starts the run
+    // and waits for it (about 90 MB of its own) is not part of sluice.
     const execute = async (type: string, id: string, input: unknown) =>
       measureCommand(
         temporal.path,
         ['workflow', 'execute', '--address', server.address, '--type', type, '--task-queue', TASK_QUEUE, '--workflow-id', id, '--input', JSON.stringify(input), '-o', 'json'],
         env,
         workerPid,
+        0,
+        false,
       );
     // Warm the worker (its workflow bundle, its connection pools) off the clock.
     await execute('fullRefreshWorkflow', 'warmup', {

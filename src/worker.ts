@@ -21,11 +21,25 @@ export interface SluiceWorkerOptions {
   overrides?: Partial<WorkerOptions>;
 }
 
+/**
+ * `npm run worker` registers only tsx's CommonJS hook (package.json: its ESM hook would cost a
+ * loader thread of its own, about 30 MB), so a source module is required; an ES module that
+ * require cannot load (.mjs, top-level await) is imported instead.
+ */
+async function loadModule(path: string): Promise<Record<string, unknown>> {
+  try {
+    return require(path) as Record<string, unknown>;
+  } catch (err) {
+    if ((err as { code?: string }).code !== 'ERR_REQUIRE_ESM' && (err as { code?: string }).code !== 'ERR_REQUIRE_ASYNC_MODULE') throw err;
+    return (await import(pathToFileURL(path).href)) as Record<string, unknown>;
+  }
+}
+
 /** Loads user source modules named in SLUICE_SOURCES ("./my-sources.ts,./more.ts"). */
 export async function loadSourceModules(list: string | undefined = process.env.SLUICE_SOURCES): Promise<void> {
   registerSource(demoSource);
   for (const path of (list ?? '').split(',').map((p) => p.trim()).filter(Boolean)) {
-    const mod = (await import(pathToFileURL(resolve(path)).href)) as Record<string, unknown>;
+    const mod = await loadModule(resolve(path));
     const sources = Object.values(mod).filter(
       (v): v is SourceDefinition => typeof v === 'object' && v !== null && 'resources' in v && 'name' in v,
     );

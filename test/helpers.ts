@@ -12,6 +12,7 @@ import { join } from 'node:path';
 import { DefaultLogger, NativeConnection, Runtime, type Worker } from '@temporalio/worker';
 import { randomBytes } from 'node:crypto';
 import pg from 'pg';
+import { workerLaunch } from '../src/dev/worker-launch';
 import { createSluiceWorker } from '../src/worker';
 import { destinationSchemaSql, grantSourceReadSql } from './roles';
 
@@ -123,8 +124,10 @@ export async function saveHistory(handle: WorkflowHandle, scenario: string): Pro
  * polls the task queue.
  */
 export async function spawnWorker(taskQueue: string, env: NodeJS.ProcessEnv = {}): Promise<ChildProcess> {
-  const child = spawn(process.execPath, ['--import', 'tsx', join(__dirname, '..', 'src', 'worker.ts')], {
-    env: { ...process.env, SLUICE_TASK_QUEUE: taskQueue, SLUICE_SOURCES: join(__dirname, 'fixtures', 'sources.ts'), ...env },
+  // Started as `npm run worker` starts it (package.json), so tests run its loader and flags.
+  const launch = workerLaunch();
+  const child = spawn(process.execPath, launch.args, {
+    env: { ...process.env, ...launch.env, SLUICE_TASK_QUEUE: taskQueue, SLUICE_SOURCES: join(__dirname, 'fixtures', 'sources.ts'), ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   let output = '';

@@ -158,10 +158,12 @@ export async function withHeartbeat<T>(
     // signal; an engine left running cannot commit twice: every load takes its load id's lock and
     // finds a committed load done.
     return await Promise.race([
+      // Progress is heartbeated by the timer, never at once: the first heartbeat of an attempt
+      // goes to the server right away (later ones are throttled), and an activity shorter than
+      // the interval (a small backfill partition) would pay a server round trip for nothing.
       fn((d) => {
         details = d;
         watch.record(d);
-        ctx.heartbeat(d);
         report();
       }, abort.signal),
       stall,

@@ -15,6 +15,7 @@ const SIGNATURE = Buffer.from('PGCOPY\n\xff\r\n\0', 'latin1');
 const HEADER_BYTES = SIGNATURE.length + 8;
 /** Flags bit 16: every tuple carries an OID field first (WITH OIDS, gone since PostgreSQL 12). */
 const HAS_OIDS = 1 << 16;
+const EMPTY = Buffer.alloc(0);
 
 /** A field of binary COPY holding `text` as a `text` value: its length, then its UTF-8 bytes. */
 export function binaryTextField(text: string): Buffer {
@@ -32,7 +33,7 @@ export function binaryTextField(text: string): Buffer {
  */
 export class BinaryCopyTap extends Transform {
   rows = 0;
-  private carry: Buffer = Buffer.alloc(0);
+  private carry: Buffer = EMPTY;
   private headerDone = false;
   private ended = false;
   /** Fields of the current tuple still to read; -1 between tuples. */
@@ -67,19 +68,24 @@ export class BinaryCopyTap extends Transform {
     else done();
   }
 
+  /** Input offsets (of the buffer being parsed) where a tuple ends, and where a field count starts: where `append` changes the bytes. */
+  private readonly tupleEnds: number[] = [];
+  private readonly fieldCounts: number[] = [];
+
   private parse(buf: Buffer): Buffer {
-    const out: Buffer[] = [];
+    const append = this.append !== undefined;
+    this.tupleEnds.length = 0;
+    this.fieldCounts.length = 0;
     let pos = 0;
     if (!this.headerDone) {
-      if (buf.length < HEADER_BYTES) return this.keep(buf, 0, out);
+      if (buf.length < HEADER_BYTES) return this.keep(buf, 0);
       if (!buf.subarray(0, SIGNATURE.length).equals(SIGNATURE)) throw new Error('not a binary COPY stream (bad signature)');
       if (buf.readUInt32BE(SIGNATURE.length) & HAS_OIDS) throw new Error('binary COPY streams with OIDs are not supported');
       const headerEnd = HEADER_BYTES + buf.readUInt32BE(SIGNATURE.length + 4);
-      if (buf.length < headerEnd) return this.keep(buf, 0, out);
+      if (buf.length < headerEnd) return this.keep(buf, 0);
       pos = headerEnd;
       this.headerDone = true;
     }
-    let from = 0;
     while (pos < buf.length || (this.fieldsLeft === 0 && this.bodyLeft === 0)) {
       if (this.bodyLeft > 0) {
         const n = Math.min(this.bodyLeft, buf.length - pos);
@@ -90,10 +96,7 @@ export class BinaryCopyTap extends Transform {
       }
       if (this.fieldsLeft === 0) {
         // End of a tuple.
-        if (this.append) {
-          out.push(buf.subarray(from, pos), this.append);
-          from = pos;
-        }
+        if (append) this.tupleEnds.push(pos);
         this.rows++;
         this.fieldsLeft = -1;
         continue;
@@ -108,12 +111,7 @@ export class BinaryCopyTap extends Transform {
           continue;
         }
         if (count < 0) throw new Error(`bad field count ${count} in a binary COPY stream`);
-        if (this.append) {
-          const fields = Buffer.allocUnsafe(2);
-          fields.writeInt16BE(count + 1, 0);
-          out.push(buf.subarray(from, pos), fields);
-          from = pos + 2;
-        }
+        if (append) this.fieldCounts.push(pos);
         pos += 2;
         this.fieldsLeft = count;
         continue;
@@ -125,13 +123,37 @@ export class BinaryCopyTap extends Transform {
       this.fieldsLeft--;
       if (length > 0) this.bodyLeft = length;
     }
-    return this.keep(buf, pos, out, from);
+    return this.keep(buf, pos);
   }
 
-  /** Emits what was parsed up to `pos` and keeps the rest (a partial length or count) for the next chunk. */
-  private keep(buf: Buffer, pos: number, out: Buffer[], from = 0): Buffer {
-    out.push(buf.subarray(from, pos));
-    this.carry = pos < buf.length ? Buffer.from(buf.subarray(pos)) : Buffer.alloc(0);
-    return out.length === 1 ? out[0]! : Buffer.concat(out);
+  /**
+   * Emits what was parsed up to `pos` and keeps the rest (a partial length or count) for the next
+   * chunk. With `append`, the output is one buffer per chunk: the input's bytes with the field
+   * after every tuple and every field count one higher (not a buffer per tuple: a load moves
+   * millions of them, and each would be garbage for the collector).
+   */
+  private keep(buf: Buffer, pos: number): Buffer {
+    this.carry = pos < buf.length ? Buffer.from(buf.subarray(pos)) : EMPTY;
+    const ends = this.tupleEnds;
+    const counts = this.fieldCounts;
+    if (!this.append || (ends.length === 0 && counts.length === 0)) return buf.subarray(0, pos);
+    const field = this.append;
+    const out = Buffer.allocUnsafe(pos + ends.length * field.length);
+    let o = 0;
+    let from = 0;
+    let c = 0;
+    const copyTo = (end: number) => {
+      buf.copy(out, o, from, end);
+      // Field counts in [from, end) sit at the same distance from `from` in the output.
+      for (; c < counts.length && counts[c]! < end; c++) out.writeInt16BE(buf.readInt16BE(counts[c]!) + 1, o + counts[c]! - from);
+      o += end - from;
+      from = end;
+    };
+    for (const end of ends) {
+      copyTo(end);
+      o += field.copy(out, o);
+    }
+    copyTo(pos);
+    return out;
   }
 }

@@ -58,8 +58,9 @@ export class FileChangedError extends PermanentError {
 /** The store a files source reads: S3 for `url`, the local directory for `path`. */
 export async function filesStoreFor(source: FilesSource): Promise<FilesStore> {
   if (source.url !== undefined) {
-    // Loaded on first use: workers that never read object storage never load the AWS SDK.
-    const { S3Store } = await import('./s3');
+    // Loaded on first use: workers that never read object storage never load the AWS SDK. A
+    // require, not import(): `npm run worker` registers tsx's CommonJS hook only (package.json).
+    const { S3Store } = require('./s3') as typeof import('./s3');
     return new S3Store(source.url, source.connection);
   }
   return new LocalStore(source.path!);
