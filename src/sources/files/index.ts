@@ -8,12 +8,23 @@ import type { FilesSource } from '../../inputs';
 import type { Extracted, Row } from '../types';
 import { openParquet } from './parquet';
 import { readRows } from './read';
-import { filesStoreFor, resolveInside, type FileRef } from './store';
+import { LocalStore, resolveInside, type FileRef, type FilesStore } from './store';
 
 export { listFiles, type ListedFile, type ListProgress } from './list';
 export { OutsideRootsError } from './roots';
 export { isGzipped, readFileRows, readRows, type CsvOptions, type FileFormat, type ReadOptions } from './read';
-export { FileChangedError, filesStoreFor, type FileRef, type FilesStore, type RandomAccessFile } from './store';
+export { FileChangedError, type FileRef, type FilesStore, type RandomAccessFile } from './store';
+
+/** The store a files source reads: S3 for `url`, the local directory for `path`. */
+export async function filesStoreFor(source: FilesSource): Promise<FilesStore> {
+  if (source.url !== undefined) {
+    // Loaded on first use: workers that never read object storage never load the AWS SDK. A
+    // require, not import(): `npm run worker` registers tsx's CommonJS hook only (package.json).
+    const { S3Store } = require('./s3') as typeof import('./s3');
+    return new S3Store(source.url, source.connection);
+  }
+  return new LocalStore(source.path!);
+}
 
 /** The absolute path of a listed file, refusing any relative path that leaves the source directory. */
 export function resolveListedPath(source: FilesSource, path: string): string {

@@ -14,7 +14,6 @@ import { stat } from 'node:fs/promises';
 import { isAbsolute, relative, resolve } from 'node:path';
 import { Transform, type Readable } from 'node:stream';
 import { PermanentError } from '../../errors';
-import type { FilesSource } from '../../inputs';
 import { listEntries, listFiles, type ListedEntry, type ListedFile, type ListProgress } from './list';
 import { openContained, realRoots } from './roots';
 
@@ -53,17 +52,6 @@ export class FileChangedError extends PermanentError {
     );
     this.name = 'FileChangedError';
   }
-}
-
-/** The store a files source reads: S3 for `url`, the local directory for `path`. */
-export async function filesStoreFor(source: FilesSource): Promise<FilesStore> {
-  if (source.url !== undefined) {
-    // Loaded on first use: workers that never read object storage never load the AWS SDK. A
-    // require, not import(): `npm run worker` registers tsx's CommonJS hook only (package.json).
-    const { S3Store } = require('./s3') as typeof import('./s3');
-    return new S3Store(source.url, source.connection);
-  }
-  return new LocalStore(source.path!);
 }
 
 /** The absolute path of a listed file, refusing any relative path that leaves the source directory. */
