@@ -12,6 +12,7 @@ import { startS3Server, type S3Server } from '../src/dev/s3-server';
 import type { Progress } from '../src/inputs';
 import type { FilesResult } from '../src/workflows/files';
 import { count, killHard, saveHistory, spawnWorker, testStack, waitFor, type TestStack } from './helpers';
+import { sameVersion } from '../src/sources/files/plan';
 import { startProxy, type TcpProxy } from './proxy';
 import { requireS3, type TestS3 } from './s3';
 
@@ -104,6 +105,41 @@ describe('filesWorkflow on object storage', () => {
     assert.equal(await count(stack.db, table), 62, "60 - the 2 old rows of the rewritten object + its 2 new rows + 2 new objects");
     const changed = await stack.db.query(`select id::int, v from ${table} where id between 1000 and 1002 order by id`);
     assert.deepEqual(changed.rows, [{ id: 1000, v: 'rewritten' }, { id: 1002, v: 'added' }], 'the old version of the object left no rows');
+  });
+
+  test('a versioned bucket: objects are known by version id too, read as listed; a new version reloads, a deleted key is gone from the listing', async () => {
+    const { PutBucketVersioningCommand, PutObjectCommand } = await import('@aws-sdk/client-s3');
+    const bucket = await s3.bucket('versioned');
+    await s3.client.send(new PutBucketVersioningCommand({ Bucket: bucket, VersioningConfiguration: { Status: 'Enabled' } }));
+    const put = async (key: string, body: string) => (await s3.client.send(new PutObjectCommand({ Bucket: bucket, Key: key, Body: body }))).VersionId!;
+    const first = await put('in/a.csv', csv([[1, 'a1'], [2, 'a1']]));
+    await put('in/b.csv', csv([[3, 'b1']]));
+    const input = {
+      source: { kind: 'files', url: `s3://${bucket}/in/`, pattern: '*.csv', format: 'csv', connection: s3.connection },
+      resource: { name: 'versioned', columns: { id: 'bigint' } },
+      destination: { schema: stack.schema },
+      once: true,
+    };
+    const loaded = await runOnce('s3-versioned', input, 's3-versioned-bucket');
+    assert.deepEqual(loaded.result, { files: 2, loaded: 2, skipped: 0, failed: [], rows: 3, rejected: 0 });
+    const state = await stack.db.query(`select state->>'fingerprint' as f from ${stack.schema}._sluice_state where resource = 'files:versioned:a.csv'`);
+    assert.match(state.rows[0].f, new RegExp(`^s3:[0-9a-f]+:\\d+@${first}$`), 'the version id is part of the fingerprint');
+
+    // A new version of a.csv, b.csv deleted (its latest version is a delete marker), c.csv new.
+    await put('in/a.csv', csv([[1, 'a2']]));
+    await s3.remove(bucket, 'in/b.csv');
+    await put('in/c.csv', csv([[4, 'c1']]));
+    const next = await runOnce('s3-versioned-again', input);
+    assert.deepEqual(next.result, { files: 2, loaded: 2, skipped: 0, failed: [], rows: 2, rejected: 0 });
+    const rows = await stack.db.query(`select id::int, v from ${stack.schema}.versioned order by id`);
+    assert.deepEqual(rows.rows, [{ id: 1, v: 'a2' }, { id: 3, v: 'b1' }, { id: 4, v: 'c1' }], 'the new version superseded the old; a deleted object keeps its rows');
+  });
+
+  test('a fingerprint stored before version ids were listed still names the same object', () => {
+    assert.equal(sameVersion('s3:abc:10', 's3:abc:10@v2'), true);
+    assert.equal(sameVersion('s3:abc:10', 's3:abd:10@v2'), false, 'another ETag');
+    assert.equal(sameVersion('s3:abc:10@v1', 's3:abc:10@v2'), false, 'another version');
+    assert.equal(sameVersion('sha256:x', 'sha256:x'), true);
   });
 
   test('more objects than one batch: each planned batch resumes the listing after the last key (StartAfter), and every object loads once', async () => {

@@ -56,6 +56,17 @@ export interface PlanProgress {
 }
 
 /**
+ * Whether a stored fingerprint names the listed version. Objects of a versioned bucket are listed
+ * as `s3:<etag>:<size>@<version id>`; one loaded before version ids were listed was stored
+ * without the `@<version id>`, and the same ETag and size are the same object.
+ */
+export function sameVersion(stored: string, listed: string): boolean {
+  if (stored === listed) return true;
+  const at = listed.startsWith('s3:') ? listed.indexOf('@') : -1;
+  return at > 0 && !stored.includes('@') && stored === listed.slice(0, at);
+}
+
+/**
  * Examines the entries (already positioned after the cursor) in order until the batch is full
  * or the listing ends. A local file whose stat key is the one stored with its load is unchanged
  * without being read; any other file is fingerprinted (hashed locally, the ETag on object
@@ -92,7 +103,7 @@ export async function planBatch(
           batch.unchanged++;
         } else {
           const file = await entry.fingerprinted();
-          if (before?.fingerprint === file.fingerprint) {
+          if (before && sameVersion(before.fingerprint, file.fingerprint)) {
             batch.unchanged++;
           } else {
             const planned: PlannedFile = {

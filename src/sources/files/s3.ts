@@ -12,12 +12,15 @@
  * only in the SDK client of this process, never in errors or results.
  */
 import {
+  GetBucketVersioningCommand,
   GetObjectCommand,
   ListObjectsV2Command,
+  ListObjectVersionsCommand,
   S3Client,
   S3ServiceException,
   type GetObjectCommandOutput,
   type ListObjectsV2CommandOutput,
+  type ListObjectVersionsCommandOutput,
 } from '@aws-sdk/client-s3';
 import { Transform, type Readable } from 'node:stream';
 import picomatch from 'picomatch';
@@ -40,15 +43,16 @@ export function parseS3Url(url: string): S3Location {
   return { bucket: match[1]!, prefix: rest === '' || rest.endsWith('/') ? rest : `${rest}/` };
 }
 
-export function s3Fingerprint(etag: string, size: number): string {
-  return `s3:${etag.replace(/^"|"$/g, '')}:${size}`;
+/** `s3:<etag>:<size>`, and `@<version id>` where the bucket keeps versions. */
+export function s3Fingerprint(etag: string, size: number, versionId?: string): string {
+  return `s3:${etag.replace(/^"|"$/g, '')}:${size}${versionId ? `@${versionId}` : ''}`;
 }
 
-/** The ETag (quoted, as If-Match wants it) and size a fingerprint names. */
-function parseFingerprint(fingerprint: string): { etag: string; size: number } {
-  const match = /^s3:(.+):(\d+)$/.exec(fingerprint);
+/** The ETag (quoted, as If-Match wants it), size and version id a fingerprint names. */
+function parseFingerprint(fingerprint: string): { etag: string; size: number; versionId?: string } {
+  const match = /^s3:(.+?):(\d+)(?:@(.+))?$/.exec(fingerprint);
   if (!match) throw new PermanentError(`fingerprint ${JSON.stringify(fingerprint)} does not name an object-storage version`);
-  return { etag: `"${match[1]}"`, size: Number(match[2]) };
+  return { etag: `"${match[1]}"`, size: Number(match[2]), ...(match[3] ? { versionId: match[3] } : {}) };
 }
 
 const clients = new Map<string, S3Client>();
@@ -105,6 +109,7 @@ export function mapS3Error(err: unknown, what: string, connection: string | unde
 
 export class S3Store implements FilesStore {
   private readonly where: S3Location;
+  private versioning: Promise<boolean> | undefined;
 
   constructor(
     readonly location: string,
@@ -123,6 +128,10 @@ export class S3Store implements FilesStore {
 
   /** Keys come in S3's own order (UTF-8 bytes), and StartAfter resumes a listing there. */
   async *entries(pattern: string, after: string | undefined, onProgress?: (p: ListProgress) => void): AsyncIterable<ListedEntry> {
+    if (await this.versioned()) {
+      yield* this.versionEntries(pattern, after, onProgress);
+      return;
+    }
     const { bucket, prefix } = this.where;
     const isMatch = picomatch(pattern, { dot: false });
     // A pattern without "/" or "**" selects the top level only: a delimiter spares listing the rest.
@@ -145,25 +154,76 @@ export class S3Store implements FilesStore {
         throw mapS3Error(err, `cannot list ${this.location}`, this.connection);
       }
       for (const object of page.Contents ?? []) {
-        const key = object.Key;
-        if (key === undefined || !key.startsWith(prefix) || key.endsWith('/')) continue;
-        const path = key.slice(prefix.length);
-        if (!isMatch(path)) continue;
-        const size = object.Size ?? 0;
-        progress.files++;
-        const file: ListedFile = { path, size, mtimeMs: object.LastModified?.getTime() ?? 0, fingerprint: s3Fingerprint(object.ETag ?? '', size) };
-        yield { path, size, mtimeMs: file.mtimeMs, fingerprinted: async () => file };
+        const entry = this.entryOf(object, isMatch, progress);
+        if (entry) yield entry;
       }
       onProgress?.(progress);
       token = page.IsTruncated ? page.NextContinuationToken : undefined;
     } while (token);
   }
 
+  private entryOf(
+    object: { Key?: string; Size?: number; LastModified?: Date; ETag?: string; VersionId?: string },
+    isMatch: (path: string) => boolean,
+    progress: ListProgress,
+  ): ListedEntry | undefined {
+    const { prefix } = this.where;
+    const key = object.Key;
+    if (key === undefined || !key.startsWith(prefix) || key.endsWith('/')) return undefined;
+    const path = key.slice(prefix.length);
+    if (!isMatch(path)) return undefined;
+    const size = object.Size ?? 0;
+    progress.files++;
+    const file: ListedFile = { path, size, mtimeMs: object.LastModified?.getTime() ?? 0, fingerprint: s3Fingerprint(object.ETag ?? '', size, object.VersionId) };
+    return { path, size, mtimeMs: file.mtimeMs, fingerprinted: async () => file };
+  }
+
+  /** Versioning on (or suspended): objects are listed with their version ids. Not allowed to ask: listed by ETag alone. */
+  private versioned(): Promise<boolean> {
+    this.versioning ??= this.client.send(new GetBucketVersioningCommand({ Bucket: this.where.bucket })).then(
+      (answer) => answer.Status === 'Enabled' || answer.Status === 'Suspended',
+      (err: unknown) => {
+        const status = err instanceof S3ServiceException ? err.$metadata?.httpStatusCode : undefined;
+        if (status === 403 || status === 501) return false;
+        this.versioning = undefined;
+        throw mapS3Error(err, `cannot read the versioning of ${this.location}`, this.connection);
+      },
+    );
+    return this.versioning;
+  }
+
+  /** The latest version of each key after `after`, in key order (ListObjectVersions' KeyMarker resumes like StartAfter). */
+  private async *versionEntries(pattern: string, after: string | undefined, onProgress?: (p: ListProgress) => void): AsyncIterable<ListedEntry> {
+    const { bucket, prefix } = this.where;
+    const isMatch = picomatch(pattern, { dot: false });
+    const topLevelOnly = !pattern.includes('/') && !pattern.includes('**');
+    const progress: ListProgress = { files: 0, bytesHashed: 0 };
+    let marker: { KeyMarker?: string; VersionIdMarker?: string } = after !== undefined ? { KeyMarker: prefix + after } : {};
+    for (;;) {
+      let page: ListObjectVersionsCommandOutput;
+      try {
+        page = await this.client.send(new ListObjectVersionsCommand({ Bucket: bucket, Prefix: prefix, ...marker, ...(topLevelOnly ? { Delimiter: '/' } : {}) }));
+      } catch (err) {
+        throw mapS3Error(err, `cannot list ${this.location}`, this.connection);
+      }
+      // A key whose latest version is a delete marker has no latest entry here: it is gone.
+      for (const version of page.Versions ?? []) {
+        if (!version.IsLatest) continue;
+        const entry = this.entryOf(version, isMatch, progress);
+        if (entry) yield entry;
+      }
+      onProgress?.(progress);
+      if (!page.IsTruncated) return;
+      marker = { KeyMarker: page.NextKeyMarker, ...(page.NextVersionIdMarker ? { VersionIdMarker: page.NextVersionIdMarker } : {}) };
+    }
+  }
+
   private async get(file: FileRef, range: string | undefined, signal: AbortSignal | undefined): Promise<GetObjectCommandOutput> {
     const { bucket, prefix } = this.where;
-    const { etag } = parseFingerprint(file.fingerprint);
+    const { etag, versionId } = parseFingerprint(file.fingerprint);
     try {
-      return await this.client.send(new GetObjectCommand({ Bucket: bucket, Key: prefix + file.path, IfMatch: etag, Range: range }), {
+      // A listed version id reads exactly that version, whatever was written since.
+      return await this.client.send(new GetObjectCommand({ Bucket: bucket, Key: prefix + file.path, IfMatch: etag, Range: range, ...(versionId ? { VersionId: versionId } : {}) }), {
         abortSignal: signal,
       });
     } catch (err) {
