@@ -17,14 +17,12 @@ import {
   withResourceLeases,
 } from './shared';
 
-// Transient errors are retried until they heal (a source or destination restart); refusals are non-retryable.
-const RETRY = RETRY_UNTIL_HEALED;
-const { cdcSetup, cdcReadPosition, cdcDropSlot, cdcPlanSnapshot } = wf.proxyActivities<Activities>({ startToCloseTimeout: '5m', heartbeatTimeout: '30s', retry: RETRY });
+const { cdcSetup, cdcReadPosition, cdcDropSlot, cdcPlanSnapshot } = wf.proxyActivities<Activities>({ startToCloseTimeout: '5m', heartbeatTimeout: '30s', retry: RETRY_UNTIL_HEALED });
 const { cdcSnapshotTable } = wf.proxyActivities<Activities>({
   // One table in one transaction: as long as the copy takes. It heartbeats as rows stream in.
   startToCloseTimeout: '24h',
   heartbeatTimeout: '30s',
-  retry: RETRY,
+  retry: RETRY_UNTIL_HEALED,
 });
 const { cdcStream } = wf.proxyActivities<Activities>({
   // One call streams for `streamWindow` and returns; it heartbeats every second, so a killed
@@ -33,7 +31,7 @@ const { cdcStream } = wf.proxyActivities<Activities>({
   heartbeatTimeout: '15s',
   // pause and stop cancel the call; it finishes the batch in hand and lets go of the slot first.
   cancellationType: wf.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
-  retry: RETRY,
+  retry: RETRY_UNTIL_HEALED,
 });
 
 export const stopSignal = wf.defineSignal<[{ dropSlot?: boolean }?]>('stop');
