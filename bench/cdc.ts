@@ -3,14 +3,14 @@
  * transaction) over a table of the same size, applied by cdcWorkflow (Temporal dev server,
  * in-process worker) and, in the same run and from the same WAL, by PostgreSQL's own logical
  * replication (CREATE SUBSCRIPTION into another database of the same server). Reports, for each,
- * the seconds from the burst's start until its slot confirmed the burst's last LSN, changes per
+ * the seconds from the burst\'s start until its slot confirmed the burst's last LSN, changes per
  * second, and the lag (bytes of WAL not yet confirmed) right after the burst; and the worker
  * process's peak RSS. CDC_BENCH_CHANGES sets the size (default 200,000; the issue's full run is
  * 1,000,000).
  */
 import { Client, Connection } from '@temporalio/client';
 import { DefaultLogger, NativeConnection, Runtime, Worker } from '@temporalio/worker';
-import { chmod, mkdtemp, rm } from 'node:fs/promises';
+import { chmod, mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pg from 'pg';
@@ -22,6 +22,12 @@ import { startDevServer } from '../src/dev/temporal-server';
 import { cdcNames } from '../src/workflows/cdc';
 
 const CHANGES = Number(process.env.CDC_BENCH_CHANGES ?? 200_000);
+/**
+ * `live`: both appliers stream while the burst commits (they share 2 cores with it and with each
+ * other). `alone`: the burst commits with neither reading, then each applies the backlog alone.
+ */
+const MODES = (process.env.CDC_BENCH_MODES ?? 'live,alone').split(',');
+type Who = 'sluice' | 'native';
 const PER_TX = 1_000;
 
 async function waitUntil(what: string, fn: () => Promise<boolean>, timeoutMs = 3_600_000): Promise<void> {
@@ -30,6 +36,44 @@ async function waitUntil(what: string, fn: () => Promise<boolean>, timeoutMs = 3
     if (Date.now() > deadline) throw new Error(`timed out: ${what}`);
     await new Promise((r) => setTimeout(r, 50));
   }
+}
+
+/** The subscription's conninfo for the bench database (its password is generated per cluster, see src/dev/postgres.ts). */
+function nativeConninfo(url: string): string {
+  const u = new URL(url);
+  const quote = (v: string) => `'${v.replace(/[\\']/g, (m) => `\\${m}`)}'`;
+  return `host=${u.hostname} port=${u.port} dbname=${u.pathname.slice(1)} user=${quote(decodeURIComponent(u.username))} password=${quote(decodeURIComponent(u.password))}`.replace(/'/g, "''");
+}
+
+/** CPU seconds (user + system) of every process, by pid, from /proc (Linux only; empty elsewhere). */
+async function cpuByPid(): Promise<Map<number, number>> {
+  const out = new Map<number, number>();
+  const ticks = 100; // USER_HZ
+  for (const entry of await readdir('/proc').catch(() => [] as string[])) {
+    if (!/^\d+$/.test(entry)) continue;
+    const stat = await readFile(`/proc/${entry}/stat`, 'utf8').catch(() => '');
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    if (fields.length > 13) out.set(Number(entry), (Number(fields[11]) + Number(fields[12])) / ticks);
+  }
+  return out;
+}
+
+/** Which applier each PostgreSQL process works for, by pid (asked from pg_stat_activity). */
+async function pgRoles(c: pg.Client, slot: string, burstPid: number): Promise<Map<number, string>> {
+  const r = await c.query<{ pid: number; backend_type: string; application_name: string; datname: string | null }>(
+    'select pid, backend_type, application_name, datname from pg_stat_activity',
+  );
+  const roles = new Map<number, string>();
+  for (const p of r.rows) {
+    if (p.pid === burstPid) roles.set(p.pid, 'the burst (source writes)');
+    else if (p.backend_type === 'walsender') roles.set(p.pid, p.application_name === 'native_sub' ? 'native: walsender (decoding)' : 'sluice: walsender (decoding)');
+    else if (p.backend_type.startsWith('logical replication')) roles.set(p.pid, 'native: apply worker');
+    else if (p.backend_type === 'client backend' && p.datname === 'sluice') roles.set(p.pid, 'sluice: destination backends (apply)');
+    else roles.set(p.pid, `other PostgreSQL (${p.backend_type})`);
+  }
+  void slot;
+  return roles;
 }
 
 async function main(): Promise<void> {
@@ -45,6 +89,7 @@ async function main(): Promise<void> {
   process.env.SOURCE_DATABASE_URL = db.url;
   const source = new pg.Client(db.url);
   await source.connect();
+  source.on('error', () => undefined);
   let rssPeak = 0;
   const sampler = setInterval(() => (rssPeak = Math.max(rssPeak, process.memoryUsage().rss)), 100);
   try {
@@ -58,11 +103,12 @@ async function main(): Promise<void> {
     const subUrl = db.url.replace(/\/sluice$/, '/native_sub');
     const sub = new pg.Client(subUrl);
     await sub.connect();
+    sub.on('error', () => undefined);
     await sub.query(`create schema src; create table src.bench (id bigint primary key, v int not null, note text, at timestamptz not null)`);
     // On one server the subscription's slot must exist first: creating it inside CREATE
     // SUBSCRIPTION would wait for that very transaction to end.
     await source.query(`select pg_create_logical_replication_slot('native_sub', 'pgoutput')`);
-    await sub.query(`create subscription native_sub connection 'host=localhost port=${port} dbname=sluice user=postgres password=sluice' publication native_pub with (create_slot = false)`);
+    await sub.query(`create subscription native_sub connection '${nativeConninfo(db.url)}' publication native_pub with (create_slot = false)`);
     await waitUntil('the native initial copy', async () => (await sub.query(`select bool_and(srsubstate = 'r') as ready from pg_subscription_rel`)).rows[0].ready === true);
 
     const native = await NativeConnection.connect({ address: server.address });
@@ -83,47 +129,123 @@ async function main(): Promise<void> {
         args: [{ source: { kind: 'postgres', connection: 'SOURCE_DATABASE_URL', tables: ['src.bench'] }, destination: { schema: 'sluice_dest' }, deletes: 'hard', batchWait: '500ms', batchChanges: 50_000 }],
       });
       await waitUntil('the sluice snapshot', async () => ((await handle.query<{ phase: string }>('progress')).phase === 'streaming'));
-      console.log('both appliers are streaming; the burst starts');
-      rssPeak = 0;
-
-      const started = Date.now();
+      console.log('both appliers are streaming');
+      const burstPid = (await source.query<{ pid: number }>('select pg_backend_pid() as pid')).rows[0]!.pid;
       const txs = Math.ceil(CHANGES / PER_TX);
-      await source.query(`
-        do $$
-        declare n bigint := ${CHANGES};
-        begin
-          for t in 0 .. ${txs - 1} loop
-            -- 600 updates over the first half of the table, 300 inserts past its end, 100 deletes from the second half.
-            update src.bench set v = v + 1, note = 'updated ' || t where id > (t * 600) % (n / 2) and id <= (t * 600) % (n / 2) + 600;
-            insert into src.bench select n + t * 300 + i, t, 'inserted', now() from generate_series(1, 300) i;
-            delete from src.bench where id > n / 2 + t * 100 and id <= n / 2 + t * 100 + 100;
-            commit;
-          end loop;
-        end $$`);
-      const burstSeconds = (Date.now() - started) / 1000;
-      const end = (await source.query(`select pg_current_wal_lsn()::text as l`)).rows[0].l as string;
-      const lagNow = async (name: string) =>
-        Number((await source.query(`select greatest(pg_wal_lsn_diff($2, confirmed_flush_lsn), 0)::bigint as d from pg_replication_slots where slot_name = $1`, [name, end])).rows[0].d);
-      const lagAfterBurst = { sluice: await lagNow(slot), native: await lagNow('native_sub') };
-      const finished: Record<string, number> = {};
-      await Promise.all(
-        (['sluice', 'native'] as const).map(async (who) => {
-          await waitUntil(`${who} to confirm the burst`, async () => (await lagNow(who === 'sluice' ? slot : 'native_sub')) === 0);
-          finished[who] = (Date.now() - started) / 1000;
-        }),
-      );
+      let burstsDone = 0;
+      /** One burst of CHANGES changes; each burst moves on to keys of its own (the updates wrap over the first half). */
+      const burst = async (): Promise<{ seconds: number; end: string }> => {
+        const first = burstsDone++ * txs;
+        const started = Date.now();
+        await source.query(`
+          do $$
+          declare n bigint := ${CHANGES};
+          begin
+            for t in ${first} .. ${first + txs - 1} loop
+              -- 600 updates over the first half of the table, 300 inserts past its end, 100 deletes from the second half.
+              update src.bench set v = v + 1, note = 'updated ' || t where id > (t * 600) % (n / 2) and id <= (t * 600) % (n / 2) + 600;
+              insert into src.bench select n + t * 300 + i, t, 'inserted', now() from generate_series(1, 300) i;
+              delete from src.bench where id > n / 2 + t * 100 and id <= n / 2 + t * 100 + 100;
+              commit;
+            end loop;
+          end $$`);
+        return { seconds: (Date.now() - started) / 1000, end: (await source.query(`select pg_current_wal_lsn()::text as l`)).rows[0].l as string };
+      };
+      const slotOf = (who: Who) => (who === 'sluice' ? slot : 'native_sub');
+      const lagTo = async (who: Who, end: string) =>
+        Number((await source.query(`select greatest(pg_wal_lsn_diff($2, confirmed_flush_lsn), 0)::bigint as d from pg_replication_slots where slot_name = $1`, [slotOf(who), end])).rows[0].d);
+      const slotActive = async (who: Who) => (await source.query(`select active from pg_replication_slots where slot_name = $1`, [slotOf(who)])).rows[0].active === true;
+      /** CPU seconds of each process between two samples (see cpuByPid), by its role. */
+      const cpuMeter = async () => {
+        const before = await cpuByPid();
+        const selfBefore = process.cpuUsage();
+        return async () => {
+          const after = await cpuByPid();
+          const self = process.cpuUsage(selfBefore);
+          const roles = await pgRoles(source, slot, burstPid);
+          const cpu = new Map<string, number>([['sluice: worker process (Node: decoding, batching, Temporal worker)', (self.user + self.system) / 1e6]]);
+          for (const [pid, t] of after) {
+            const cmdline = roles.has(pid) ? '' : await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '');
+            const role = roles.get(pid) ?? (cmdline.includes('start-dev') ? 'Temporal dev server' : undefined);
+            if (role && !role.startsWith('other')) cpu.set(role, (cpu.get(role) ?? 0) + t - (before.get(pid) ?? 0));
+          }
+          return cpu;
+        };
+      };
       const checksum = (c: pg.Client, table: string) => c.query(`select count(*)::bigint as n, coalesce(sum(v), 0)::bigint as v from ${table}`).then((r) => `${r.rows[0].n}/${r.rows[0].v}`);
-      const want = await checksum(source, 'src.bench');
-      const got = { sluice: await checksum(source, 'sluice_dest.bench'), native: await checksum(sub, 'src.bench') };
+      const equal = async (who: Who) => {
+        const want = await checksum(source, 'src.bench');
+        const got = who === 'sluice' ? await checksum(source, 'sluice_dest.bench') : await checksum(sub, 'src.bench');
+        return got === want ? 'yes' : `NO (${got} vs ${want})`;
+      };
       const mb = (n: number) => `${(n / 1024 / 1024).toFixed(1)} MB`;
-      console.log(`\n${CHANGES.toLocaleString('en')} changes in ${txs} transactions over a ${CHANGES.toLocaleString('en')}-row table; burst committed in ${burstSeconds.toFixed(1)} s\n`);
-      console.log('| applier | seconds from burst start to confirmed | changes/s | lag right after the burst | equals source |');
-      console.log('|---|---:|---:|---:|---|');
-      for (const who of ['native', 'sluice'] as const) {
-        console.log(`| ${who === 'native' ? 'PostgreSQL CREATE SUBSCRIPTION' : 'sluice cdcWorkflow'} | ${finished[who]!.toFixed(1)} | ${Math.round(CHANGES / finished[who]!).toLocaleString('en')} | ${mb(lagAfterBurst[who])} | ${got[who] === want ? 'yes' : `NO (${got[who]} vs ${want})`} |`);
+      const cpuTable = (title: string, cpu: Map<string, number>) => {
+        console.log(`\n${title}\n`);
+        console.log('| process | CPU seconds | µs per change |');
+        console.log('|---|---:|---:|');
+        for (const [role, seconds] of [...cpu].sort((x, y) => x[0].localeCompare(y[0]))) console.log(`| ${role} | ${seconds.toFixed(2)} | ${((seconds * 1e6) / CHANGES).toFixed(1)} |`);
+      };
+      const label = (who: Who) => (who === 'native' ? 'PostgreSQL CREATE SUBSCRIPTION' : 'sluice cdcWorkflow');
+
+      if (MODES.includes('live')) {
+        // Both appliers stream while the burst commits, sharing the machine with it and each other.
+        rssPeak = 0;
+        const meter = await cpuMeter();
+        const started = Date.now();
+        const { seconds, end } = await burst();
+        const lagAfterBurst = { sluice: await lagTo('sluice', end), native: await lagTo('native', end) };
+        const finished: Record<string, number> = {};
+        await Promise.all(
+          (['sluice', 'native'] as const).map(async (who) => {
+            await waitUntil(`${who} to confirm the burst`, async () => (await lagTo(who, end)) === 0);
+            finished[who] = (Date.now() - started) / 1000;
+          }),
+        );
+        const cpu = await meter();
+        console.log(`\nlive: ${CHANGES.toLocaleString('en')} changes in ${txs} transactions over a ${CHANGES.toLocaleString('en')}-row table, both appliers streaming; burst committed in ${seconds.toFixed(1)} s\n`);
+        console.log('| applier | seconds from burst start to confirmed | changes/s | lag right after the burst | equals source |');
+        console.log('|---|---:|---:|---:|---|');
+        for (const who of ['native', 'sluice'] as const) {
+          console.log(`| ${label(who)} | ${finished[who]!.toFixed(1)} | ${Math.round(CHANGES / finished[who]!).toLocaleString('en')} | ${mb(lagAfterBurst[who])} | ${await equal(who)} |`);
+        }
+        console.log(`\nlive: sluice / native: ${(finished.native! / finished.sluice!).toFixed(2)}x the native subscriber's changes/s`);
+        console.log(`worker process peak RSS while streaming: ${mb(rssPeak)}`);
+        cpuTable("live: CPU seconds from the burst's start until both confirmed it (2 cores: at most 2 s of CPU per second)", cpu);
       }
-      console.log(`\nsluice / native: ${(finished.native! / finished.sluice!).toFixed(2)}x the native subscriber's changes/s`);
-      console.log(`worker process peak RSS while streaming: ${mb(rssPeak)}`);
+
+      if (MODES.includes('alone')) {
+        // The same kind of burst with neither applier reading; both slots keep its WAL. Then each
+        // applier alone (the other one stopped) applies that backlog: the machine is its own.
+        await handle.signal('pause');
+        await sub.query('alter subscription native_sub disable');
+        await waitUntil('both appliers to let go of their slots', async () => !(await slotActive('sluice')) && !(await slotActive('native')));
+        const { seconds, end } = await burst();
+        console.log(`\nalone: ${CHANGES.toLocaleString('en')} changes in ${txs} transactions committed in ${seconds.toFixed(1)} s with neither applier reading; then each applier alone:\n`);
+        const rows: string[] = [];
+        const cpus: [Who, Map<string, number>][] = [];
+        const took: Record<string, number> = {};
+        for (const who of ['native', 'sluice'] as const) {
+          rssPeak = 0;
+          const meter = await cpuMeter();
+          const started = Date.now();
+          if (who === 'native') await sub.query('alter subscription native_sub enable');
+          else await handle.signal('resume');
+          await waitUntil(`${who} to confirm the backlog`, async () => (await lagTo(who, end)) === 0);
+          took[who] = (Date.now() - started) / 1000;
+          cpus.push([who, await meter()]);
+          if (who === 'native') {
+            await sub.query('alter subscription native_sub disable');
+            await waitUntil('the native subscriber to let go of its slot', async () => !(await slotActive('native')));
+          }
+          rows.push(`| ${label(who)} | ${took[who]!.toFixed(1)} | ${Math.round(CHANGES / took[who]!).toLocaleString('en')} | ${await equal(who)} |${who === 'sluice' ? ` ${mb(rssPeak)} |` : ' |'}`);
+        }
+        console.log('| applier | seconds from its start to confirmed | changes/s | equals source | worker peak RSS |');
+        console.log('|---|---:|---:|---|---:|');
+        for (const row of rows) console.log(row);
+        console.log(`\nalone: sluice / native: ${(took.native! / took.sluice!).toFixed(2)}x the native subscriber's changes/s`);
+        for (const [who, cpu] of cpus) cpuTable(`alone: CPU seconds while ${label(who)} applied the backlog`, cpu);
+        await sub.query('alter subscription native_sub enable');
+      }
       await handle.signal('stop', { dropSlot: true });
       await handle.result();
     });

@@ -44,6 +44,10 @@ describe('pgoutput decoding', () => {
   test('XLogData and keepalive frames; a standby status update carries exactly the LSN given', () => {
     const xlog = decodeReplicationMessage(new Wire().char('w').u64(5n).u64(9n).u64(0n).char('C').u8(0).u64(1n).u64(2n).u64(0n).done());
     assert.equal(xlog?.tag, 'xlog');
+    if (xlog?.tag !== 'xlog') throw new Error('not xlog');
+    assert.equal(xlog.walStart, 5n);
+    assert.equal(xlog.walEnd, 9n);
+    assert.deepEqual(xlog.message, { tag: 'commit', commitLsn: 1n, endLsn: 2n, commitTime: new Date('2000-01-01T00:00:00Z') });
     const keepalive = decodeReplicationMessage(new Wire().char('k').u64(0x1234n).u64(0n).u8(1).done());
     assert.deepEqual(keepalive, { tag: 'keepalive', walEnd: 0x1234n, replyRequested: true });
     const status = standbyStatus(0x1_0000_00ffn, false);

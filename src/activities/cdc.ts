@@ -36,7 +36,7 @@ import {
   withSourceClient,
   type CdcTable,
 } from '../sources/postgres/cdc/setup';
-import { seenBySnapshot, seenForKey, type SnapshotFilter, type XidSnapshot } from '../sources/postgres/cdc/snapshot';
+import { chunkOf, seenBySnapshot, type SnapshotFilter, type XidSnapshot } from '../sources/postgres/cdc/snapshot';
 import { withHeartbeat, workflowOf } from './context';
 
 export interface CdcSetupRequest {
@@ -339,7 +339,8 @@ class StreamConsumer {
   private batch = new ChangeBatch();
   private batchStartedAt = 0;
   private lastCommit: { endLsn: bigint; time: Date } | undefined;
-  private tx: { xid: number; skip: boolean; time: Date } | undefined;
+  /** The transaction being read; `seen`: per table, whether its snapshot copy has it (per chunk when chunks differ). */
+  private tx: { xid: number; skip: boolean; time: Date; seen: Map<string, boolean | boolean[]> } | undefined;
   /** Applied (committed in the destination) up to here. */
   private committed: bigint;
   /** Acknowledged to the server up to here: `committed`, or further when nothing is pending. */
@@ -397,16 +398,22 @@ class StreamConsumer {
         this.stream.acknowledge(this.acked, true);
         this.lastStatusAt = now;
       }
-      const wait = Math.min(deadline - now, pending ? this.batchStartedAt + this.req.batchWaitMs - now : 1_000, 1_000);
-      const message = await this.stream.next(Math.max(wait, 10));
-      if (message === undefined) continue;
-      if (message === 'end') throw ApplicationFailure.retryable('the replication stream ended', 'ReplicationStreamEnded');
+      // What has arrived is read without a promise per message; only an empty queue waits.
+      let message = this.stream.poll();
+      if (!message) {
+        const wait = Math.min(deadline - now, pending ? this.batchStartedAt + this.req.batchWaitMs - now : 1_000, 1_000);
+        const next = await this.stream.next(Math.max(wait, 10));
+        if (next === undefined) continue;
+        if (next === 'end') throw ApplicationFailure.retryable('the replication stream ended', 'ReplicationStreamEnded');
+        message = next;
+      }
       if (message.tag === 'keepalive') {
         if (this.idle() && message.walEnd > this.acked) this.acked = message.walEnd;
         if (message.replyRequested || this.acked > this.committed) this.stream.acknowledge(this.acked);
         continue;
       }
-      await this.handle(message.message);
+      const waiting = this.handle(message.message);
+      if (waiting) await waiting;
     }
     // Whatever happens next, the batch being applied finishes first (it commits, or fails as a whole).
     await this.settle();
@@ -462,11 +469,12 @@ class StreamConsumer {
     );
   }
 
-  private async handle(m: LogicalMessage): Promise<void> {
+  /** Synchronous except where it must wait: a relation's types are asked, a full batch waits for the one in flight. */
+  private handle(m: LogicalMessage): Promise<void> | undefined {
     switch (m.tag) {
       case 'begin':
         // A transaction that ends at or below the committed LSN was applied already.
-        this.tx = { xid: m.xid, skip: m.finalLsn < this.committed, time: m.commitTime };
+        this.tx = { xid: m.xid, skip: m.finalLsn < this.committed, time: m.commitTime, seen: new Map() };
         return;
       case 'commit':
         this.tx = undefined;
@@ -479,11 +487,10 @@ class StreamConsumer {
         this.lastCommit = { endLsn: m.endLsn, time: m.commitTime };
         // Full: wait for the batch in flight, then hand this one over. Due by time: only once the
         // destination is free; until then it keeps growing, so a slow commit means bigger batches.
-        if (this.batch.changes >= this.req.batchChanges || (!this.applying && Date.now() - this.batchStartedAt >= this.req.batchWaitMs)) await this.flush();
+        if (this.batch.changes >= this.req.batchChanges || (!this.applying && Date.now() - this.batchStartedAt >= this.req.batchWaitMs)) return this.flush();
         return;
       case 'relation':
-        await this.relation(m);
-        return;
+        return this.relation(m);
       case 'insert':
       case 'update':
       case 'delete': {
@@ -544,7 +551,17 @@ class StreamConsumer {
   /** The table's snapshot (the chunk of it that holds this key) already has this transaction's change to the key. */
   private seen(target: string, key: string[]): boolean {
     const filter = this.filters.get(target);
-    return filter !== undefined && seenForKey(filter, this.tx!.xid, key[0]!);
+    if (filter === undefined) return false;
+    // Judged once per transaction and table: a transaction every chunk's copy saw (or none did,
+    // as for everything after the snapshot) needs no key lookup.
+    const tx = this.tx!;
+    let verdict = tx.seen.get(target);
+    if (verdict === undefined) {
+      const byChunk = filter.xids.map((x) => seenBySnapshot(tx.xid, x));
+      verdict = byChunk.every(Boolean) ? true : byChunk.some(Boolean) ? byChunk : false;
+      tx.seen.set(target, verdict);
+    }
+    return typeof verdict === 'boolean' ? verdict : verdict[chunkOf(filter, key[0]!)]!;
   }
 
   private key(rel: Relation, values: Value[]): string[] {

@@ -209,19 +209,27 @@ async function applyTable(client: pg.PoolClient, req: ApplyRequest, shape: Table
     buffer = '';
   };
   let anyAbsent = false;
+  // One line per row, built by concatenation (no per-row arrays): this loop runs for every change.
+  const carriedNames = carried.map((c) => c.name);
+  const beforeKey = '\t\\N'.repeat(from.length);
+  const afterKey = '\t\\N'.repeat(carried.length);
   for (const pending of batch.rows.values()) {
-    const fields: string[] = [];
+    let line: string;
     if (pending.op === 'delete') {
-      fields.push('d', '\\N', copyField(pending.at.toISOString()), ...from.map(() => '\\N'), ...pending.key.map(copyField), ...carried.map(() => '\\N'));
+      line = `d\t\\N\t${copyField(pending.at.toISOString())}${beforeKey}`;
+      for (const k of pending.key) line += `\t${copyField(k)}`;
+      line += afterKey;
     } else {
-      const absent = carried.filter((c) => !pending.values.has(c.name)).map((c) => c.name);
-      if (absent.length) anyAbsent = true;
-      fields.push('u', copyField(absent.length ? pgTextArray(absent) : null), '\\N');
-      for (let i = 0; i < from.length; i++) fields.push(copyField(pending.from?.[i] ?? null));
-      fields.push(...pending.key.map(copyField));
-      for (const c of carried) fields.push(copyField(pending.values.get(c.name) ?? null));
+      const values = pending.values;
+      let absent: string[] | undefined;
+      for (const c of carriedNames) if (!values.has(c)) (absent ??= []).push(c);
+      if (absent) anyAbsent = true;
+      line = `u\t${absent ? copyField(pgTextArray(absent)) : '\\N'}\t\\N`;
+      for (let i = 0; i < from.length; i++) line += `\t${copyField(pending.from?.[i] ?? null)}`;
+      for (const k of pending.key) line += `\t${copyField(k)}`;
+      for (const c of carriedNames) line += `\t${copyField(values.get(c) ?? null)}`;
     }
-    buffer += fields.join('\t') + '\n';
+    buffer += `${line}\n`;
     if (buffer.length > 256 * 1024) await write();
   }
   if (buffer) await write();

@@ -36,7 +36,7 @@ export type LogicalMessage =
   | { tag: 'other'; code: string };
 
 export type ReplicationMessage =
-  | { tag: 'xlog'; walStart: bigint; walEnd: bigint; message: LogicalMessage }
+  | { readonly tag: 'xlog'; readonly walStart: bigint; readonly walEnd: bigint; readonly message: LogicalMessage }
   | { tag: 'keepalive'; walEnd: bigint; replyRequested: boolean };
 
 /** PostgreSQL's epoch (2000-01-01) in Unix milliseconds. */
@@ -84,27 +84,25 @@ class Reader {
     this.offset = end + 1;
     return s;
   }
-  bytes(n: number): Buffer {
-    const b = this.buf.subarray(this.offset, this.offset + n);
+  /** The next n bytes as UTF-8 text (no intermediate buffer). */
+  text(n: number): string {
+    const s = this.buf.toString('utf8', this.offset, this.offset + n);
     this.offset += n;
-    return b;
-  }
-  rest(): Buffer {
-    return this.buf.subarray(this.offset);
+    return s;
   }
 }
 
 /** One CopyData payload of a START_REPLICATION stream. */
 export function decodeReplicationMessage(payload: Buffer): ReplicationMessage | undefined {
-  const r = new Reader(payload);
-  const kind = String.fromCharCode(r.u8());
-  if (kind === 'w') {
-    const walStart = r.u64();
-    const walEnd = r.u64();
-    r.i64(); // send time
-    return { tag: 'xlog', walStart, walEnd, message: decodeLogicalMessage(r.rest()) };
+  const kind = payload[0];
+  if (kind === 0x77 /* w */) {
+    // The header's positions and send time (1 + 8 + 8 + 8 bytes) are not needed per change: the
+    // transaction's begin and commit carry the LSNs that matter. Read only when asked.
+    return new XLogData(payload);
   }
-  if (kind === 'k') {
+  if (kind === 0x6b /* k */) {
+    const r = new Reader(payload);
+    r.u8();
     const walEnd = r.u64();
     r.i64(); // send time
     return { tag: 'keepalive', walEnd, replyRequested: r.u8() === 1 };
@@ -112,25 +110,36 @@ export function decodeReplicationMessage(payload: Buffer): ReplicationMessage | 
   return undefined;
 }
 
+/** An XLogData message; its logical message is decoded once, on first use. */
+class XLogData {
+  readonly tag = 'xlog';
+  private decoded: LogicalMessage | undefined;
+  constructor(private readonly payload: Buffer) {}
+  get walStart(): bigint {
+    return this.payload.readBigUInt64BE(1);
+  }
+  get walEnd(): bigint {
+    return this.payload.readBigUInt64BE(9);
+  }
+  get message(): LogicalMessage {
+    return (this.decoded ??= decodeLogicalMessage(this.payload.subarray(25)));
+  }
+}
+
+const KIND_NULL = 0x6e; // n
+const KIND_UNCHANGED = 0x75; // u
+const KIND_TEXT = 0x74; // t
+
 function tuple(r: Reader): Value[] {
   const n = r.i16();
   const values: Value[] = new Array(n);
   for (let i = 0; i < n; i++) {
-    const kind = String.fromCharCode(r.u8());
-    switch (kind) {
-      case 'n':
-        values[i] = null;
-        break;
-      case 'u':
-        values[i] = UNCHANGED;
-        break;
-      case 't':
-        values[i] = r.bytes(r.i32()).toString('utf8');
-        break;
-      default:
-        // 'b' (binary) only comes with the binary option, which sluice never asks for.
-        throw new Error(`pgoutput: unexpected tuple value kind '${kind}'`);
-    }
+    const kind = r.u8();
+    if (kind === KIND_TEXT) values[i] = r.text(r.i32());
+    else if (kind === KIND_NULL) values[i] = null;
+    else if (kind === KIND_UNCHANGED) values[i] = UNCHANGED;
+    // 'b' (binary) only comes with the binary option, which sluice never asks for.
+    else throw new Error(`pgoutput: unexpected tuple value kind '${String.fromCharCode(kind)}'`);
   }
   return values;
 }

@@ -91,16 +91,25 @@ export class ReplicationStream {
     return chunk;
   }
 
+  /**
+   * The next message already received, without waiting (undefined when none is queued): a
+   * reader drains what has arrived without paying a promise per message.
+   */
+  poll(): ReplicationMessage | undefined {
+    for (;;) {
+      const chunk = this.take();
+      if (!chunk) return undefined;
+      const message = decodeReplicationMessage(chunk);
+      if (message) return message;
+    }
+  }
+
   /** The next message, or undefined when `waitMs` passes first. Throws what the server reported (slot in use, publication missing). */
   async next(waitMs: number): Promise<ReplicationMessage | undefined | 'end'> {
     const deadline = Date.now() + waitMs;
     for (;;) {
-      const chunk = this.take();
-      if (chunk) {
-        const message = decodeReplicationMessage(chunk);
-        if (message) return message;
-        continue;
-      }
+      const message = this.poll();
+      if (message) return message;
       if (this.failure) throw this.failure;
       if (this.ended) return 'end';
       const left = deadline - Date.now();
