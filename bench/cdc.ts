@@ -187,6 +187,13 @@ async function main(): Promise<void> {
       };
       const label = (who: Who) => (who === 'native' ? 'PostgreSQL CREATE SUBSCRIPTION' : 'sluice cdcWorkflow');
 
+      // Each slot has decoded everything before the burst (sluice's slot starts before its own
+      // snapshot copy, whose WAL its reader goes through first), so each burst starts level.
+      const caughtUp = async () => {
+        const now = (await source.query(`select pg_current_wal_lsn()::text as l`)).rows[0].l as string;
+        await waitUntil('both slots to confirm the WAL written so far', async () => (await lagTo('sluice', now)) === 0 && (await lagTo('native', now)) === 0);
+      };
+      await caughtUp();
       if (MODES.includes('live')) {
         // Both appliers stream while the burst commits, sharing the machine with it and each other.
         rssPeak = 0;
@@ -216,6 +223,7 @@ async function main(): Promise<void> {
       if (MODES.includes('alone')) {
         // The same kind of burst with neither applier reading; both slots keep its WAL. Then each
         // applier alone (the other one stopped) applies that backlog: the machine is its own.
+        await caughtUp();
         await handle.signal('pause');
         await sub.query('alter subscription native_sub disable');
         await waitUntil('both appliers to let go of their slots', async () => !(await slotActive('sluice')) && !(await slotActive('native')));

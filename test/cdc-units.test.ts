@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { ChangeBatch } from '../src/destinations/postgres/cdc-batch';
+import { ChangeBatch, RowColumns, RowValues } from '../src/destinations/postgres/cdc-batch';
 import { CdcInput, parseInput } from '../src/inputs';
 import { decodeLogicalMessage, decodeReplicationMessage, formatLsn, parseLsn, standbyStatus, UNCHANGED } from '../src/sources/postgres/cdc/pgoutput';
 import { chunkOf, parseXidSnapshot, seenBySnapshot, seenForKey, widenXid } from '../src/sources/postgres/cdc/snapshot';
@@ -125,6 +125,29 @@ describe('ChangeBatch', () => {
     b.insert('t', ['4'], v({ id: '4', n: '4' }));
     assert.deepEqual([...b.tables.get('t')!.rows.keys()], ['["4"]']);
     assert.equal(b.tables.get('t')!.truncatedAt, at);
+  });
+});
+
+describe('RowValues: a change as its tuple arrived', () => {
+  const columns = new RowColumns(['id', 'body', 'n'], UNCHANGED);
+  test('reads like a map of the values it carries; an unchanged TOAST value and a SQL NULL are different things', () => {
+    const row = new RowValues(columns, ['1', UNCHANGED, null]);
+    assert.deepEqual([row.has('id'), row.has('body'), row.has('n'), row.has('nope')], [true, false, true, false]);
+    assert.deepEqual([row.get('id'), row.get('body'), row.get('n'), row.get('nope')], ['1', undefined, null, undefined]);
+    assert.deepEqual([...row], [['id', '1'], ['n', null]]);
+    assert.deepEqual([...row.keys()], ['id', 'n']);
+    assert.equal(row.size, 2);
+    assert.equal(row.complete, false);
+    assert.equal(new RowValues(columns, ['1', 'x', null]).complete, true);
+    assert.equal(new RowValues(columns, ['1', 'x']).complete, false, 'a tuple shorter than its relation lacks the rest');
+  });
+  test('an update that left the TOASTed value out merges into the earlier change of its key, keeping that value', () => {
+    const b = new ChangeBatch();
+    b.insert('t', ['1'], new RowValues(columns, ['1', 'big', '0']));
+    b.update('t', ['1'], new RowValues(columns, ['1', UNCHANGED, '1']), undefined, new Date(0));
+    const row = b.tables.get('t')!.rows.get('["1"]');
+    assert.equal(row?.op, 'upsert');
+    if (row?.op === 'upsert') assert.deepEqual(new Map(row.values), new Map([['id', '1'], ['body', 'big'], ['n', '1']]));
   });
 });
 

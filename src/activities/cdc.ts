@@ -12,7 +12,7 @@ import { Context } from '@temporalio/activity';
 import { ApplicationFailure } from '@temporalio/common';
 import { resolveConnection } from '../config';
 import { applyBatch, type TableShape } from '../destinations/postgres/cdc-apply';
-import { ChangeBatch, emptyCounts, type ChangeValues, type TableCounts } from '../destinations/postgres/cdc-batch';
+import { ChangeBatch, emptyCounts, RowColumns, RowValues, type ChangeValues, type TableCounts } from '../destinations/postgres/cdc-batch';
 import type { LeaseToken } from '../destinations/postgres/lease';
 import { ensureMetadata, loadResource, readState } from '../destinations/postgres/loader';
 import { getPool } from '../destinations/postgres/pool';
@@ -256,7 +256,8 @@ export function createCdcActivities() {
         return withSourceClient(sourceUrl, async (source) => {
           const startLsn = position.lsn ? parseLsn(position.lsn) : 0n;
           if (req.owner) await checkSlotHolder(source, req.slot, req.owner);
-          const stream = await ReplicationStream.start(sourceUrl, req.slot, req.publication, startLsn, req.owner ? ownerTag(req.owner) : undefined);
+          // Read ahead up to two batches: one being committed, one filling; the walsender keeps sending meanwhile.
+          const stream = await ReplicationStream.start(sourceUrl, req.slot, req.publication, startLsn, req.owner ? ownerTag(req.owner) : 'sluice-cdc', 2 * req.batchChanges);
           try {
             const consumer = new StreamConsumer(req, position, filters, source, startLsn, stream, async (batch, endLsn, commitTime, shapes) => {
               // The source's WAL position (for the lag) is asked while the batch is written.
@@ -330,6 +331,8 @@ interface Relation {
   names: string[];
   /** Index of each key column in the relation's columns. */
   keyIndex: number[];
+  /** The names again, for the changes' values (UNCHANGED marks a value not carried). */
+  columns: RowColumns;
 }
 
 /** Reads one streaming call's messages: collects transactions into batches, flushes at commit boundaries, acknowledges. */
@@ -573,12 +576,8 @@ class StreamConsumer {
   }
 
   private values(rel: Relation, values: Value[]): ChangeValues {
-    const out: ChangeValues = new Map();
-    values.forEach((v, i) => {
-      // An unchanged TOASTed value is not part of the change: the destination keeps its own.
-      if (v !== UNCHANGED && i < rel.names.length) out.set(rel.names[i]!, v);
-    });
-    return out;
+    // An unchanged TOASTed value is not part of the change: the destination keeps its own.
+    return new RowValues(rel.columns, values);
   }
 
   private async relation(m: Extract<LogicalMessage, { tag: 'relation' }>): Promise<void> {
@@ -592,10 +591,12 @@ class StreamConsumer {
       if (i < 0) throw ApplicationFailure.nonRetryable(`key column ${k} of ${table.source} is gone from the source table`, 'CdcKeyDropped');
       return i;
     });
+    const destination = sourceNames.map((n) => names.get(n)!);
     this.relations.set(m.relationId, {
       target: table.target,
-      names: sourceNames.map((n) => names.get(n)!),
+      names: destination,
       keyIndex,
+      columns: new RowColumns(destination, UNCHANGED),
       shape: {
         source: table.source,
         target: table.target,

@@ -12,11 +12,12 @@
  */
 import type pg from 'pg';
 import { from as copyFrom } from 'pg-copy-streams';
+import { createHash } from 'node:crypto';
 import { finished } from 'node:stream/promises';
 import { qualifiedName, quoteIdent } from '../../schema/identifiers';
 import { parseLsn } from '../../sources/postgres/cdc/pgoutput';
 import { canonicalType, copyField } from '../../schema/types';
-import type { ChangeBatch, FirstKeyRange, TableBatch } from './cdc-batch';
+import { RowColumns, RowValues, type ChangeBatch, type FirstKeyRange, type TableBatch } from './cdc-batch';
 import { checkLeases, type LeaseToken } from './lease';
 import { ensureMetadata, planSchema } from './loader';
 import { getPool } from './pool';
@@ -28,6 +29,8 @@ const OP = '_sluice_op';
 const ABSENT = '_sluice_absent';
 const AT = '_sluice_at';
 const FROM = '_sluice_from_';
+/** A value a change did not carry (see applyTable). */
+const ABSENT_VALUE = Symbol('absent');
 
 /** A source table as it lands: destination name, key, and the source's current columns (destination names, source types). */
 export interface TableShape {
@@ -191,18 +194,34 @@ async function applyTable(client: pg.PoolClient, req: ApplyRequest, shape: Table
   // FROM_i, for an update that changed the key, the old key whose row fills what it did not carry.
   const present = new Set<string>();
   let moved = false;
+  const complete = new Set<RowColumns>();
   for (const p of batch.rows.values()) {
     if (p.op !== 'upsert') continue;
-    for (const c of p.values.keys()) present.add(c);
     if (p.from) moved = true;
+    const v = p.values;
+    // Rows that carry every column of their relation add its names once, not once per row.
+    if (v instanceof RowValues && v.complete) {
+      if (!complete.has(v.columns)) {
+        complete.add(v.columns);
+        for (const c of v.columns.names) present.add(c);
+      }
+      continue;
+    }
+    for (const c of v.keys()) present.add(c);
   }
   // A moved row takes every column it lacks from its old row, so then every column is staged.
   const carried = columns.filter((c) => (moved || present.has(c.name)) && !shape.key.includes(c.name));
   const staged = [...shape.key, ...carried.map((c) => c.name)];
   const from = moved ? shape.key.map((_, i) => `${FROM}${i}`) : [];
   const stageColumns = [OP, ABSENT, AT, ...from, ...staged];
-  await client.query(`drop table if exists ${quoteIdent(STAGE)}; create temp table ${quoteIdent(STAGE)} (${stageColumns.map((c) => `${quoteIdent(c)} text`).join(', ')}) on commit drop`);
-  const sink = client.query(copyFrom(`copy ${quoteIdent(STAGE)} (${stageColumns.map(quoteIdent).join(', ')}) from stdin`));
+  // One staging table per connection and column list, made once and emptied at every commit: a
+  // table created and dropped by every batch would make each batch a catalog change, which
+  // logical decoding on a source that shares this database (and the catalog itself) pays for.
+  const stageName = `${STAGE}_${createHash('sha1').update(JSON.stringify(stageColumns)).digest('hex').slice(0, 12)}`;
+  await client.query(
+    `create temp table if not exists ${quoteIdent(stageName)} (${stageColumns.map((c) => `${quoteIdent(c)} text`).join(', ')}) on commit delete rows; delete from ${quoteIdent(stageName)}`,
+  );
+  const sink = client.query(copyFrom(`copy ${quoteIdent(stageName)} (${stageColumns.map(quoteIdent).join(', ')}) from stdin`));
   let buffer = '';
   const write = async () => {
     if (!sink.write(buffer)) await new Promise((r) => sink.once('drain', r));
@@ -211,6 +230,13 @@ async function applyTable(client: pg.PoolClient, req: ApplyRequest, shape: Table
   let anyAbsent = false;
   // One line per row, built by concatenation (no per-row arrays): this loop runs for every change.
   const carriedNames = carried.map((c) => c.name);
+  // Where each carried column sits in a relation's tuples, asked once per relation.
+  const positions = new Map<RowColumns, (number | undefined)[]>();
+  const positionsIn = (columns: RowColumns) => {
+    let at = positions.get(columns);
+    if (!at) positions.set(columns, (at = carriedNames.map((c) => columns.index.get(c))));
+    return at;
+  };
   const beforeKey = '\t\\N'.repeat(from.length);
   const afterKey = '\t\\N'.repeat(carried.length);
   for (const pending of batch.rows.values()) {
@@ -220,14 +246,24 @@ async function applyTable(client: pg.PoolClient, req: ApplyRequest, shape: Table
       for (const k of pending.key) line += `\t${copyField(k)}`;
       line += afterKey;
     } else {
+      // Each carried column's value, or ABSENT_VALUE where the change did not carry it.
       const values = pending.values;
+      let carriedValues: unknown[];
+      if (values instanceof RowValues) {
+        const at = positionsIn(values.columns);
+        const raw = values.values;
+        const mark = values.columns.absent;
+        carriedValues = at.map((i) => (i === undefined || i >= raw.length || raw[i] === mark ? ABSENT_VALUE : raw[i]));
+      } else {
+        carriedValues = carriedNames.map((c) => (values.has(c) ? values.get(c) : ABSENT_VALUE));
+      }
       let absent: string[] | undefined;
-      for (const c of carriedNames) if (!values.has(c)) (absent ??= []).push(c);
+      for (let j = 0; j < carriedValues.length; j++) if (carriedValues[j] === ABSENT_VALUE) (absent ??= []).push(carriedNames[j]!);
       if (absent) anyAbsent = true;
       line = `u\t${absent ? copyField(pgTextArray(absent)) : '\\N'}\t\\N`;
       for (let i = 0; i < from.length; i++) line += `\t${copyField(pending.from?.[i] ?? null)}`;
       for (const k of pending.key) line += `\t${copyField(k)}`;
-      for (const c of carriedNames) line += `\t${copyField(values.get(c) ?? null)}`;
+      for (const v of carriedValues) line += `\t${copyField(v === ABSENT_VALUE ? null : (v as string | null))}`;
     }
     buffer += `${line}\n`;
     if (buffer.length > 256 * 1024) await write();
@@ -236,7 +272,7 @@ async function applyTable(client: pg.PoolClient, req: ApplyRequest, shape: Table
   sink.end();
   await finished(sink);
 
-  const stage = quoteIdent(STAGE);
+  const stage = quoteIdent(stageName);
   const match = (alias: string, keys: string[]) => shape.key.map((k, i) => `${alias}.${quoteIdent(k)} = s.${quoteIdent(keys[i]!)}::${types.get(k)}`).join(' and ');
   const keyMatch = match('t', shape.key);
   const op = (o: string) => `s.${quoteIdent(OP)} = '${o}'`;

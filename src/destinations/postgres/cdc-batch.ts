@@ -8,8 +8,78 @@
  * whose key is not in the batch leaves those columns as the destination has them.
  */
 
-/** Values a change carries, by destination column name; a column absent from the map is left as it is. */
-export type ChangeValues = Map<string, string | null>;
+/**
+ * Values a change carries, by destination column name; a column it does not have is left as it
+ * is. A Map is one; RowValues is the compact form the stream builds for every change.
+ */
+export interface ChangeValues {
+  readonly size: number;
+  has(column: string): boolean;
+  get(column: string): string | null | undefined;
+  keys(): IterableIterator<string>;
+  [Symbol.iterator](): IterableIterator<[string, string | null]>;
+}
+
+/** The columns of one relation, shared by every RowValues of it. */
+export class RowColumns {
+  readonly index: Map<string, number>;
+  /**
+   * @param names destination column name of each tuple position
+   * @param absent the tuple's marker for a value the change did not carry (an unchanged TOAST value)
+   */
+  constructor(
+    readonly names: readonly string[],
+    readonly absent: unknown,
+  ) {
+    this.index = new Map(names.map((n, i) => [n, i]));
+  }
+}
+
+/**
+ * A change's values as the tuple arrived: one array, no per-change map (this is built for every
+ * change of a stream, and kept until its batch commits).
+ */
+export class RowValues implements ChangeValues {
+  /** Whether every column has a value (no position holds the absent marker). */
+  readonly complete: boolean;
+  readonly size: number;
+
+  constructor(
+    readonly columns: RowColumns,
+    readonly values: readonly unknown[],
+  ) {
+    let size = 0;
+    const n = Math.min(values.length, columns.names.length);
+    for (let i = 0; i < n; i++) if (values[i] !== columns.absent) size++;
+    this.size = size;
+    this.complete = size === columns.names.length;
+  }
+
+  has(column: string): boolean {
+    const i = this.columns.index.get(column);
+    return i !== undefined && i < this.values.length && this.values[i] !== this.columns.absent;
+  }
+
+  get(column: string): string | null | undefined {
+    const i = this.columns.index.get(column);
+    if (i === undefined || i >= this.values.length) return undefined;
+    const v = this.values[i];
+    return v === this.columns.absent ? undefined : (v as string | null);
+  }
+
+  *keys(): IterableIterator<string> {
+    for (const [name] of this) yield name;
+  }
+
+  *[Symbol.iterator](): IterableIterator<[string, string | null]> {
+    const { names, absent } = this.columns;
+    const n = Math.min(this.values.length, names.length);
+    for (let i = 0; i < n; i++) {
+      const v = this.values[i];
+      if (v !== absent) yield [names[i]!, v as string | null];
+    }
+  }
+}
 
 export type Pending =
   /** `from`: the key changed from this one; what the change did not carry is that row's (in the destination). */
@@ -78,8 +148,9 @@ export class ChangeBatch {
     // A moved row not in the batch yet takes what the change lacks from the old key's destination row.
     let from = moved ? oldKey : undefined;
     if (previous?.op === 'upsert') {
-      merged = new Map(previous.values);
-      for (const [c, v] of values) merged.set(c, v);
+      const union = new Map(previous.values);
+      for (const [c, v] of values) union.set(c, v);
+      merged = union;
       // Moved again or for the first time: what neither change carried is still the first old key's.
       from = previous.from ?? (moved ? oldKey : undefined);
     }

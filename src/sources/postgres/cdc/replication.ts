@@ -16,9 +16,12 @@ import { decodeReplicationMessage, formatLsn, standbyStatus, type ReplicationMes
 // @types/pg-copy-streams lacks the copy-both stream the package has shipped since 5.x.
 const copyBoth = (copyStreams as unknown as { both(text: string, options: { alignOnCopyDataFrame: boolean }): Duplex & pg.Submittable }).both;
 
-/** Messages read ahead of the consumer before the socket is paused (TCP then holds the server back). */
-const HIGH_WATER = 20_000;
-const LOW_WATER = 2_000;
+/**
+ * Messages read ahead of the consumer before the socket is paused (TCP then holds the server
+ * back), unless the caller asks for more. A walsender held back by a full socket pays a slow path
+ * per message, so a reader should hold at least what arrives while a batch commits.
+ */
+const DEFAULT_READ_AHEAD = 20_000;
 
 export class ReplicationStream {
   private stream!: Duplex;
@@ -31,10 +34,17 @@ export class ReplicationStream {
   /** The last position acknowledged, resent with the pings. */
   private flushed = 0n;
 
-  private constructor(private readonly client: pg.Client) {}
+  private readonly lowWater: number;
+
+  private constructor(
+    private readonly client: pg.Client,
+    private readonly highWater: number,
+  ) {
+    this.lowWater = Math.max(1, Math.floor(highWater / 10));
+  }
 
   /** `applicationName` names the reader in pg_stat_activity: how another run learns who holds the slot. */
-  static async start(url: string, slot: string, publication: string, from: bigint, applicationName = 'sluice-cdc'): Promise<ReplicationStream> {
+  static async start(url: string, slot: string, publication: string, from: bigint, applicationName = 'sluice-cdc', readAhead = DEFAULT_READ_AHEAD): Promise<ReplicationStream> {
     const client = new pg.Client({
       connectionString: url,
       replication: 'database',
@@ -44,7 +54,7 @@ export class ReplicationStream {
     } as pg.ClientConfig);
     client.on('error', () => undefined);
     await client.connect();
-    const self = new ReplicationStream(client);
+    const self = new ReplicationStream(client, Math.max(DEFAULT_READ_AHEAD, readAhead));
     self.flushed = from;
     const text = `START_REPLICATION SLOT ${quoteIdent(slot)} LOGICAL ${formatLsn(from)} (proto_version '1', publication_names ${literal(quoteIdent(publication))})`;
     self.stream = client.query(copyBoth(text, { alignOnCopyDataFrame: true }));
@@ -53,7 +63,7 @@ export class ReplicationStream {
     // it already holds. Pings (status updates that ask for a reply) make the server send bytes.
     self.stream.on('data', (chunk: Buffer) => {
       self.queue.push(chunk);
-      if (!self.paused && self.queue.length - self.head >= HIGH_WATER) {
+      if (!self.paused && self.queue.length - self.head >= self.highWater) {
         self.paused = true;
         self.stream.pause();
       }
@@ -83,7 +93,7 @@ export class ReplicationStream {
       this.queue.splice(0, this.head);
       this.head = 0;
     }
-    if (this.paused && this.queue.length - this.head <= LOW_WATER) {
+    if (this.paused && this.queue.length - this.head <= this.lowWater) {
       this.paused = false;
       this.stream.resume();
       this.acknowledge(this.flushed, true);
