@@ -196,6 +196,7 @@ async function main(): Promise<void> {
       await caughtUp();
       if (MODES.includes('live')) {
         // Both appliers stream while the burst commits, sharing the machine with it and each other.
+        const rssBefore = process.memoryUsage().rss;
         rssPeak = 0;
         const meter = await cpuMeter();
         const started = Date.now();
@@ -216,7 +217,7 @@ async function main(): Promise<void> {
           console.log(`| ${label(who)} | ${finished[who]!.toFixed(1)} | ${Math.round(CHANGES / finished[who]!).toLocaleString('en')} | ${mb(lagAfterBurst[who])} | ${await equal(who)} |`);
         }
         console.log(`\nlive: sluice / native: ${(finished.native! / finished.sluice!).toFixed(2)}x the native subscriber's changes/s`);
-        console.log(`worker process peak RSS while streaming: ${mb(rssPeak)}`);
+        console.log(`worker process RSS before the burst: ${mb(rssBefore)}; peak while streaming: ${mb(rssPeak)}`);
         cpuTable("live: CPU seconds from the burst's start until both confirmed it (2 cores: at most 2 s of CPU per second)", cpu);
       }
 
@@ -233,6 +234,7 @@ async function main(): Promise<void> {
         const cpus: [Who, Map<string, number>][] = [];
         const took: Record<string, number> = {};
         for (const who of ['native', 'sluice'] as const) {
+          const rssBefore = process.memoryUsage().rss;
           rssPeak = 0;
           const meter = await cpuMeter();
           const started = Date.now();
@@ -245,9 +247,9 @@ async function main(): Promise<void> {
             await sub.query('alter subscription native_sub disable');
             await waitUntil('the native subscriber to let go of its slot', async () => !(await slotActive('native')));
           }
-          rows.push(`| ${label(who)} | ${took[who]!.toFixed(1)} | ${Math.round(CHANGES / took[who]!).toLocaleString('en')} | ${await equal(who)} |${who === 'sluice' ? ` ${mb(rssPeak)} |` : ' |'}`);
+          rows.push(`| ${label(who)} | ${took[who]!.toFixed(1)} | ${Math.round(CHANGES / took[who]!).toLocaleString('en')} | ${await equal(who)} |${who === 'sluice' ? ` ${mb(rssBefore)} / ${mb(rssPeak)} |` : ' |'}`);
         }
-        console.log('| applier | seconds from its start to confirmed | changes/s | equals source | worker peak RSS |');
+        console.log('| applier | seconds from its start to confirmed | changes/s | equals source | worker RSS before / peak |');
         console.log('|---|---:|---:|---|---:|');
         for (const row of rows) console.log(row);
         console.log(`\nalone: sluice / native: ${(took.native! / took.sluice!).toFixed(2)}x the native subscriber's changes/s`);
