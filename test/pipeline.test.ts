@@ -122,6 +122,40 @@ describe('pipelineWorkflow', () => {
     await saveHistory(handle, 'lease-pipeline-step-fails');
   });
 
+  test('a step whose child completed with failures counts all of them, not just the ones it lists', async () => {
+    // 25 daily partitions that all fail for good (division by zero in every row); the backfill
+    // lists the first 20 in `failed` and counts 25 in `failedCount`.
+    await stack.db.query(`create table ${stack.sourceSchema}.days as select i as id, timestamptz '2024-03-01' + (i - 1) * interval '1 day' as created_at from generate_series(1, 25) i`);
+    const result = await stack.withWorker(() =>
+      stack.client.workflow.execute('pipelineWorkflow', {
+        taskQueue: stack.taskQueue,
+        workflowId: `pipeline-counted-${stack.schema}`,
+        args: [{
+          name: 'counted',
+          allowFailures: true,
+          steps: [{
+            name: 'days',
+            workflow: 'backfillWorkflow',
+            input: {
+              source: { kind: 'postgres', connection: 'SOURCE_DATABASE_URL', query: `select id, created_at, 1 / (id - id) as boom from ${stack.sourceSchema}.days` },
+              resource: { name: 'days', writeDisposition: 'append' },
+              destination: { connection: 'DATABASE_URL', schema: stack.schema },
+              partitionColumn: 'created_at',
+              start: '2024-03-01',
+              end: '2024-03-25',
+              parallel: 4,
+              allowFailures: true,
+              maxConsecutiveFailures: 100,
+            },
+          }],
+        }],
+      }),
+    ) as PipelineResult;
+    const step = result.steps.find((s) => s.name === 'days')!;
+    assert.equal(step.status, 'failed');
+    assert.match(step.error ?? '', /^the child workflow completed with 25 failure\(s\), first: .*division by zero/);
+  });
+
   test('a re-run with onlySteps runs just the failed and skipped steps', async () => {
     await stack.db.query(`create table ${stack.sourceSchema}.missing as select i as id, 'm' || i as v from generate_series(1, 10) i`);
     const loadsBefore = await count(stack.db, `${stack.schema}._sluice_loads`);

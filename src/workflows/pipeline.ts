@@ -203,7 +203,9 @@ function incompleteResult(result: unknown): string | undefined {
   if (!Array.isArray(failed) || failed.length === 0) return undefined;
   const first = failed[0] as { error?: unknown };
   const cause = typeof first?.error === 'string' ? `, first: ${first.error}` : '';
-  return `the child workflow completed with ${failed.length} failure(s)${cause}`;
+  // Backfills and file loads keep only their first failures in `failed`; `failedCount` counts them all.
+  const counted = 'failedCount' in result && typeof result.failedCount === 'number' ? result.failedCount : failed.length;
+  return `the child workflow completed with ${counted} failure(s)${cause}`;
 }
 
 function rowsOf(result: unknown): number | undefined {
