@@ -7,6 +7,7 @@ import { after, before, describe, test } from 'node:test';
 import pg from 'pg';
 import { loadResource, type LoadRequest } from '../src/destinations/postgres/loader';
 import { closePools } from '../src/destinations/postgres/pool';
+import { metadataDdl } from '../src/destinations/postgres/sql';
 import { PermanentError } from '../src/errors';
 import { Resource } from '../src/inputs';
 import { extractPostgres } from '../src/sources/postgres';
@@ -200,6 +201,30 @@ describe('load engine', () => {
     await load('snap_append', { writeDisposition: 'append' }, [{ id: 1 }, { id: 2 }], { loadId: 'ap#1', supersede: { kind: 'file', file: 'x.csv' } });
     await load('snap_append', { writeDisposition: 'append' }, [{ id: 2 }], { loadId: 'ap#2', supersede: { kind: 'file', file: 'x.csv', previousLoadId: 'ap#1' } });
     assert.deepEqual((await select(`select id from ${schema}.snap_append`)).map((r) => Number(r.id)), [2]);
+  });
+
+  test('a replace of a table files loaded with merge forgets their key provenance: a later file never deletes the rows the replace wrote', async () => {
+    const merge = { name: 'drops', table: 'mixed', writeDisposition: 'merge' as const, primaryKey: ['id'] };
+    const ids = async () => (await select(`select id from ${schema}.mixed order by id`)).map((r) => Number(r.id));
+    await load('mixed', merge, [{ id: 1 }, { id: 2 }, { id: 3 }], { loadId: 'd.csv#1', supersede: { kind: 'file', file: 'd.csv' } });
+    // A full refresh of the same table under another resource name: every row is now its own.
+    await load('mixed', { name: 'nightly', table: 'mixed', writeDisposition: 'replace' }, [{ id: 2 }, { id: 3 }, { id: 9 }], { loadId: 'refresh#1' });
+    assert.deepEqual(await select(`select * from ${schema}._sluice_file_keys where table_name = 'mixed'`), []);
+    // d.csv changes to hold only key 1: keys 2 and 3 were the file's once, but they are the refresh's rows now.
+    await load('mixed', merge, [{ id: 1 }], { loadId: 'd.csv#2', supersede: { kind: 'file', file: 'd.csv', previousLoadId: 'd.csv#1' } });
+    assert.deepEqual(await ids(), [1, 2, 3, 9]);
+  });
+
+  test('key provenance recorded before it named its table is forgotten by a replace of the same resource', async () => {
+    // The metadata as an earlier version left it: every table, but _sluice_file_keys without table_name.
+    const old = uniqueName('t_oldmeta');
+    for (const statement of metadataDdl(old).filter((s) => !s.startsWith('alter table'))) await db.query(statement);
+    await db.query(`insert into ${old}._sluice_file_keys values ('legacy', '{5}', 'e.csv')`);
+    const req = (rows: Row[], extra: Partial<LoadRequest>) =>
+      loadResource({ url, schema: old, table: 'legacy', resource: Resource.parse({ name: 'legacy', writeDisposition: 'replace' }), loadId: uniqueName('load'), data: { kind: 'rows', rows: from(rows) }, ...extra });
+    await req([{ id: 5 }], {});
+    assert.deepEqual(await select(`select column_name from information_schema.columns where table_schema = $1 and table_name = '_sluice_file_keys' and column_name = 'table_name'`, [old]), [{ column_name: 'table_name' }]);
+    assert.deepEqual(await select(`select * from ${old}._sluice_file_keys`), [], 'the old row (no table_name) went by its resource');
   });
 
   test('backfill partitions: a range supersede deletes the range before inserting, so re-runs never duplicate', async () => {

@@ -114,8 +114,17 @@ export function ensureMetadata(url: string, schema: string): Promise<void> {
 async function createMetadata(url: string, schema: string): Promise<void> {
   const pool = getPool(url);
   const objects = sql.METADATA_OBJECTS.map((name) => qualifiedName(schema, name));
+  const columns = sql.METADATA_COLUMNS.map(([table, column]) => [qualifiedName(schema, table), column] as const);
+  // Every relation, and every column added since the first versions (metadata made by an earlier version gets them).
   const present = async (q: pg.Pool | pg.PoolClient) =>
-    (await q.query<{ n: number }>('select count(to_regclass(o))::int as n from unnest($1::text[]) o', [objects])).rows[0]!.n === objects.length;
+    (
+      await q.query<{ ok: boolean }>(
+        `select (select count(to_regclass(o)) from unnest($1::text[]) o) = cardinality($1::text[])
+            and (select count(*) from unnest($2::text[], $3::text[]) c(t, col)
+                  join pg_attribute a on a.attrelid = to_regclass(c.t) and a.attname = c.col and not a.attisdropped) = cardinality($2::text[]) as ok`,
+        [objects, columns.map((c) => c[0]), columns.map((c) => c[1])],
+      )
+    ).rows[0]!.ok;
   if (await present(pool)) return;
   const client = await pool.connect();
   try {
@@ -724,6 +733,7 @@ async function deleteSuperseded(
     // DELETE, not TRUNCATE: TRUNCATE is not MVCC-safe (a REPEATABLE READ reader such as pg_dump
     // would see an empty table) and its ACCESS EXCLUSIVE lock would block every reader until commit.
     await client.query(sql.deleteAllSql(schema, table));
+    await client.query(sql.forgetFileKeysSql(schema, table), [req.resource.name]);
     return;
   }
   const supersede = req.supersede;

@@ -28,6 +28,9 @@ export const METADATA_OBJECTS = [
   '_sluice_file_keys_file_idx',
 ];
 
+/** Columns metadataDdl adds to tables that earlier versions created without them: [table, column]. */
+export const METADATA_COLUMNS: [string, string][] = [['_sluice_file_keys', 'table_name']];
+
 /** Which loaded file provides which primary key, for files loaded with merge (see fileKeysSql). */
 export const FILE_KEYS_TABLE = '_sluice_file_keys';
 /** A changed file's keys before this load, for the length of the load's transaction. */
@@ -77,6 +80,9 @@ export function metadataDdl(schema: string): string[] {
       primary key (resource, key, file)
     )`,
     `create index if not exists ${quoteIdent('_sluice_file_keys_file_idx')} on ${q(FILE_KEYS_TABLE)} (resource, file)`,
+    // The table the keys are in, so that a load that empties the table (replace, a full refresh)
+    // drops the provenance too; rows recorded before this column existed have none.
+    `alter table ${q(FILE_KEYS_TABLE)} add column if not exists table_name text`,
   ];
 }
 
@@ -270,13 +276,21 @@ export function fileKeysSql(schema: string, table: string, keys: TargetColumn[],
     ],
     hasOld: `select exists (select 1 from ${old}) as found`,
     legacyOld: `insert into ${old} select ${keyText('t', false)} from ${target} t where t.${quoteIdent(LOAD_ID_COLUMN)} = $1`,
-    recordNew: `insert into ${provenance} (resource, key, file)
-      select distinct $1, ${keyText('s', true)}, $2 from ${quoteIdent(STAGING_TABLE)} s${hardDelete ? ` where s.${quoteIdent(hardDelete)}::boolean is not true` : ''}`,
+    recordNew: `insert into ${provenance} (resource, key, file, table_name)
+      select distinct $1, ${keyText('s', true)}, $2, ${literal(table)} from ${quoteIdent(STAGING_TABLE)} s${hardDelete ? ` where s.${quoteIdent(hardDelete)}::boolean is not true` : ''}`,
     deleteUnprovided: `delete from ${target} t using (
         select distinct o.key from ${old} o where not exists (select 1 from ${provenance} p where p.resource = $1 and p.key = o.key)
       ) d where ${keys.map((k, i) => `t.${quoteIdent(k.name)} = (d.key[${i + 1}])::${k.type}`).join(' and ')}`,
     dropOld: `drop table ${old}`,
   };
+}
+
+/**
+ * Key provenance of a table whose rows were all deleted ($1 = the resource loading it): what
+ * files provided is gone with them, so no later file load may delete a key on its account.
+ */
+export function forgetFileKeysSql(schema: string, table: string): string {
+  return `delete from ${qualifiedName(schema, FILE_KEYS_TABLE)} where table_name = ${literal(table)} or (table_name is null and resource = $1)`;
 }
 
 /** The rows one earlier load wrote ($1 = its load id). */
