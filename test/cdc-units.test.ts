@@ -1,8 +1,9 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { ChangeBatch, RowColumns, RowValues } from '../src/destinations/postgres/cdc-batch';
+import { ChangeBatch, RowColumns, RowValues, SPAN_ABSENT, SPAN_NULL, spansOf } from '../src/destinations/postgres/cdc-batch';
+import { CopyTextWriter } from '../src/destinations/postgres/copy-text';
 import { CdcInput, parseInput } from '../src/inputs';
-import { decodeLogicalMessage, decodeReplicationMessage, formatLsn, parseLsn, standbyStatus, UNCHANGED } from '../src/sources/postgres/cdc/pgoutput';
+import { decodeLogicalMessage, decodeReplicationMessage, formatLsn, parseLsn, SPAN_NULL as WIRE_NULL, SPAN_UNCHANGED as WIRE_UNCHANGED, standbyStatus, UNCHANGED, type Tuple } from '../src/sources/postgres/cdc/pgoutput';
 import { chunkOf, parseXidSnapshot, seenBySnapshot, seenForKey, widenXid } from '../src/sources/postgres/cdc/snapshot';
 import { cdcNames } from '../src/workflows/cdc';
 
@@ -28,11 +29,14 @@ describe('pgoutput decoding', () => {
       columns: [{ key: true, name: 'id', typeOid: 23, typeMod: -1 }, { key: false, name: 'body', typeOid: 25, typeMod: -1 }],
     });
     const ins = decodeLogicalMessage(new Wire().char('I').i32(16385).char('N').i16(2).text('1').char('n').done());
-    assert.deepEqual(ins, { tag: 'insert', relationId: 16385, values: ['1', null] });
+    assert.ok(ins.tag === 'insert');
+    assert.deepEqual({ ...ins, values: ins.values.values() }, { tag: 'insert', relationId: 16385, values: ['1', null] });
     const upd = decodeLogicalMessage(new Wire().char('U').i32(16385).char('K').i16(2).text('1').char('n').char('N').i16(2).text('2').char('u').done());
-    assert.deepEqual(upd, { tag: 'update', relationId: 16385, old: ['1', null], values: ['2', UNCHANGED] });
+    assert.ok(upd.tag === 'update');
+    assert.deepEqual({ ...upd, old: upd.old?.values(), values: upd.values.values() }, { tag: 'update', relationId: 16385, old: ['1', null], values: ['2', UNCHANGED] });
     const del = decodeLogicalMessage(new Wire().char('D').i32(16385).char('K').i16(2).text('2').char('n').done());
-    assert.deepEqual(del, { tag: 'delete', relationId: 16385, old: ['2', null] });
+    assert.ok(del.tag === 'delete');
+    assert.deepEqual({ ...del, old: del.old.values() }, { tag: 'delete', relationId: 16385, old: ['2', null] });
     const tr = decodeLogicalMessage(new Wire().char('T').i32(2).u8(1).i32(1).i32(2).done());
     assert.deepEqual(tr, { tag: 'truncate', relationIds: [1, 2], cascade: true, restartIdentity: false });
     const begin = decodeLogicalMessage(new Wire().char('B').u64(0x100n).u64(0n).i32(42).done());
@@ -128,23 +132,65 @@ describe('ChangeBatch', () => {
   });
 });
 
+/** A TupleData of these values as pgoutput sends it, decoded by the real decoder (an insert's). */
+function tupleOf(values: (string | null | typeof UNCHANGED)[]): Tuple {
+  const w = new Wire().char('I').i32(1).char('N').i16(values.length);
+  for (const v of values) if (v === null) w.char('n'); else if (v === UNCHANGED) w.char('u'); else w.text(v);
+  const m = decodeLogicalMessage(w.done());
+  if (m.tag !== 'insert') throw new Error('not an insert');
+  return m.values;
+}
+
+describe('Tuple: values decoded only when asked', () => {
+  test('spans point at each value\'s bytes; null and unchanged have their own marks, the same as the apply engine reads', () => {
+    const t = tupleOf(['1', null, UNCHANGED, 'tab\there', '']);
+    const spans = spansOf(t);
+    assert.equal(t.buf.toString('utf8', spans[0]!, spans[0]! + spans[1]!), '1');
+    assert.deepEqual([spans[2], spans[4]], [SPAN_NULL, SPAN_ABSENT]);
+    assert.deepEqual([WIRE_NULL, WIRE_UNCHANGED], [SPAN_NULL, SPAN_ABSENT], 'the decoder and the apply engine agree on the marks');
+    assert.equal(t.buf.toString('utf8', spans[6]!, spans[6]! + spans[7]!), 'tab\there');
+    assert.equal(spans[9], 0, 'an empty string is a value of length 0, not a null');
+    assert.deepEqual(t.values(), ['1', null, UNCHANGED, 'tab\there', '']);
+    assert.throws(() => t.value(5), RangeError);
+  });
+  test('a value whose length runs past its message is refused', () => {
+    assert.throws(() => decodeLogicalMessage(new Wire().char('I').i32(1).char('N').i16(1).char('t').i32(50).bytes(Buffer.from('short')).done()), RangeError);
+  });
+});
+
+describe('CopyTextWriter', () => {
+  test('escapes backslash, tab, newline and carriage return the same from strings and from bytes', () => {
+    const w = new CopyTextWriter(8);
+    const hostile = 'a\\b\tc\nd\re ünïcödé';
+    w.text(hostile);
+    w.raw('\t');
+    w.bytes(Buffer.from(`xx${hostile}yy`), 2, Buffer.byteLength(hostile));
+    w.raw('\t');
+    w.text(null);
+    const line = w.take().toString('utf8');
+    const escaped = 'a\\\\b\\tc\\nd\\re ünïcödé';
+    assert.equal(line, `${escaped}\t${escaped}\t\\N`);
+    assert.equal(w.length, 0, 'take starts a new buffer');
+  });
+});
+
 describe('RowValues: a change as its tuple arrived', () => {
   const columns = new RowColumns(['id', 'body', 'n'], UNCHANGED);
   test('reads like a map of the values it carries; an unchanged TOAST value and a SQL NULL are different things', () => {
-    const row = new RowValues(columns, ['1', UNCHANGED, null]);
+    const row = new RowValues(columns, tupleOf(['1', UNCHANGED, null]));
     assert.deepEqual([row.has('id'), row.has('body'), row.has('n'), row.has('nope')], [true, false, true, false]);
     assert.deepEqual([row.get('id'), row.get('body'), row.get('n'), row.get('nope')], ['1', undefined, null, undefined]);
     assert.deepEqual([...row], [['id', '1'], ['n', null]]);
     assert.deepEqual([...row.keys()], ['id', 'n']);
     assert.equal(row.size, 2);
     assert.equal(row.complete, false);
-    assert.equal(new RowValues(columns, ['1', 'x', null]).complete, true);
-    assert.equal(new RowValues(columns, ['1', 'x']).complete, false, 'a tuple shorter than its relation lacks the rest');
+    assert.equal(new RowValues(columns, tupleOf(['1', 'x', null])).complete, true);
+    assert.equal(new RowValues(columns, tupleOf(['1', 'x'])).complete, false, 'a tuple shorter than its relation lacks the rest');
   });
   test('an update that left the TOASTed value out merges into the earlier change of its key, keeping that value', () => {
     const b = new ChangeBatch();
-    b.insert('t', ['1'], new RowValues(columns, ['1', 'big', '0']));
-    b.update('t', ['1'], new RowValues(columns, ['1', UNCHANGED, '1']), undefined, new Date(0));
+    b.insert('t', ['1'], new RowValues(columns, tupleOf(['1', 'big', '0'])));
+    b.update('t', ['1'], new RowValues(columns, tupleOf(['1', UNCHANGED, '1'])), undefined, new Date(0));
     const row = b.tables.get('t')!.rows.get('["1"]');
     assert.equal(row?.op, 'upsert');
     if (row?.op === 'upsert') assert.deepEqual(new Map(row.values), new Map([['id', '1'], ['body', 'big'], ['n', '1']]));

@@ -18,7 +18,7 @@ import { ensureMetadata, loadResource, readState } from '../destinations/postgre
 import { getPool } from '../destinations/postgres/pool';
 import type { CdcSource, Destination } from '../inputs';
 import { qualifiedName, splitQualified } from '../schema/identifiers';
-import { formatLsn, parseLsn, UNCHANGED, type LogicalMessage, type Value } from '../sources/postgres/cdc/pgoutput';
+import { formatLsn, parseLsn, UNCHANGED, type LogicalMessage, type Tuple } from '../sources/postgres/cdc/pgoutput';
 import { ReplicationStream } from '../sources/postgres/cdc/replication';
 import {
   checkSource,
@@ -567,15 +567,15 @@ class StreamConsumer {
     return typeof verdict === 'boolean' ? verdict : verdict[chunkOf(filter, key[0]!)]!;
   }
 
-  private key(rel: Relation, values: Value[]): string[] {
+  private key(rel: Relation, values: Tuple): string[] {
     return rel.keyIndex.map((i) => {
-      const v = values[i];
+      const v = i < values.count ? values.value(i) : undefined;
       if (typeof v !== 'string') throw new Error(`key column ${rel.names[i]} of ${rel.target} arrived without a value`);
       return v;
     });
   }
 
-  private values(rel: Relation, values: Value[]): ChangeValues {
+  private values(rel: Relation, values: Tuple): ChangeValues {
     // An unchanged TOASTed value is not part of the change: the destination keeps its own.
     return new RowValues(rel.columns, values);
   }

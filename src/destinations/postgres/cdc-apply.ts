@@ -16,8 +16,9 @@ import { createHash } from 'node:crypto';
 import { finished } from 'node:stream/promises';
 import { qualifiedName, quoteIdent } from '../../schema/identifiers';
 import { parseLsn } from '../../sources/postgres/cdc/pgoutput';
-import { canonicalType, copyField } from '../../schema/types';
-import { RowColumns, RowValues, type ChangeBatch, type FirstKeyRange, type TableBatch } from './cdc-batch';
+import { canonicalType } from '../../schema/types';
+import { RowColumns, RowValues, SPAN_ABSENT, spansOf, type ChangeBatch, type FirstKeyRange, type TableBatch } from './cdc-batch';
+import { COPY_NEWLINE, COPY_TAB, CopyTextWriter } from './copy-text';
 import { checkLeases, type LeaseToken } from './lease';
 import { ensureMetadata, planSchema } from './loader';
 import { getPool } from './pool';
@@ -29,8 +30,6 @@ const OP = '_sluice_op';
 const ABSENT = '_sluice_absent';
 const AT = '_sluice_at';
 const FROM = '_sluice_from_';
-/** A value a change did not carry (see applyTable). */
-const ABSENT_VALUE = Symbol('absent');
 
 /** A source table as it lands: destination name, key, and the source's current columns (destination names, source types). */
 export interface TableShape {
@@ -222,13 +221,13 @@ async function applyTable(client: pg.PoolClient, req: ApplyRequest, shape: Table
     `create temp table if not exists ${quoteIdent(stageName)} (${stageColumns.map((c) => `${quoteIdent(c)} text`).join(', ')}) on commit delete rows; delete from ${quoteIdent(stageName)}`,
   );
   const sink = client.query(copyFrom(`copy ${quoteIdent(stageName)} (${stageColumns.map(quoteIdent).join(', ')}) from stdin`));
-  let buffer = '';
+  const out = new CopyTextWriter();
   const write = async () => {
-    if (!sink.write(buffer)) await new Promise((r) => sink.once('drain', r));
-    buffer = '';
+    if (!sink.write(out.take())) await new Promise((r) => sink.once('drain', r));
   };
   let anyAbsent = false;
-  // One line per row, built by concatenation (no per-row arrays): this loop runs for every change.
+  // One line per row, written as bytes: a change's values go from its tuple's bytes into COPY
+  // text without becoming strings. This loop runs for every change.
   const carriedNames = carried.map((c) => c.name);
   // Where each carried column sits in a relation's tuples, asked once per relation.
   const positions = new Map<RowColumns, (number | undefined)[]>();
@@ -239,36 +238,60 @@ async function applyTable(client: pg.PoolClient, req: ApplyRequest, shape: Table
   };
   const beforeKey = '\t\\N'.repeat(from.length);
   const afterKey = '\t\\N'.repeat(carried.length);
+  const noPositions: (number | undefined)[] = [];
   for (const pending of batch.rows.values()) {
-    let line: string;
     if (pending.op === 'delete') {
-      line = `d\t\\N\t${copyField(pending.at.toISOString())}${beforeKey}`;
-      for (const k of pending.key) line += `\t${copyField(k)}`;
-      line += afterKey;
-    } else {
-      // Each carried column's value, or ABSENT_VALUE where the change did not carry it.
-      const values = pending.values;
-      let carriedValues: unknown[];
-      if (values instanceof RowValues) {
-        const at = positionsIn(values.columns);
-        const raw = values.values;
-        const mark = values.columns.absent;
-        carriedValues = at.map((i) => (i === undefined || i >= raw.length || raw[i] === mark ? ABSENT_VALUE : raw[i]));
-      } else {
-        carriedValues = carriedNames.map((c) => (values.has(c) ? values.get(c) : ABSENT_VALUE));
+      out.raw('d\t\\N\t');
+      out.text(pending.at.toISOString());
+      out.raw(beforeKey);
+      for (const k of pending.key) {
+        out.byte(COPY_TAB);
+        out.text(k);
       }
+      out.raw(afterKey);
+      out.byte(COPY_NEWLINE);
+    } else {
+      const values = pending.values;
+      // A tuple as it arrived: its spans say where each carried column's bytes are.
+      const raw = values instanceof RowValues ? values : undefined;
+      const at = raw ? positionsIn(raw.columns) : noPositions;
+      const spans = raw ? spansOf(raw.tuple) : undefined;
+      const count = raw ? raw.tuple.count : 0;
       let absent: string[] | undefined;
-      for (let j = 0; j < carriedValues.length; j++) if (carriedValues[j] === ABSENT_VALUE) (absent ??= []).push(carriedNames[j]!);
+      for (let j = 0; j < carriedNames.length; j++) {
+        const i = at[j];
+        const carries = raw ? i !== undefined && i < count && spans![2 * i] !== SPAN_ABSENT : values.has(carriedNames[j]!);
+        if (!carries) (absent ??= []).push(carriedNames[j]!);
+      }
       if (absent) anyAbsent = true;
-      line = `u\t${absent ? copyField(pgTextArray(absent)) : '\\N'}\t\\N`;
-      for (let i = 0; i < from.length; i++) line += `\t${copyField(pending.from?.[i] ?? null)}`;
-      for (const k of pending.key) line += `\t${copyField(k)}`;
-      for (const v of carriedValues) line += `\t${copyField(v === ABSENT_VALUE ? null : (v as string | null))}`;
+      out.raw('u\t');
+      out.text(absent ? pgTextArray(absent) : null);
+      out.raw('\t\\N');
+      for (let i = 0; i < from.length; i++) {
+        out.byte(COPY_TAB);
+        out.text(pending.from?.[i] ?? null);
+      }
+      for (const k of pending.key) {
+        out.byte(COPY_TAB);
+        out.text(k);
+      }
+      // The key fields wrote strings only: the tuple's spans (a shared scratch array) still hold.
+      for (let j = 0; j < carriedNames.length; j++) {
+        out.byte(COPY_TAB);
+        if (raw) {
+          const i = at[j];
+          const offset = i === undefined || i >= count ? SPAN_ABSENT : spans![2 * i]!;
+          if (offset >= 0) out.bytes(raw.tuple.buf, offset, spans![2 * i! + 1]!);
+          else out.nullField();
+        } else {
+          out.text(values.get(carriedNames[j]!) ?? null);
+        }
+      }
+      out.byte(COPY_NEWLINE);
     }
-    buffer += `${line}\n`;
-    if (buffer.length > 256 * 1024) await write();
+    if (out.length > 256 * 1024) await write();
   }
-  if (buffer) await write();
+  if (out.length) await write();
   sink.end();
   await finished(sink);
 

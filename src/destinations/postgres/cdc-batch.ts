@@ -20,12 +20,28 @@ export interface ChangeValues {
   [Symbol.iterator](): IterableIterator<[string, string | null]>;
 }
 
+/** What RawTuple.spans writes for a value without bytes (pgoutput's SPAN_NULL and SPAN_UNCHANGED). */
+export const SPAN_NULL = -1;
+export const SPAN_ABSENT = -2;
+
+/**
+ * A change's values as they arrived (pgoutput's Tuple), decoded only when asked: `spans` says
+ * where each value's UTF-8 bytes are in `buf` (offset, length) or that it is null (SPAN_NULL) or
+ * was not carried (SPAN_ABSENT); `value(i)` decodes one.
+ */
+export interface RawTuple {
+  readonly buf: Buffer;
+  readonly count: number;
+  spans(out: Int32Array): void;
+  value(i: number): unknown;
+}
+
 /** The columns of one relation, shared by every RowValues of it. */
 export class RowColumns {
   readonly index: Map<string, number>;
   /**
    * @param names destination column name of each tuple position
-   * @param absent the tuple's marker for a value the change did not carry (an unchanged TOAST value)
+   * @param absent what RawTuple.value returns for a value the change did not carry (an unchanged TOAST value)
    */
   constructor(
     readonly names: readonly string[],
@@ -35,35 +51,50 @@ export class RowColumns {
   }
 }
 
+let scratch = new Int32Array(64);
+/** The spans of a tuple in a shared scratch array (valid until the next call). */
+export function spansOf(tuple: RawTuple): Int32Array {
+  if (scratch.length < 2 * tuple.count) scratch = new Int32Array(2 * tuple.count);
+  tuple.spans(scratch);
+  return scratch;
+}
+
 /**
- * A change's values as the tuple arrived: one array, no per-change map (this is built for every
- * change of a stream, and kept until its batch commits).
+ * A change's values as its tuple arrived: no strings and no map per change (this is built for
+ * every change of a stream, and kept until its batch commits); the apply engine copies the
+ * values' bytes into COPY text.
  */
 export class RowValues implements ChangeValues {
-  /** Whether every column has a value (no position holds the absent marker). */
+  /** Whether every column of the relation has a value (none was left out). */
   readonly complete: boolean;
   readonly size: number;
 
   constructor(
     readonly columns: RowColumns,
-    readonly values: readonly unknown[],
+    readonly tuple: RawTuple,
   ) {
+    const spans = spansOf(tuple);
+    const n = Math.min(tuple.count, columns.names.length);
     let size = 0;
-    const n = Math.min(values.length, columns.names.length);
-    for (let i = 0; i < n; i++) if (values[i] !== columns.absent) size++;
+    for (let i = 0; i < n; i++) if (spans[2 * i] !== SPAN_ABSENT) size++;
     this.size = size;
     this.complete = size === columns.names.length;
   }
 
-  has(column: string): boolean {
+  private position(column: string): number | undefined {
     const i = this.columns.index.get(column);
-    return i !== undefined && i < this.values.length && this.values[i] !== this.columns.absent;
+    return i !== undefined && i < this.tuple.count ? i : undefined;
+  }
+
+  has(column: string): boolean {
+    const i = this.position(column);
+    return i !== undefined && this.tuple.value(i) !== this.columns.absent;
   }
 
   get(column: string): string | null | undefined {
-    const i = this.columns.index.get(column);
-    if (i === undefined || i >= this.values.length) return undefined;
-    const v = this.values[i];
+    const i = this.position(column);
+    if (i === undefined) return undefined;
+    const v = this.tuple.value(i);
     return v === this.columns.absent ? undefined : (v as string | null);
   }
 
@@ -73,9 +104,9 @@ export class RowValues implements ChangeValues {
 
   *[Symbol.iterator](): IterableIterator<[string, string | null]> {
     const { names, absent } = this.columns;
-    const n = Math.min(this.values.length, names.length);
+    const n = Math.min(this.tuple.count, names.length);
     for (let i = 0; i < n; i++) {
-      const v = this.values[i];
+      const v = this.tuple.value(i);
       if (v !== absent) yield [names[i]!, v as string | null];
     }
   }

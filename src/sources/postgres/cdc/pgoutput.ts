@@ -29,9 +29,9 @@ export type LogicalMessage =
   | { tag: 'begin'; finalLsn: bigint; commitTime: Date; xid: number }
   | { tag: 'commit'; commitLsn: bigint; endLsn: bigint; commitTime: Date }
   | { tag: 'relation'; relationId: number; schema: string; name: string; replicaIdentity: string; columns: RelationColumn[] }
-  | { tag: 'insert'; relationId: number; values: Value[] }
-  | { tag: 'update'; relationId: number; old: Value[] | undefined; values: Value[] }
-  | { tag: 'delete'; relationId: number; old: Value[] }
+  | { tag: 'insert'; relationId: number; values: Tuple }
+  | { tag: 'update'; relationId: number; old: Tuple | undefined; values: Tuple }
+  | { tag: 'delete'; relationId: number; old: Tuple }
   | { tag: 'truncate'; relationIds: number[]; cascade: boolean; restartIdentity: boolean }
   | { tag: 'other'; code: string };
 
@@ -47,8 +47,10 @@ export function pgTimeToDate(micros: bigint): Date {
 }
 
 class Reader {
-  private offset = 0;
-  constructor(private readonly buf: Buffer) {}
+  constructor(
+    private readonly buf: Buffer,
+    private offset = 0,
+  ) {}
   u8(): number {
     return this.buf.readUInt8(this.offset++);
   }
@@ -84,11 +86,15 @@ class Reader {
     this.offset = end + 1;
     return s;
   }
-  /** The next n bytes as UTF-8 text (no intermediate buffer). */
-  text(n: number): string {
-    const s = this.buf.toString('utf8', this.offset, this.offset + n);
+  get buffer(): Buffer {
+    return this.buf;
+  }
+  get position(): number {
+    return this.offset;
+  }
+  skip(n: number): void {
+    if (n < 0 || this.offset + n > this.buf.length) throw new RangeError('pgoutput: value runs past the end of its message');
     this.offset += n;
-    return s;
   }
 }
 
@@ -122,7 +128,7 @@ class XLogData {
     return this.payload.readBigUInt64BE(9);
   }
   get message(): LogicalMessage {
-    return (this.decoded ??= decodeLogicalMessage(this.payload.subarray(25)));
+    return (this.decoded ??= decodeLogicalMessage(this.payload, 25));
   }
 }
 
@@ -130,22 +136,94 @@ const KIND_NULL = 0x6e; // n
 const KIND_UNCHANGED = 0x75; // u
 const KIND_TEXT = 0x74; // t
 
-function tuple(r: Reader): Value[] {
-  const n = r.i16();
-  const values: Value[] = new Array(n);
-  for (let i = 0; i < n; i++) {
-    const kind = r.u8();
-    if (kind === KIND_TEXT) values[i] = r.text(r.i32());
-    else if (kind === KIND_NULL) values[i] = null;
-    else if (kind === KIND_UNCHANGED) values[i] = UNCHANGED;
-    // 'b' (binary) only comes with the binary option, which sluice never asks for.
-    else throw new Error(`pgoutput: unexpected tuple value kind '${String.fromCharCode(kind)}'`);
+/** What `Tuple.spans` writes for a value without bytes. */
+export const SPAN_NULL = -1;
+export const SPAN_UNCHANGED = -2;
+
+/**
+ * A TupleData as it arrived, in its frame: nothing is decoded until asked. A stream decodes the
+ * key columns of every change and copies the other values' bytes straight into COPY text, so
+ * a change's values never become strings.
+ */
+export class Tuple {
+  constructor(
+    /** The frame holding the tuple. */
+    readonly buf: Buffer,
+    /** Offset of the first value's kind byte. */
+    readonly start: number,
+    /** Number of values. */
+    readonly count: number,
+  ) {}
+
+  /**
+   * Where each value's bytes are: out[2i] is the offset in `buf` (or SPAN_NULL, SPAN_UNCHANGED),
+   * out[2i + 1] the length. One pass, no allocation; `out` holds at least 2 * count numbers.
+   */
+  spans(out: Int32Array): void {
+    const buf = this.buf;
+    let off = this.start;
+    for (let i = 0; i < this.count; i++) {
+      const kind = buf[off++];
+      if (kind === KIND_TEXT) {
+        const len = buf.readInt32BE(off);
+        off += 4;
+        out[2 * i] = off;
+        out[2 * i + 1] = len;
+        off += len;
+      } else if (kind === KIND_NULL) {
+        out[2 * i] = SPAN_NULL;
+        out[2 * i + 1] = 0;
+      } else if (kind === KIND_UNCHANGED) {
+        out[2 * i] = SPAN_UNCHANGED;
+        out[2 * i + 1] = 0;
+      } else {
+        // 'b' (binary) only comes with the binary option, which sluice never asks for.
+        throw new Error(`pgoutput: unexpected tuple value kind '${String.fromCharCode(kind ?? 0)}'`);
+      }
+    }
   }
-  return values;
+
+  /** The value at position i (text, null, or UNCHANGED), decoded. */
+  value(i: number): Value {
+    const buf = this.buf;
+    let off = this.start;
+    for (let j = 0; ; j++) {
+      const kind = buf[off++];
+      if (kind === KIND_TEXT) {
+        const len = buf.readInt32BE(off);
+        off += 4;
+        if (j === i) return buf.toString('utf8', off, off + len);
+        off += len;
+      } else if (kind === KIND_NULL || kind === KIND_UNCHANGED) {
+        if (j === i) return kind === KIND_NULL ? null : UNCHANGED;
+      } else {
+        throw new Error(`pgoutput: unexpected tuple value kind '${String.fromCharCode(kind ?? 0)}'`);
+      }
+      if (j + 1 >= this.count) throw new RangeError(`pgoutput: no value ${i} in a tuple of ${this.count}`);
+    }
+  }
+
+  /** Every value, decoded. */
+  values(): Value[] {
+    return Array.from({ length: this.count }, (_, i) => this.value(i));
+  }
 }
 
-export function decodeLogicalMessage(buf: Buffer): LogicalMessage {
-  const r = new Reader(buf);
+/** Reads past one TupleData (validating its kinds and lengths) and returns it undecoded. */
+function tuple(r: Reader): Tuple {
+  const n = r.i16();
+  const t = new Tuple(r.buffer, r.position, n);
+  for (let i = 0; i < n; i++) {
+    const kind = r.u8();
+    if (kind === KIND_TEXT) r.skip(r.i32());
+    else if (kind !== KIND_NULL && kind !== KIND_UNCHANGED) throw new Error(`pgoutput: unexpected tuple value kind '${String.fromCharCode(kind)}'`);
+  }
+  return t;
+}
+
+/** The logical message in `buf` from `offset` on (an XLogData's starts after its 25-byte header). */
+export function decodeLogicalMessage(buf: Buffer, offset = 0): LogicalMessage {
+  const r = new Reader(buf, offset);
   const code = String.fromCharCode(r.u8());
   switch (code) {
     case 'B': {
@@ -180,7 +258,7 @@ export function decodeLogicalMessage(buf: Buffer): LogicalMessage {
     case 'U': {
       const relationId = r.u32();
       let sub = String.fromCharCode(r.u8());
-      let old: Value[] | undefined;
+      let old: Tuple | undefined;
       if (sub === 'K' || sub === 'O') {
         old = tuple(r);
         sub = String.fromCharCode(r.u8());
