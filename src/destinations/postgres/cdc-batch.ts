@@ -146,7 +146,9 @@ export function emptyCounts(): TableCounts {
   return { inserts: 0, updates: 0, deletes: 0, truncates: 0 };
 }
 
-const keyOf = (key: string[]) => JSON.stringify(key);
+/** A key's entry in TableBatch.rows: a one-column key is its value (every key of a table has the same columns), others JSON. */
+export const batchKey = (key: string[]): string => (key.length === 1 ? key[0]! : JSON.stringify(key));
+const keyOf = batchKey;
 
 export class ChangeBatch {
   readonly tables = new Map<string, TableBatch>();
@@ -186,7 +188,9 @@ export class ChangeBatch {
       from = previous.from ?? (moved ? oldKey : undefined);
     }
     if (moved) t.rows.set(keyOf(oldKey), { op: 'delete', key: oldKey, at });
-    t.rows.set(k, { op: 'upsert', key, values: merged, ...(from ? { from } : {}) });
+    const pending: Pending = { op: 'upsert', key, values: merged };
+    if (from) pending.from = from;
+    t.rows.set(k, pending);
     t.counts.updates++;
     this.changes++;
   }
