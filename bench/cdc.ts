@@ -183,6 +183,16 @@ async function main(): Promise<void> {
       const equal = async (who: Who) => {
         const want = await checksum(source, 'src.bench');
         const got = who === 'sluice' ? await checksum(dest, 'sluice_dest.bench') : await checksum(sub, 'src.bench');
+        if (got !== want && process.env.CDC_BENCH_DIAG) {
+          const ids = async (c: pg.Client, t: string) => new Map((await c.query(`select id::text, v from ${t}`)).rows.map((r) => [r.id as string, r.v as number]));
+          const a = await ids(source, 'src.bench');
+          const b = who === 'sluice' ? await ids(dest, 'sluice_dest.bench') : await ids(sub, 'src.bench');
+          const missing = [...a.keys()].filter((k) => !b.has(k));
+          const extra = [...b.keys()].filter((k) => !a.has(k));
+          const differ = [...a.keys()].filter((k) => b.has(k) && b.get(k) !== a.get(k));
+          console.log('DIAG missing', missing.length, missing.slice(0, 20), 'extra', extra.length, extra.slice(0, 20), 'differ', differ.length, differ.slice(0, 20).map((k) => `${k}:${a.get(k)}/${b.get(k)}`));
+          console.log('DIAG loads', (await dest.query(`select load_id, partition, rows_loaded, started_at, finished_at from sluice_dest._sluice_loads order by started_at desc limit 12`)).rows);
+        }
         return got === want ? 'yes' : `NO (${got} vs ${want})`;
       };
       const mb = (n: number) => `${(n / 1024 / 1024).toFixed(1)} MB`;

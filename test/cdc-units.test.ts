@@ -153,6 +153,14 @@ describe('Tuple: values decoded only when asked', () => {
     assert.deepEqual(t.values(), ['1', null, UNCHANGED, 'tab\there', '']);
     assert.throws(() => t.value(5), RangeError);
   });
+  test('a detached tuple holds its own bytes only, with the same values', () => {
+    const t = tupleOf(['42', null, UNCHANGED, 'ünï']);
+    const own = t.detach();
+    assert.deepEqual(own.values(), t.values());
+    assert.equal(own.buf.length, t.end - t.start, 'not the whole frame');
+    t.buf.fill(0);
+    assert.deepEqual(own.values(), ['42', null, UNCHANGED, 'ünï'], 'the frame can be reused');
+  });
   test('a value whose length runs past its message is refused', () => {
     assert.throws(() => decodeLogicalMessage(new Wire().char('I').i32(1).char('N').i16(1).char('t').i32(50).bytes(Buffer.from('short')).done()), RangeError);
   });

@@ -335,6 +335,9 @@ interface Relation {
   columns: RowColumns;
 }
 
+/** The longest the read loop works through queued messages without letting the event loop run. */
+const YIELD_EVERY_MS = 5;
+
 /** Reads one streaming call's messages: collects transactions into batches, flushes at commit boundaries, acknowledges. */
 class StreamConsumer {
   private readonly relations = new Map<number, Relation>();
@@ -349,6 +352,8 @@ class StreamConsumer {
   /** Acknowledged to the server up to here: `committed`, or further when nothing is pending. */
   private acked: bigint;
   private lastStatusAt = 0;
+  /** When the read loop last let the event loop run. */
+  private lastYield = Date.now();
   /** The batch being committed in the destination, while the next one is read. */
   private applying: Promise<void> | undefined;
   private applyFailure: Error | undefined;
@@ -401,11 +406,18 @@ class StreamConsumer {
         this.stream.acknowledge(this.acked, true);
         this.lastStatusAt = now;
       }
-      // What has arrived is read without a promise per message; only an empty queue waits.
+      // What has arrived is read without a promise per message; only an empty queue waits. Every
+      // few milliseconds of that the loop still lets the event loop run: the batch being applied
+      // gets its turn (its connection, its COPY), and so do heartbeats, cancellation and the socket.
+      if (now - this.lastYield >= YIELD_EVERY_MS) {
+        await new Promise<void>((r) => setImmediate(r));
+        this.lastYield = Date.now();
+      }
       let message = this.stream.poll();
       if (!message) {
         const wait = Math.min(deadline - now, pending ? this.batchStartedAt + this.req.batchWaitMs - now : 1_000, 1_000);
         const next = await this.stream.next(Math.max(wait, 10));
+        this.lastYield = Date.now();
         if (next === undefined) continue;
         if (next === 'end') throw ApplicationFailure.retryable('the replication stream ended', 'ReplicationStreamEnded');
         message = next;
@@ -576,8 +588,9 @@ class StreamConsumer {
   }
 
   private values(rel: Relation, values: Tuple): ChangeValues {
-    // An unchanged TOASTed value is not part of the change: the destination keeps its own.
-    return new RowValues(rel.columns, values);
+    // An unchanged TOASTed value is not part of the change: the destination keeps its own. The
+    // tuple's bytes are copied out of the frame, which may be a slice of a whole socket read.
+    return new RowValues(rel.columns, values.detach());
   }
 
   private async relation(m: Extract<LogicalMessage, { tag: 'relation' }>): Promise<void> {

@@ -217,13 +217,35 @@ async function applyTable(client: pg.PoolClient, req: ApplyRequest, shape: Table
   // table created and dropped by every batch would make each batch a catalog change, which
   // logical decoding on a source that shares this database (and the catalog itself) pays for.
   const stageName = `${STAGE}_${createHash('sha1').update(JSON.stringify(stageColumns)).digest('hex').slice(0, 12)}`;
+  // Column lists vary (which TOASTed columns a batch carried, key changes, schema versions): a
+  // connection keeps at most a few staging tables, and drops the others before making one more.
+  let made = stagesMade.get(client);
+  if (!made) stagesMade.set(client, (made = new Set()));
+  if (!made.has(stageName) && made.size >= MAX_STAGES) {
+    await client.query([...made].map((t) => `drop table if exists ${quoteIdent(t)}`).join('; '));
+    made.clear();
+  }
+  made.add(stageName);
   await client.query(
     `create temp table if not exists ${quoteIdent(stageName)} (${stageColumns.map((c) => `${quoteIdent(c)} text`).join(', ')}) on commit delete rows; delete from ${quoteIdent(stageName)}`,
   );
   const sink = client.query(copyFrom(`copy ${quoteIdent(stageName)} (${stageColumns.map(quoteIdent).join(', ')}) from stdin`));
   const out = new CopyTextWriter();
   const write = async () => {
-    if (!sink.write(out.take())) await new Promise((r) => sink.once('drain', r));
+    if (sink.write(out.take())) return;
+    // A COPY that fails while the writer waits never drains: wait for whichever comes first.
+    await new Promise<void>((resolve, reject) => {
+      const done = (err?: Error) => {
+        sink.off('drain', done);
+        sink.off('error', done);
+        sink.off('close', done);
+        if (err) reject(err);
+        else resolve();
+      };
+      sink.once('drain', done);
+      sink.once('error', done);
+      sink.once('close', done);
+    });
   };
   let anyAbsent = false;
   // One line per row, written as bytes: a change's values go from its tuple's bytes into COPY
@@ -346,6 +368,10 @@ async function applyTable(client: pg.PoolClient, req: ApplyRequest, shape: Table
   await client.query(`update ${target} t set ${sets.join(', ')} from ${stage} s where ${op('u')} and ${keyMatch}`, [req.load.loadId]);
   await client.query(`${into} ${selected} and not exists (select 1 from ${target} t where ${keyMatch})`, [req.load.loadId]);
 }
+
+/** Staging tables each destination connection has made (see applyTable). */
+const stagesMade = new WeakMap<pg.PoolClient, Set<string>>();
+const MAX_STAGES = 8;
 
 /** Tables known to have their key's unique index (asked once per worker; an index dropped later fails the upsert, which forgets it). */
 const uniqueKeys = new Set<string>();

@@ -88,7 +88,7 @@ export class RowValues implements ChangeValues {
 
   has(column: string): boolean {
     const i = this.position(column);
-    return i !== undefined && this.tuple.value(i) !== this.columns.absent;
+    return i !== undefined && spansOf(this.tuple)[2 * i] !== SPAN_ABSENT;
   }
 
   get(column: string): string | null | undefined {
@@ -98,17 +98,27 @@ export class RowValues implements ChangeValues {
     return v === this.columns.absent ? undefined : (v as string | null);
   }
 
-  *keys(): IterableIterator<string> {
-    for (const [name] of this) yield name;
+  /** The columns the change carries, in one pass over the tuple, decoding nothing. */
+  keys(): IterableIterator<string> {
+    const spans = spansOf(this.tuple);
+    const names: string[] = [];
+    const n = Math.min(this.tuple.count, this.columns.names.length);
+    for (let i = 0; i < n; i++) if (spans[2 * i] !== SPAN_ABSENT) names.push(this.columns.names[i]!);
+    return names[Symbol.iterator]();
   }
 
-  *[Symbol.iterator](): IterableIterator<[string, string | null]> {
-    const { names, absent } = this.columns;
-    const n = Math.min(this.tuple.count, names.length);
+  /** [column, value] of what the change carries, decoded in one pass (taken eagerly: the spans' scratch array is shared). */
+  [Symbol.iterator](): IterableIterator<[string, string | null]> {
+    const spans = spansOf(this.tuple);
+    const { buf } = this.tuple;
+    const out: [string, string | null][] = [];
+    const n = Math.min(this.tuple.count, this.columns.names.length);
     for (let i = 0; i < n; i++) {
-      const v = this.tuple.value(i);
-      if (v !== absent) yield [names[i]!, v as string | null];
+      const offset = spans[2 * i]!;
+      if (offset === SPAN_ABSENT) continue;
+      out.push([this.columns.names[i]!, offset === SPAN_NULL ? null : buf.toString('utf8', offset, offset + spans[2 * i + 1]!)]);
     }
+    return out[Symbol.iterator]();
   }
 }
 

@@ -153,7 +153,17 @@ export class Tuple {
     readonly start: number,
     /** Number of values. */
     readonly count: number,
+    /** Offset just past the last value. */
+    readonly end: number,
   ) {}
+
+  /**
+   * The same tuple in a buffer of its own: a frame is often a slice of a whole socket read,
+   * which a change kept until its batch commits would otherwise hold in memory.
+   */
+  detach(): Tuple {
+    return new Tuple(Buffer.from(this.buf.subarray(this.start, this.end)), 0, this.count, this.end - this.start);
+  }
 
   /**
    * Where each value's bytes are: out[2i] is the offset in `buf` (or SPAN_NULL, SPAN_UNCHANGED),
@@ -203,22 +213,27 @@ export class Tuple {
     }
   }
 
-  /** Every value, decoded. */
+  /** Every value, decoded (one pass). */
   values(): Value[] {
-    return Array.from({ length: this.count }, (_, i) => this.value(i));
+    const spans = new Int32Array(2 * this.count);
+    this.spans(spans);
+    return Array.from({ length: this.count }, (_, i) => {
+      const offset = spans[2 * i]!;
+      return offset >= 0 ? this.buf.toString('utf8', offset, offset + spans[2 * i + 1]!) : offset === SPAN_NULL ? null : UNCHANGED;
+    });
   }
 }
 
 /** Reads past one TupleData (validating its kinds and lengths) and returns it undecoded. */
 function tuple(r: Reader): Tuple {
   const n = r.i16();
-  const t = new Tuple(r.buffer, r.position, n);
+  const start = r.position;
   for (let i = 0; i < n; i++) {
     const kind = r.u8();
     if (kind === KIND_TEXT) r.skip(r.i32());
     else if (kind !== KIND_NULL && kind !== KIND_UNCHANGED) throw new Error(`pgoutput: unexpected tuple value kind '${String.fromCharCode(kind)}'`);
   }
-  return t;
+  return new Tuple(r.buffer, start, n, r.position);
 }
 
 /** The logical message in `buf` from `offset` on (an XLogData's starts after its 25-byte header). */

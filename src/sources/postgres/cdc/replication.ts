@@ -22,6 +22,8 @@ const copyBoth = (copyStreams as unknown as { both(text: string, options: { alig
  * per message, so a reader should hold at least what arrives while a batch commits.
  */
 const DEFAULT_READ_AHEAD = 20_000;
+/** However many messages that is, at most this many bytes are held before the socket is paused. */
+const READ_AHEAD_BYTES = 64 * 1024 * 1024;
 
 export class ReplicationStream {
   private stream!: Duplex;
@@ -35,6 +37,8 @@ export class ReplicationStream {
   private flushed = 0n;
 
   private readonly lowWater: number;
+  /** Bytes of the messages queued and not taken yet. */
+  private queuedBytes = 0;
 
   private constructor(
     private readonly client: pg.Client,
@@ -50,7 +54,8 @@ export class ReplicationStream {
       replication: 'database',
       application_name: applicationName,
       // pgoutput prints values with the walsender's settings: the same portable text the snapshot's COPY uses.
-      options: '-c timezone=UTC -c datestyle=ISO,YMD -c intervalstyle=postgres -c extra_float_digits=3',
+      // client_encoding: values are passed on as the bytes pgoutput sends, which it converts to the client's encoding.
+      options: '-c timezone=UTC -c datestyle=ISO,YMD -c intervalstyle=postgres -c extra_float_digits=3 -c client_encoding=UTF8',
     } as pg.ClientConfig);
     client.on('error', () => undefined);
     await client.connect();
@@ -63,7 +68,8 @@ export class ReplicationStream {
     // it already holds. Pings (status updates that ask for a reply) make the server send bytes.
     self.stream.on('data', (chunk: Buffer) => {
       self.queue.push(chunk);
-      if (!self.paused && self.queue.length - self.head >= self.highWater) {
+      self.queuedBytes += chunk.length;
+      if (!self.paused && (self.queue.length - self.head >= self.highWater || self.queuedBytes >= READ_AHEAD_BYTES)) {
         self.paused = true;
         self.stream.pause();
       }
@@ -89,11 +95,12 @@ export class ReplicationStream {
   private take(): Buffer | undefined {
     if (this.head >= this.queue.length) return undefined;
     const chunk = this.queue[this.head++]!;
+    this.queuedBytes -= chunk.length;
     if (this.head > 1024 && this.head * 2 > this.queue.length) {
       this.queue.splice(0, this.head);
       this.head = 0;
     }
-    if (this.paused && this.queue.length - this.head <= this.lowWater) {
+    if (this.paused && this.queue.length - this.head <= this.lowWater && this.queuedBytes <= READ_AHEAD_BYTES / 10) {
       this.paused = false;
       this.stream.resume();
       this.acknowledge(this.flushed, true);
