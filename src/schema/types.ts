@@ -68,6 +68,19 @@ function latticeEntry(type: string) {
  * date + timestamptz = timestamptz; unrelated families meet at text.
  */
 export function widenType(a: string, b: string): string {
+  const key = `${a}\u0000${b}`;
+  let widened = widened_.get(key);
+  if (widened === undefined) {
+    widened = widen(a, b);
+    // Type names come from a small set (inferred, declared, catalog): the memo stays small.
+    if (widened_.size < 10_000) widened_.set(key, widened);
+  }
+  return widened;
+}
+
+const widened_ = new Map<string, string>();
+
+function widen(a: string, b: string): string {
   const ca = canonicalType(a);
   const cb = canonicalType(b);
   if (ca === cb) return ca;
@@ -176,6 +189,11 @@ export function copyField(text: string | null): string {
  * place in a PostgreSQL string, and a lone UTF-16 surrogate has no UTF-8 form (it would arrive
  * as U+FFFD). The loader rejects such a row rather than store something else.
  */
+/** String.prototype.isWellFormed (Node 20; the project's TypeScript lib predates it): no lone UTF-16 surrogate. */
+export function isWellFormed(text: string): boolean {
+  return (text as string & { isWellFormed(): boolean }).isWellFormed();
+}
+
 export function unrepresentableInText(text: string): string | undefined {
   if (text.includes('\u0000')) return 'contains a NUL character, which PostgreSQL text cannot store';
   if (/[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/.test(text)) {

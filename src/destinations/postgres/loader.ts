@@ -19,8 +19,8 @@ import { from as copyFrom } from 'pg-copy-streams';
 import { errorMessage, hintFor, PermanentError, TransientError } from '../../errors';
 import type { ContractMode, Resource } from '../../inputs';
 import { ColumnNamer, derivedName, qualifiedName, quoteIdent } from '../../schema/identifiers';
-import { canonicalType, copyField, unrepresentableInText, valueToText, widenByValue, widenType } from '../../schema/types';
-import { ROW_REJECT, ROW_SOURCE, type Extracted } from '../../sources/types';
+import { canonicalType, copyField, isWellFormed, unrepresentableInText, valueToText, widenByValue, widenType } from '../../schema/types';
+import { ROW_REJECT, ROW_SOURCE, type Extracted, type Row, type RowBatch } from '../../sources/types';
 import { BinaryCopyTap, binaryTextField } from './binary-copy';
 import { checkLease, type LeaseToken } from './lease';
 import { getPool } from './pool';
@@ -402,7 +402,7 @@ async function stage(client: pg.PoolClient, req: LoadRequest, typed = false): Pr
     return { columns, incoming, exact: declared.size === 0, rows: sink.rowCount };
   }
 
-  const { rows, textValues = false, columnTypes = {} } = req.data;
+  const { rows, batches, textValues = false, columnTypes = {} } = req.data;
   const known = new Map<string, string>(declared);
   for (const [raw, type] of Object.entries(columnTypes)) {
     const name = namer.name(raw);
@@ -446,48 +446,116 @@ async function stage(client: pg.PoolClient, req: LoadRequest, typed = false): Pr
   };
 
   const rawToName = new Map<string, string>();
-  try {
-    for await (const row of rows) {
-      let reject = row[ROW_REJECT];
-      const fields: string[] = new Array(columns.length).fill('\\N');
-      const rawOf = new Map<string, string>();
-      for (const raw in row) {
-        let name = rawToName.get(raw);
-        if (name === undefined) {
-          name = namer.name(raw);
-          rawToName.set(raw, name);
-        }
-        // "ID" and "id" share a column (see ColumnNamer): a row may fill it from one, not with two different values.
-        const present = row[raw] !== null && row[raw] !== undefined && !(textValues && row[raw] === '');
-        const other = present ? rawOf.get(name) : undefined;
-        if (other !== undefined && fields[indexOf.get(name)!] !== copyField(valueToText(row[raw]))) {
-          reject ??= `columns ${JSON.stringify(other)} and ${JSON.stringify(raw)} both map to column "${name}" and hold different values`;
-        }
-        if (present) rawOf.set(name, raw);
-        let index = indexOf.get(name);
-        if (index === undefined) {
-          await addColumn(name);
-          index = columns.length - 1;
-          fields.push('\\N');
-        }
-        const value = row[raw];
-        if (value === null || value === undefined || (textValues && value === '')) continue;
-        const text = valueToText(value)!;
-        const unrepresentable = unrepresentableInText(text);
-        if (unrepresentable) {
-          reject ??= `column "${name}" ${unrepresentable}`;
-          continue;
-        }
-        fields[index] = copyField(text);
-        // A row the extractor rejected keeps its values for _sluice_rejects but must not shape the table.
-        if (!known.has(name) && row[ROW_REJECT] === undefined) inferred[index] = widenByValue(inferred[index], value, textValues);
+  const nameOf = (raw: string) => {
+    let name = rawToName.get(raw);
+    if (name === undefined) {
+      name = namer.name(raw);
+      rawToName.set(raw, name);
+    }
+    return name;
+  };
+  const inferring = (index: number) => !known.has(columns[index]!);
+
+  /** Stages one batch of value arrays (RowBatch): the rows path without an object per row. */
+  const stageBatch = async (batch: RowBatch) => {
+    const { values, sources, rejects } = batch;
+    const names = batch.columns.map(nameOf);
+    if (new Set(names).size !== names.length) {
+      // Two raw columns meet in one (see ColumnNamer): the rows path knows what to do.
+      for (const row of rowsOfBatch(batch)) await stageRow(row);
+      return;
+    }
+    const at: number[] = [];
+    for (const name of names) {
+      let index = indexOf.get(name);
+      if (index === undefined) {
+        await addColumn(name);
+        index = columns.length - 1;
       }
-      buffer += `${copyField(row[ROW_SOURCE] ?? null)}\t${copyField(reject ?? null)}${fields.length ? '\t' : ''}${fields.join('\t')}\n`;
+      at.push(index);
+    }
+    const infer = at.map(inferring);
+    const inOrder = at.every((index, c) => index === c);
+    for (let i = 0; i < values.length; i++) {
+      const record = values[i]!;
+      const extractorReject = rejects?.[i];
+      let reject = extractorReject;
+      let line = '';
+      const fields: string[] | undefined = inOrder && record.length === columns.length ? undefined : new Array<string>(columns.length).fill('\\N');
+      for (let c = 0; c < record.length; c++) {
+        const value = record[c];
+        let field = '\\N';
+        if (value !== null && value !== undefined && !(textValues && value === '')) {
+          const text = typeof value === 'string' ? value : valueToText(value)!;
+          if (text.indexOf('\u0000') !== -1 || !isWellFormed(text)) {
+            reject ??= `column "${names[c]}" ${unrepresentableInText(text)}`;
+          } else {
+            field = copyField(text);
+            // A row the extractor rejected keeps its values for _sluice_rejects but must not shape the table.
+            if (infer[c] && extractorReject === undefined) inferred[at[c]!] = widenByValue(inferred[at[c]!], value, textValues);
+          }
+        }
+        if (fields) fields[at[c]!] = field;
+        else line += c === 0 ? field : `\t${field}`;
+      }
+      if (fields) line = fields.join('\t');
+      buffer += `${copyField(sources[i] ?? null)}\t${copyField(reject ?? null)}${columns.length ? '\t' : ''}${line}\n`;
       count++;
       if (buffer.length >= FLUSH_BYTES) {
         await flush();
         req.onProgress?.(count);
       }
+    }
+  };
+
+  const stageRow = async (row: Row) => {
+    let reject = row[ROW_REJECT];
+    const fields: string[] = new Array(columns.length).fill('\\N');
+    const rawOf = new Map<string, string>();
+    for (const raw in row) {
+      let name = rawToName.get(raw);
+      if (name === undefined) {
+        name = namer.name(raw);
+        rawToName.set(raw, name);
+      }
+      // "ID" and "id" share a column (see ColumnNamer): a row may fill it from one, not with two different values.
+      const present = row[raw] !== null && row[raw] !== undefined && !(textValues && row[raw] === '');
+      const other = present ? rawOf.get(name) : undefined;
+      if (other !== undefined && fields[indexOf.get(name)!] !== copyField(valueToText(row[raw]))) {
+        reject ??= `columns ${JSON.stringify(other)} and ${JSON.stringify(raw)} both map to column "${name}" and hold different values`;
+      }
+      if (present) rawOf.set(name, raw);
+      let index = indexOf.get(name);
+      if (index === undefined) {
+        await addColumn(name);
+        index = columns.length - 1;
+        fields.push('\\N');
+      }
+      const value = row[raw];
+      if (value === null || value === undefined || (textValues && value === '')) continue;
+      const text = valueToText(value)!;
+      const unrepresentable = unrepresentableInText(text);
+      if (unrepresentable) {
+        reject ??= `column "${name}" ${unrepresentable}`;
+        continue;
+      }
+      fields[index] = copyField(text);
+      // A row the extractor rejected keeps its values for _sluice_rejects but must not shape the table.
+      if (!known.has(name) && row[ROW_REJECT] === undefined) inferred[index] = widenByValue(inferred[index], value, textValues);
+    }
+    buffer += `${copyField(row[ROW_SOURCE] ?? null)}\t${copyField(reject ?? null)}${fields.length ? '\t' : ''}${fields.join('\t')}\n`;
+    count++;
+    if (buffer.length >= FLUSH_BYTES) {
+      await flush();
+      req.onProgress?.(count);
+    }
+  };
+
+  try {
+    if (batches) {
+      for await (const batch of batches()) await stageBatch(batch);
+    } else {
+      for await (const row of rows) await stageRow(row);
     }
     await flush();
     await closeSink();
@@ -508,6 +576,17 @@ async function stage(client: pg.PoolClient, req: LoadRequest, typed = false): Pr
     }
   }
   return { columns, incoming, exact: false, rows: count };
+}
+
+/** A batch's rows as objects (RowBatch). */
+function* rowsOfBatch({ columns, values, sources, rejects }: RowBatch): Generator<Row> {
+  for (let i = 0; i < values.length; i++) {
+    const row = Object.create(null) as Row;
+    if (sources[i] !== undefined) row[ROW_SOURCE] = sources[i];
+    if (rejects?.[i] !== undefined) row[ROW_REJECT] = rejects[i];
+    values[i]!.forEach((value, c) => (row[columns[c]!] = value));
+    yield row;
+  }
 }
 
 /** Passes COPY text through, counting lines (rows) per chunk to report progress every 10,000. */
