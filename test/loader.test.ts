@@ -353,7 +353,9 @@ describe('load engine', () => {
           await paused;
         }
         produced++;
-        yield { id: i, payload: `row ${i}` };
+        // Long enough that the rows outgrow what a load holds in memory before it stages (4 MiB):
+        // by row 30,000 they stream through COPY into staging.
+        yield { id: i, payload: `row ${i} ${'x'.repeat(200)}` };
       }
     }
     const attempt = loadResource({

@@ -43,7 +43,7 @@ export async function extractFile(source: FilesSource, file: FileRef, options: {
   const store = await filesStoreFor(source);
   if (source.format === 'parquet') {
     const parquet = await openParquet(await store.openRandomAccess(file, options), file.path);
-    return { kind: 'rows', rows: parquet.rows, columnTypes: parquet.columnTypes };
+    return { kind: 'rows', rows: parquet.rows, batches: parquet.batches, columnTypes: parquet.columnTypes };
   }
   const format = source.format;
   const readOptions = { label: file.path, csv: source.csv, signal: options.signal };

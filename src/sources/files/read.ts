@@ -475,7 +475,7 @@ const ARRAY_INDEX = /^(0|[1-9]\d*)$/;
  * The order in which a row object with these keys enumerates them (array indexes first,
  * ascending, then the rest as inserted): batches keep the column order rows had.
  */
-function keyOrder(names: string[]): number[] | undefined {
+export function keyOrder(names: string[]): number[] | undefined {
   const isIndex = (n: string) => ARRAY_INDEX.test(n) && Number(n) < 4_294_967_295;
   if (!names.some(isIndex)) return undefined;
   const positions = names.map((_, i) => i);
