@@ -35,13 +35,13 @@ async function parse(bytes: Buffer, cuts: number[], csv: CsvOptions | undefined,
   return plain(out);
 }
 
-const piece = fc.constantFrom('a', 'b', '1', ' ', ',', ';', '"', '""', "'", '\n', '\r\n', '\r', 'é', '😀', '\t', 'x,y', '"q,"', '"a\nb"');
+const piece = fc.constantFrom('a', 'b', '1', ' ', ',', ';', '"', '""', "'", '\n', '\r\n', '\r', 'é', '😀', '\t', 'x,y', '"q,"', '"a\nb"', '¦', '\uFEFF');
 const text = fc.array(piece, { maxLength: 60 }).map((p) => p.join(''));
 const bytes = fc.oneof(
   text.map((t) => Buffer.from(t)),
   fc.tuple(text, fc.uint8Array({ maxLength: 3 }), text).map(([a, b, c]) => Buffer.concat([Buffer.from(a), Buffer.from(b), Buffer.from(c)])),
 );
-const options = fc.constantFrom<CsvOptions | undefined>(undefined, { delimiter: ';' }, { delimiter: '\t' }, { quote: "'" }, { escape: '\\' });
+const options = fc.constantFrom<CsvOptions | undefined>(undefined, { delimiter: ';' }, { delimiter: '\t' }, { delimiter: '¦' }, { quote: "'" }, { quote: 'é' }, { escape: '\\' });
 
 describe('CSV fast path', () => {
   test('gives the records csv-parse gives, on any bytes and any chunking', async () => {
