@@ -481,8 +481,12 @@ async function stage(client: pg.PoolClient, req: LoadRequest, typed = false): Pr
     }
   };
   let heldReported = 0;
-  /** One staged row: held while the load may take the typed path, else into text staging. */
-  const emit = async (source: string | undefined, reject: string | undefined, line: string) => {
+  /**
+   * One staged row: held while the load may take the typed path, else into text staging. A
+   * promise only when there is I/O to wait for (a spill, a flush): a promise per row costs, and
+   * more so under the activity's async hooks.
+   */
+  const emit = (source: string | undefined, reject: string | undefined, line: string): Promise<void> | undefined => {
     count++;
     if (held) {
       if (reject === undefined && held.chars + line.length <= HOLD_CHARS) {
@@ -494,15 +498,16 @@ async function stage(client: pg.PoolClient, req: LoadRequest, typed = false): Pr
           heldReported = held.chars;
           req.onProgress?.(count);
         }
-        return;
+        return undefined;
       }
-      await spill();
+      return spill().then(() => emitStaged(source, reject, line));
     }
+    return emitStaged(source, reject, line);
+  };
+  const emitStaged = (source: string | undefined, reject: string | undefined, line: string): Promise<void> | undefined => {
     buffer += `${copyField(source ?? null)}\t${copyField(reject ?? null)}${columns.length ? '\t' : ''}${line}\n`;
-    if (buffer.length >= FLUSH_BYTES) {
-      await flush();
-      req.onProgress?.(count);
-    }
+    if (buffer.length < FLUSH_BYTES) return undefined;
+    return flush().then(() => req.onProgress?.(count));
   };
   /** A value staged in column `index` (text, not null): what the typed path needs to know of it. */
   const fitValue = (index: number, text: string) => {
@@ -571,7 +576,8 @@ async function stage(client: pg.PoolClient, req: LoadRequest, typed = false): Pr
         if (held) for (let k = 0; k < columns.length; k++) if (fields[k] === '\\N') nullValue(k);
         line = fields.join('\t');
       }
-      await emit(sources[i], reject, line);
+      const wait = emit(sources[i], reject, line);
+      if (wait) await wait;
     }
   };
 
@@ -612,7 +618,8 @@ async function stage(client: pg.PoolClient, req: LoadRequest, typed = false): Pr
       if (!known.has(name) && row[ROW_REJECT] === undefined) inferred[index] = widenByValue(inferred[index], value, textValues);
     }
     if (held) for (let k = 0; k < fields.length; k++) if (fields[k] === '\\N') nullValue(k);
-    await emit(row[ROW_SOURCE], reject, fields.join('\t'));
+    const wait = emit(row[ROW_SOURCE], reject, fields.join('\t'));
+    if (wait) await wait;
   };
 
   try {
