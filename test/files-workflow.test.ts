@@ -370,8 +370,9 @@ describe('filesWorkflow', () => {
 
   test('small files load many to an activity, each in its own transaction: a bad file fails alone, the group in flight shows its files and rows', async () => {
     const dir = join(root, 'grouped');
-    // Sorted first, so that the group in flight is slow enough to be seen.
-    const bigRows = 300_000;
+    // Sorted first, so that the group in flight is slow enough to be seen (long enough to take a
+    // few of the activity's once-a-second heartbeats at today's load speed).
+    const bigRows = 1_500_000;
     await put(dir, 'a-big.csv', csv('id,part', Array.from({ length: bigRows }, (_, i) => [i, 0])));
     const small = 40;
     for (let i = 1; i <= small; i++) await put(dir, `b-${String(i).padStart(3, '0')}.csv`, csv('id,part', [[bigRows + i, i]]));

@@ -68,6 +68,19 @@ function latticeEntry(type: string) {
  * date + timestamptz = timestamptz; unrelated families meet at text.
  */
 export function widenType(a: string, b: string): string {
+  const key = `${a}\u0000${b}`;
+  let widened = widened_.get(key);
+  if (widened === undefined) {
+    widened = widen(a, b);
+    // Type names come from a small set (inferred, declared, catalog): the memo stays small.
+    if (widened_.size < 10_000) widened_.set(key, widened);
+  }
+  return widened;
+}
+
+const widened_ = new Map<string, string>();
+
+function widen(a: string, b: string): string {
   const ca = canonicalType(a);
   const cb = canonicalType(b);
   if (ca === cb) return ca;
@@ -176,10 +189,232 @@ export function copyField(text: string | null): string {
  * place in a PostgreSQL string, and a lone UTF-16 surrogate has no UTF-8 form (it would arrive
  * as U+FFFD). The loader rejects such a row rather than store something else.
  */
+/** String.prototype.isWellFormed (Node 20; the project's TypeScript lib predates it): no lone UTF-16 surrogate. */
+export function isWellFormed(text: string): boolean {
+  return (text as string & { isWellFormed(): boolean }).isWellFormed();
+}
+
 export function unrepresentableInText(text: string): string | undefined {
   if (text.includes('\u0000')) return 'contains a NUL character, which PostgreSQL text cannot store';
   if (/[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/.test(text)) {
     return 'contains a lone UTF-16 surrogate, which has no UTF-8 form';
   }
   return undefined;
+}
+
+/**
+ * Which column types a value's text certainly fits: bits of FIT, narrowed value by value (a
+ * column's Fit is what every one of its values fits). Only forms PostgreSQL's input functions
+ * accept whatever the session's settings are: a value that fits a type here is accepted by that
+ * type's input function, so a load whose every value fits its column's type can COPY into
+ * columns of those types with no value failing. The converse does not hold: PostgreSQL accepts
+ * more (" 42", "1e5" as bigint, "yes" as boolean, "Feb 3 2024"); such values just leave the
+ * column to the general path (staging as text, each value judged by PostgreSQL).
+ */
+export const FIT = {
+  smallint: 1,
+  integer: 2,
+  bigint: 4,
+  numeric: 8,
+  real: 16,
+  double: 32,
+  boolean: 64,
+  date: 128,
+  timestamp: 256,
+  timestamptz: 512,
+  uuid: 1024,
+} as const;
+const ALL_FITS = 2047;
+
+export interface Fit {
+  /** FIT bits every value so far fits (text fits any representable value and has no bit). */
+  mask: number;
+  /** Numeric values: the most significant digits before the point, and digits after it, of any value. */
+  intDigits: number;
+  fracDigits: number;
+  /** A numeric value had an exponent (then no numeric(p,s) is vouched for). */
+  exponent: boolean;
+}
+
+export function newFit(): Fit {
+  return { mask: ALL_FITS, intDigits: 0, fracDigits: 0, exponent: false };
+}
+
+const DAYS = [31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
+
+function digitsAt(text: string, from: number, n: number): number {
+  let v = 0;
+  for (let i = from; i < from + n; i++) {
+    const d = text.charCodeAt(i) - 48;
+    if (d < 0 || d > 9) return -1;
+    v = v * 10 + d;
+  }
+  return v;
+}
+
+/** "YYYY-MM-DD" at 0 with a real calendar day (years 1 to 9999). */
+function isoDate(text: string): boolean {
+  if (text.charCodeAt(4) !== 45 || text.charCodeAt(7) !== 45) return false;
+  const y = digitsAt(text, 0, 4);
+  const m = digitsAt(text, 5, 2);
+  const d = digitsAt(text, 8, 2);
+  if (y < 1 || m < 1 || m > 12 || d < 1) return false;
+  const leap = (y % 4 === 0 && y % 100 !== 0) || y % 400 === 0;
+  return d <= (m === 2 && leap ? 29 : DAYS[m - 1]!);
+}
+
+/** "HH:MM[:SS[.fraction]]" from `at` to the end, then an optional zone (Z, ±HH, ±HHMM, ±HH:MM); undefined when it is not that. */
+function isoTimeAndZone(text: string, at: number): { zone: boolean } | undefined {
+  const h = digitsAt(text, at, 2);
+  if (h < 0 || h > 23 || text.charCodeAt(at + 2) !== 58) return undefined;
+  const mi = digitsAt(text, at + 3, 2);
+  if (mi < 0 || mi > 59) return undefined;
+  let i = at + 5;
+  if (text.charCodeAt(i) === 58) {
+    const s = digitsAt(text, i + 1, 2);
+    if (s < 0 || s > 59) return undefined;
+    i += 3;
+    if (text.charCodeAt(i) === 46) {
+      let n = 0;
+      for (i++; n < 10 && digitsAt(text, i, 1) >= 0; i++) n++;
+      if (n === 0 || n > 9) return undefined;
+    }
+  }
+  if (i === text.length) return { zone: false };
+  const c = text.charCodeAt(i);
+  if (c === 90) return i + 1 === text.length ? { zone: true } : undefined;
+  if (c !== 43 && c !== 45) return undefined;
+  const zh = digitsAt(text, i + 1, 2);
+  if (zh < 0 || zh > 14) return undefined;
+  const rest = text.length - (i + 3);
+  if (rest === 0) return { zone: true };
+  const m = rest === 3 && text.charCodeAt(i + 3) === 58 ? digitsAt(text, i + 4, 2) : rest === 2 ? digitsAt(text, i + 3, 2) : -1;
+  return m >= 0 && m <= 59 ? { zone: true } : undefined;
+}
+
+/** The FIT bits of a number's text ([+-]digits[.digits][e[+-]digits]), with its digit counts; 0 when it is not one. */
+function numberFits(text: string, fit: Fit): number {
+  let i = 0;
+  const n = text.length;
+  const sign = text.charCodeAt(0);
+  if (sign === 43 || sign === 45) i++;
+  let leading = true;
+  let intDigits = 0;
+  let allDigits = 0;
+  let nonZero = false;
+  for (; i < n; i++) {
+    const d = text.charCodeAt(i) - 48;
+    if (d < 0 || d > 9) break;
+    allDigits++;
+    if (d !== 0) nonZero = true;
+    if (leading && d === 0) continue;
+    leading = false;
+    intDigits++;
+  }
+  let fracDigits = 0;
+  let point = false;
+  if (i < n && text.charCodeAt(i) === 46) {
+    point = true;
+    for (i++; i < n; i++) {
+      const d = text.charCodeAt(i) - 48;
+      if (d < 0 || d > 9) break;
+      if (d !== 0) nonZero = true;
+      fracDigits++;
+    }
+  }
+  if (allDigits + fracDigits === 0) return 0;
+  let exponent = false;
+  if (i < n && (text.charCodeAt(i) | 32) === 101) {
+    exponent = true;
+    i++;
+    const s = text.charCodeAt(i);
+    if (s === 43 || s === 45) i++;
+    let e = 0;
+    let digits = 0;
+    for (; i < n; i++) {
+      const d = text.charCodeAt(i) - 48;
+      if (d < 0 || d > 9) break;
+      e = e * 10 + d;
+      digits++;
+    }
+    if (digits === 0 || e > 300) return 0;
+  }
+  if (i !== n || allDigits + fracDigits > 1000) return 0;
+  if (intDigits > fit.intDigits) fit.intDigits = intDigits;
+  if (fracDigits > fit.fracDigits) fit.fracDigits = fracDigits;
+  if (exponent) fit.exponent = true;
+  let bits = FIT.numeric;
+  const value = Number(text);
+  const magnitude = Math.abs(value);
+  // Floats: out of range (or a nonzero value that underflows to 0) is an error in PostgreSQL.
+  if (!nonZero || (magnitude >= 1e-307 && magnitude <= 1e308)) bits |= FIT.double;
+  if (!nonZero || (magnitude >= 1e-37 && magnitude <= 1e38)) bits |= FIT.real;
+  if (!point && !exponent) {
+    if (intDigits <= 18 || (intDigits === 19 && BigInt(text) >= -(2n ** 63n) && BigInt(text) < 2n ** 63n)) bits |= FIT.bigint;
+    if (intDigits <= 10 && value >= -2147483648 && value <= 2147483647) bits |= FIT.integer;
+    if (intDigits <= 5 && value >= -32768 && value <= 32767) bits |= FIT.smallint;
+  }
+  return bits;
+}
+
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+
+/** Narrows `fit` by one value's text (not null, representable in text). Hot path: per value, while a load may still take the typed path. */
+export function narrowFit(fit: Fit, text: string): void {
+  if (fit.mask === 0) return;
+  let bits = 0;
+  const c = text.charCodeAt(0);
+  if ((c >= 48 && c <= 57) || c === 43 || c === 45 || c === 46) {
+    if (text.length >= 10 && text.charCodeAt(4) === 45 && c !== 43 && c !== 45) {
+      if (isoDate(text)) {
+        if (text.length === 10) bits = FIT.date | FIT.timestamp | FIT.timestamptz;
+        else {
+          const sep = text.charCodeAt(10);
+          if ((sep === 84 || sep === 32) && isoTimeAndZone(text, 11)) bits = FIT.timestamp | FIT.timestamptz;
+        }
+      }
+      if (bits === 0 && text.length === 36) bits = UUID.test(text) ? FIT.uuid : 0;
+    } else {
+      bits = numberFits(text, fit);
+      if (bits === 0 && text.length === 36 && UUID.test(text)) bits = FIT.uuid;
+    }
+  } else if (text.length === 4 || text.length === 5) {
+    const lower = text.toLowerCase();
+    if (lower === 'true' || lower === 'false') bits = FIT.boolean;
+  } else if (text.length === 36 && UUID.test(text)) {
+    bits = FIT.uuid;
+  }
+  fit.mask &= bits;
+}
+
+const FIT_OF_TYPE: Record<string, number> = {
+  smallint: FIT.smallint,
+  integer: FIT.integer,
+  bigint: FIT.bigint,
+  numeric: FIT.numeric,
+  real: FIT.real,
+  'double precision': FIT.double,
+  boolean: FIT.boolean,
+  date: FIT.date,
+  uuid: FIT.uuid,
+};
+
+/** Whether every value of a column with this Fit is accepted by `type` (canonical, as format_type prints it). */
+export function fitsType(fit: Fit, type: string): boolean {
+  if (type === 'text' || type === 'character varying') return true;
+  const bit = FIT_OF_TYPE[type];
+  if (bit !== undefined) return (fit.mask & bit) !== 0;
+  // A timestamp's precision only rounds; a numeric's precision and scale can overflow.
+  if (/^timestamp(\(\d+\))? without time zone$/.test(type)) return (fit.mask & FIT.timestamp) !== 0;
+  if (/^timestamp(\(\d+\))? with time zone$/.test(type)) return (fit.mask & FIT.timestamptz) !== 0;
+  const numeric = /^numeric\((\d+)(?:,(\d+))?\)$/.exec(type);
+  if (numeric) {
+    if ((fit.mask & FIT.numeric) === 0 || fit.exponent) return false;
+    const precision = Number(numeric[1]);
+    const scale = Number(numeric[2] ?? 0);
+    const room = precision - scale;
+    // Fewer integer digits than room: rounding to the scale cannot carry past it.
+    return scale <= precision && (fit.intDigits < room || (fit.intDigits === room && fit.fracDigits <= scale));
+  }
+  return false;
 }

@@ -16,6 +16,21 @@ export interface SourceColumn {
 }
 
 /**
+ * Rows as arrays: `values[i][c]` is row i's value of `columns[c]`. A row may be shorter than
+ * `columns` (a rejected row can have no values at all): the missing values are null. `columns`
+ * may differ from one batch to the next (a file whose header follows rejected records).
+ */
+export interface RowBatch {
+  /** Raw column names, in the order a row object's keys would enumerate (for...in). */
+  columns: string[];
+  values: unknown[][];
+  /** Each row's ROW_SOURCE. */
+  sources: (string | undefined)[];
+  /** Each row's ROW_REJECT; absent when no row of the batch has one. */
+  rejects?: (string | undefined)[];
+}
+
+/**
  * What an extractor hands the loader. `rows` is the general path: JavaScript objects whose types
  * are inferred. `copy` is the PostgreSQL fast path: the source's own COPY text, with exact types,
  * streamed straight into staging without becoming objects.
@@ -28,6 +43,11 @@ export type Extracted =
       textValues?: boolean;
       /** Types the source knows (by raw column name), used before inference. */
       columnTypes?: Record<string, string>;
+      /**
+       * The same rows as `rows`, in batches of value arrays (files of a fixed set of columns read
+       * faster this way: no object per row). A consumer reads either `rows` or `batches()`, never both.
+       */
+      batches?: () => AsyncIterable<RowBatch>;
     }
   | {
       kind: 'copy';

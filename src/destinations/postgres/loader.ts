@@ -10,6 +10,14 @@
  * A PostgreSQL source whose types are the target's cannot fail a cast, so it skips the text
  * staging and the reject pass (choosePath): its binary COPY goes straight into the target in the
  * same transaction (loadDirect), or, for merges and key checks, into staging of its own types.
+ *
+ * Rows (files, registered sources) are held in memory first, up to HOLD_CHARS, while each
+ * column's values are classified (narrowFit: forms PostgreSQL's input functions always accept).
+ * When the load ends within that bound, without a rejected row, and every value fits the final
+ * type of its column (after schema evolution), no value can fail: append and replace COPY the
+ * held rows straight into the target, merge into staging of those types, and the reject pass is
+ * skipped. Otherwise, or as soon as a row is rejected or the bound is passed, the rows go through
+ * the all-text staging as they always did, PostgreSQL judging each value.
  */
 import { once } from 'node:events';
 import { Transform, type Writable } from 'node:stream';
@@ -19,8 +27,8 @@ import { from as copyFrom } from 'pg-copy-streams';
 import { errorMessage, hintFor, PermanentError, TransientError } from '../../errors';
 import type { ContractMode, Resource } from '../../inputs';
 import { ColumnNamer, derivedName, qualifiedName, quoteIdent } from '../../schema/identifiers';
-import { canonicalType, copyField, unrepresentableInText, valueToText, widenByValue, widenType } from '../../schema/types';
-import { ROW_REJECT, ROW_SOURCE, type Extracted } from '../../sources/types';
+import { canonicalType, copyField, fitsType, isWellFormed, narrowFit, newFit, unrepresentableInText, valueToText, widenByValue, widenType, type Fit } from '../../schema/types';
+import { ROW_REJECT, ROW_SOURCE, type Extracted, type Row, type RowBatch } from '../../sources/types';
 import { BinaryCopyTap, binaryTextField } from './binary-copy';
 import { checkLease, type LeaseToken } from './lease';
 import { getPool } from './pool';
@@ -49,11 +57,11 @@ export interface LoadRequest {
 }
 
 /**
- * How the rows reached the table. `direct`: a PostgreSQL source's binary COPY straight into the
- * target (its types are the target's, so no value can fail). `typed-staging`: the same binary
- * COPY into a staging table of the source's types, for merges and key checks. `text-staging`:
- * COPY text into an all-text staging table, then every value is checked by its type's input
- * function and bad rows go to _sluice_rejects.
+ * How the rows reached the table. `direct`: a PostgreSQL source's binary COPY, or held rows
+ * whose every value fits its column, straight into the target (no value can fail).
+ * `typed-staging`: the same into a staging table of the final types, for merges and key checks.
+ * `text-staging`: COPY text into an all-text staging table, then every value is checked by its
+ * type's input function and bad rows go to _sluice_rejects.
  */
 export type LoadPath = 'direct' | 'typed-staging' | 'text-staging';
 
@@ -162,7 +170,7 @@ export async function loadResource(req: LoadRequest): Promise<LoadResult> {
   client.on('error', onClientError);
   let broken = false;
   try {
-    await checkDeclaredTypes(client, req.resource.columns);
+    await checkDeclaredTypes(client, req.url, req.resource.columns);
     await client.query('begin');
     // Two attempts of one load (a retry racing a worker that is not dead after all) queue here.
     await client.query('select pg_advisory_xact_lock(hashtextextended($1, 0))', [`sluice-load:${req.schema}:${req.loadId}`]);
@@ -181,9 +189,9 @@ export async function loadResource(req: LoadRequest): Promise<LoadResult> {
       };
     }
     const path = await choosePath(client, req);
-    const result = path === 'direct' ? await loadDirect(client, req) : await finalize(client, req, await stage(client, req, path === 'typed-staging'));
+    const result: LoadResult = path === 'direct' ? await loadDirect(client, req) : await finalize(client, req, await stage(client, req, path === 'typed-staging'));
     await client.query('commit');
-    return { ...result, path };
+    return { path, ...result };
   } catch (err) {
     broken = true;
     await client.query('rollback').catch(() => undefined);
@@ -205,13 +213,18 @@ async function recordFailure(req: LoadRequest, err: unknown): Promise<void> {
   );
 }
 
+const knownTypes = new Set<string>();
+
 /**
  * Declared column types go into DDL as written, so the destination itself judges each one
  * first: to_regtype() accepts a type name and nothing else, so "bigint references t",
  * "int generated always as identity" or "text default session_user" never reach CREATE TABLE.
  */
-async function checkDeclaredTypes(client: pg.PoolClient, columns: Record<string, string> | undefined): Promise<void> {
+async function checkDeclaredTypes(client: pg.PoolClient, url: string, columns: Record<string, string> | undefined): Promise<void> {
   for (const [column, type] of Object.entries(columns ?? {})) {
+    // A name the destination knew as a type once is not asked again (one query per type per process, not per load).
+    const known = `${url}\u0000${type}`;
+    if (knownTypes.has(known)) continue;
     let oid: unknown = null;
     try {
       oid = (await client.query<{ oid: unknown }>('select to_regtype($1)::oid as oid', [type])).rows[0]?.oid ?? null;
@@ -224,6 +237,7 @@ async function checkDeclaredTypes(client: pg.PoolClient, columns: Record<string,
         'declare a plain PostgreSQL type name such as bigint, numeric(12,2), timestamptz, jsonb or text[] (no constraints, defaults or identity clauses)',
       );
     }
+    if (knownTypes.size < 10_000) knownTypes.add(known);
   }
 }
 
@@ -240,6 +254,8 @@ interface Staged {
   /** The merge key is a unique, non-null key of the source: staging holds no duplicate keys. */
   uniqueKey?: boolean;
   rows: number;
+  /** Rows still in memory, no staging table yet (the rows path, for a load of at most HOLD_CHARS). */
+  held?: Held;
 }
 
 function declaredTypes(resource: Resource): Map<string, string> {
@@ -411,7 +427,7 @@ async function stage(client: pg.PoolClient, req: LoadRequest, typed = false): Pr
     return { columns, incoming, exact: declared.size === 0, rows: sink.rowCount };
   }
 
-  const { rows, textValues = false, columnTypes = {} } = req.data;
+  const { rows, batches, textValues = false, columnTypes = {} } = req.data;
   const known = new Map<string, string>(declared);
   for (const [raw, type] of Object.entries(columnTypes)) {
     const name = namer.name(raw);
@@ -420,7 +436,8 @@ async function stage(client: pg.PoolClient, req: LoadRequest, typed = false): Pr
   const columns: string[] = [];
   const indexOf = new Map<string, number>();
   const inferred: (string | undefined)[] = [];
-  await client.query(sql.createStagingSql([]));
+  // Rows are held in memory (no staging yet) while they may still take the typed path (Held).
+  let held: Held | undefined = { lines: [], sources: [], widths: [], chars: 0, fits: [], nulls: [] };
 
   let sinkError: Error | undefined;
   const openSink = (): Writable => {
@@ -429,94 +446,256 @@ async function stage(client: pg.PoolClient, req: LoadRequest, typed = false): Pr
     return stream;
   };
   const closeSink = async () => {
+    if (!sink) return;
     sink.end();
     await finished(sink);
   };
-  let sink = openSink();
+  let sink: Writable | undefined;
   let buffer = '';
   let count = 0;
   const flush = async () => {
     if (sinkError) throw sinkError;
-    if (buffer.length === 0) return;
+    if (buffer.length === 0 || !sink) return;
     const chunk = buffer;
     buffer = '';
     if (!sink.write(chunk)) await Promise.race([once(sink, 'drain'), finished(sink)]);
     if (sinkError) throw sinkError;
   };
   const addColumn = async (name: string) => {
-    // COPY's column list is fixed, so a new column ends this COPY and starts another.
-    await flush();
-    await closeSink();
-    await client.query(sql.addStagingColumnSql(name));
+    if (held) {
+      held.widths.push(held.lines.length, columns.length + 1);
+      held.fits.push(newFit());
+      // Rows held before this one have no value for it.
+      held.nulls.push(held.lines.length > 0);
+    } else {
+      // COPY's column list is fixed, so a new column ends this COPY and starts another.
+      await flush();
+      await closeSink();
+      await client.query(sql.addStagingColumnSql(name));
+    }
     indexOf.set(name, columns.length);
     columns.push(name);
     inferred.push(undefined);
+    if (!held) sink = openSink();
+  };
+  /** From held rows to text staging: created with every column so far, the held rows written first. */
+  const spill = async () => {
+    const rowsHeld = held!;
+    held = undefined;
+    await client.query(sql.createStagingSql(columns));
     sink = openSink();
+    for (const line of heldLines(rowsHeld, columns.length, (i) => `${copyField(rowsHeld.sources[i] ?? null)}\t\\N${columns.length ? '\t' : ''}`, '')) {
+      buffer += line;
+      if (buffer.length >= FLUSH_BYTES) await flush();
+    }
+  };
+  let heldReported = 0;
+  /**
+   * One staged row: held while the load may take the typed path, else into text staging. A
+   * promise only when there is I/O to wait for (a spill, a flush): a promise per row costs, and
+   * more so under the activity's async hooks.
+   */
+  const emit = (source: string | undefined, reject: string | undefined, line: string): Promise<void> | undefined => {
+    count++;
+    if (held) {
+      if (reject === undefined && held.chars + line.length <= HOLD_CHARS) {
+        held.lines.push(line);
+        held.sources.push(source);
+        // With what each row costs besides its text (its strings' headers, array slots).
+        held.chars += line.length + (source?.length ?? 0) + 64;
+        if (held.chars - heldReported >= FLUSH_BYTES) {
+          heldReported = held.chars;
+          req.onProgress?.(count);
+        }
+        return undefined;
+      }
+      return spill().then(() => emitStaged(source, reject, line));
+    }
+    return emitStaged(source, reject, line);
+  };
+  const emitStaged = (source: string | undefined, reject: string | undefined, line: string): Promise<void> | undefined => {
+    buffer += `${copyField(source ?? null)}\t${copyField(reject ?? null)}${columns.length ? '\t' : ''}${line}\n`;
+    if (buffer.length < FLUSH_BYTES) return undefined;
+    return flush().then(() => req.onProgress?.(count));
+  };
+  /** A value staged in column `index` (text, not null): what the typed path needs to know of it. */
+  const fitValue = (index: number, text: string) => {
+    if (held) narrowFit(held.fits[index]!, text);
+  };
+  const nullValue = (index: number) => {
+    if (held) held.nulls[index] = true;
   };
 
   const rawToName = new Map<string, string>();
-  try {
-    for await (const row of rows) {
-      let reject = row[ROW_REJECT];
-      const fields: string[] = new Array(columns.length).fill('\\N');
-      const rawOf = new Map<string, string>();
-      for (const raw in row) {
-        let name = rawToName.get(raw);
-        if (name === undefined) {
-          name = namer.name(raw);
-          rawToName.set(raw, name);
-        }
-        // "ID" and "id" share a column (see ColumnNamer): a row may fill it from one, not with two different values.
-        const present = row[raw] !== null && row[raw] !== undefined && !(textValues && row[raw] === '');
-        const other = present ? rawOf.get(name) : undefined;
-        if (other !== undefined && fields[indexOf.get(name)!] !== copyField(valueToText(row[raw]))) {
-          reject ??= `columns ${JSON.stringify(other)} and ${JSON.stringify(raw)} both map to column "${name}" and hold different values`;
-        }
-        if (present) rawOf.set(name, raw);
-        let index = indexOf.get(name);
-        if (index === undefined) {
-          await addColumn(name);
-          index = columns.length - 1;
-          fields.push('\\N');
-        }
-        const value = row[raw];
-        if (value === null || value === undefined || (textValues && value === '')) continue;
-        const text = valueToText(value)!;
-        const unrepresentable = unrepresentableInText(text);
-        if (unrepresentable) {
-          reject ??= `column "${name}" ${unrepresentable}`;
-          continue;
-        }
-        fields[index] = copyField(text);
-        // A row the extractor rejected keeps its values for _sluice_rejects but must not shape the table.
-        if (!known.has(name) && row[ROW_REJECT] === undefined) inferred[index] = widenByValue(inferred[index], value, textValues);
-      }
-      buffer += `${copyField(row[ROW_SOURCE] ?? null)}\t${copyField(reject ?? null)}${fields.length ? '\t' : ''}${fields.join('\t')}\n`;
-      count++;
-      if (buffer.length >= FLUSH_BYTES) {
-        await flush();
-        req.onProgress?.(count);
-      }
+  const nameOf = (raw: string) => {
+    let name = rawToName.get(raw);
+    if (name === undefined) {
+      name = namer.name(raw);
+      rawToName.set(raw, name);
     }
+    return name;
+  };
+  const inferring = (index: number) => !known.has(columns[index]!);
+
+  /** Stages one batch of value arrays (RowBatch): the rows path without an object per row. */
+  const stageBatch = async (batch: RowBatch) => {
+    const { values, sources, rejects } = batch;
+    const names = batch.columns.map(nameOf);
+    if (new Set(names).size !== names.length) {
+      // Two raw columns meet in one (see ColumnNamer): the rows path knows what to do.
+      for (const row of rowsOfBatch(batch)) await stageRow(row);
+      return;
+    }
+    const at: number[] = [];
+    for (const name of names) {
+      let index = indexOf.get(name);
+      if (index === undefined) {
+        await addColumn(name);
+        index = columns.length - 1;
+      }
+      at.push(index);
+    }
+    const infer = at.map(inferring);
+    const inOrder = at.every((index, c) => index === c);
+    for (let i = 0; i < values.length; i++) {
+      const record = values[i]!;
+      const extractorReject = rejects?.[i];
+      let reject = extractorReject;
+      let line = '';
+      const fields: string[] | undefined = inOrder && record.length === columns.length ? undefined : new Array<string>(columns.length).fill('\\N');
+      for (let c = 0; c < record.length; c++) {
+        const value = record[c];
+        let field = '\\N';
+        if (value !== null && value !== undefined && !(textValues && value === '')) {
+          const text = typeof value === 'string' ? value : valueToText(value)!;
+          if (text.indexOf('\u0000') !== -1 || !isWellFormed(text)) {
+            reject ??= `column "${names[c]}" ${unrepresentableInText(text)}`;
+          } else {
+            field = copyField(text);
+            fitValue(at[c]!, text);
+            // A row the extractor rejected keeps its values for _sluice_rejects but must not shape the table.
+            if (infer[c] && extractorReject === undefined) inferred[at[c]!] = widenByValue(inferred[at[c]!], value, textValues);
+          }
+        }
+        if (fields) fields[at[c]!] = field;
+        else line += c === 0 ? field : `\t${field}`;
+        if (field === '\\N') nullValue(at[c]!);
+      }
+      if (fields) {
+        if (held) for (let k = 0; k < columns.length; k++) if (fields[k] === '\\N') nullValue(k);
+        line = fields.join('\t');
+      }
+      const wait = emit(sources[i], reject, line);
+      if (wait) await wait;
+    }
+  };
+
+  const stageRow = async (row: Row) => {
+    let reject = row[ROW_REJECT];
+    const fields: string[] = new Array(columns.length).fill('\\N');
+    const rawOf = new Map<string, string>();
+    for (const raw in row) {
+      let name = rawToName.get(raw);
+      if (name === undefined) {
+        name = namer.name(raw);
+        rawToName.set(raw, name);
+      }
+      // "ID" and "id" share a column (see ColumnNamer): a row may fill it from one, not with two different values.
+      const present = row[raw] !== null && row[raw] !== undefined && !(textValues && row[raw] === '');
+      const other = present ? rawOf.get(name) : undefined;
+      if (other !== undefined && fields[indexOf.get(name)!] !== copyField(valueToText(row[raw]))) {
+        reject ??= `columns ${JSON.stringify(other)} and ${JSON.stringify(raw)} both map to column "${name}" and hold different values`;
+      }
+      if (present) rawOf.set(name, raw);
+      let index = indexOf.get(name);
+      if (index === undefined) {
+        await addColumn(name);
+        index = columns.length - 1;
+        fields.push('\\N');
+      }
+      const value = row[raw];
+      if (value === null || value === undefined || (textValues && value === '')) continue;
+      const text = valueToText(value)!;
+      const unrepresentable = unrepresentableInText(text);
+      if (unrepresentable) {
+        reject ??= `column "${name}" ${unrepresentable}`;
+        continue;
+      }
+      fields[index] = copyField(text);
+      fitValue(index, text);
+      // A row the extractor rejected keeps its values for _sluice_rejects but must not shape the table.
+      if (!known.has(name) && row[ROW_REJECT] === undefined) inferred[index] = widenByValue(inferred[index], value, textValues);
+    }
+    if (held) for (let k = 0; k < fields.length; k++) if (fields[k] === '\\N') nullValue(k);
+    const wait = emit(row[ROW_SOURCE], reject, fields.join('\t'));
+    if (wait) await wait;
+  };
+
+  try {
+    if (batches) {
+      for await (const batch of batches()) await stageBatch(batch);
+    } else {
+      for await (const row of rows) await stageRow(row);
+    }
+    // Declared columns absent from every row still belong in the table.
+    for (const name of declared.keys()) if (!indexOf.has(name)) await addColumn(name);
     await flush();
     await closeSink();
   } catch (err) {
     // An open COPY holds the connection: abort it (CopyFail) so the rollback can run.
-    sink.destroy(err instanceof Error ? err : new Error(String(err)));
-    await finished(sink).catch(() => undefined);
+    if (sink) {
+      sink.destroy(err instanceof Error ? err : new Error(String(err)));
+      await finished(sink).catch(() => undefined);
+    }
     throw err;
   }
   req.onProgress?.(count);
   const incoming = new Map<string, string | undefined>(columns.map((name, i) => [name, known.get(name) ?? inferred[i]]));
-  // Declared columns absent from every row still belong in the table.
-  for (const [name, type] of declared) {
-    if (!incoming.has(name)) {
-      await client.query(sql.addStagingColumnSql(name));
-      columns.push(name);
-      incoming.set(name, type);
+  return { columns, incoming, exact: false, rows: count, ...(held ? { held } : {}) };
+}
+
+/** Rows of a load held in memory until the load knows its columns' final types (see finalize). */
+interface Held {
+  /** Each row's staging fields (COPY text), as many as there were columns when it arrived. */
+  lines: string[];
+  /** Each row's ROW_SOURCE (held rows have no reject). */
+  sources: (string | undefined)[];
+  /** Pairs (first row, width): from that row on, rows have that many fields. */
+  widths: number[];
+  /** Characters held, bounded by HOLD_CHARS. */
+  chars: number;
+  /** Per column: the types every value fits, and whether any row has no value. */
+  fits: Fit[];
+  nulls: boolean[];
+}
+
+/** At most this much is held per load (a larger load is staged as text as it streams). */
+const HOLD_CHARS = 4 * 1024 * 1024;
+
+/** The held rows as COPY lines of `width` fields (missing ones null), each as prefix(row) + fields + suffix + newline. */
+function* heldLines(held: Held, width: number, prefix: ((row: number) => string) | undefined, suffix: string): Generator<string> {
+  const { lines, widths } = held;
+  let next = 0;
+  let pad = width === 0 ? '' : `\\N${'\t\\N'.repeat(width - 1)}`;
+  for (let i = 0; i < lines.length; i++) {
+    if (next < widths.length && widths[next] === i) {
+      while (next < widths.length && widths[next] === i) next += 2;
+      const have = widths[next - 1]!;
+      pad = have >= width ? '' : '\t\\N'.repeat(width - have);
     }
+    yield `${prefix ? prefix(i) : ''}${lines[i]}${pad}${suffix}\n`;
   }
-  return { columns, incoming, exact: false, rows: count };
+}
+
+/** A batch's rows as objects (RowBatch). */
+function* rowsOfBatch({ columns, values, sources, rejects }: RowBatch): Generator<Row> {
+  for (let i = 0; i < values.length; i++) {
+    const row = Object.create(null) as Row;
+    if (sources[i] !== undefined) row[ROW_SOURCE] = sources[i];
+    if (rejects?.[i] !== undefined) row[ROW_REJECT] = rejects[i];
+    values[i]!.forEach((value, c) => (row[columns[c]!] = value));
+    yield row;
+  }
 }
 
 /** Passes COPY text through, counting lines (rows) per chunk to report progress every 10,000. */
@@ -627,7 +806,7 @@ function baseType(type: string): string {
   return canonicalType(type).replace(/\(.*?\)/, '');
 }
 
-async function finalize(client: pg.PoolClient, req: LoadRequest, staged: Staged): Promise<LoadResult> {
+async function finalize(client: pg.PoolClient, req: LoadRequest, staged: Staged): Promise<LoadResult & { path?: LoadPath }> {
   const { schema, table, resource } = req;
   await lockTable(client, req);
   const existing = await targetColumns(client, req);
@@ -662,6 +841,36 @@ async function finalize(client: pg.PoolClient, req: LoadRequest, staged: Staged)
   await applySchemaPlan(client, req, plan, resource.writeDisposition === 'merge' ? primaryKey : undefined);
   if (resource.writeDisposition === 'merge' && primaryKey && !plan.create) await ensureUniqueKey(client, schema, table, primaryKey);
 
+  // Held rows whose every value fits its column's final type: no value can fail, so none is
+  // rejected. Append and replace COPY them straight into the table; merge into a staging table
+  // of those types (no casts, no reject pass). Anything else stages them as text, as they came.
+  const held = staged.held;
+  const fits = held !== undefined && heldFits(held, staged, plan, primaryKey);
+  if (held && fits && resource.writeDisposition !== 'merge') {
+    await deleteSuperseded(client, req, namer);
+    const target = qualifiedName(schema, table);
+    const rowsLoaded = held.lines.length
+      ? await copyLines(
+          client,
+          `copy ${target} (${[...plan.columns.map((c) => c.name), sql.LOAD_ID_COLUMN].map(quoteIdent).join(', ')}) from stdin`,
+          heldLines(held, plan.columns.length, undefined, `\t${copyField(req.loadId)}`),
+        )
+      : 0;
+    return { ...(await record(client, req, { rowsLoaded, rowsRejected: 0, changes: plan.changes })), path: 'direct' };
+  }
+  if (held) {
+    const columns = fits ? plan.columns : staged.columns;
+    await client.query(sql.createStagingSql(columns));
+    const names = columns.map((c) => (typeof c === 'string' ? c : c.name));
+    if (held.lines.length) {
+      await copyLines(
+        client,
+        fits ? `copy ${quoteIdent(sql.STAGING_TABLE)} (${names.map(quoteIdent).join(', ')}) from stdin` : sql.copyIntoStagingSql(names),
+        heldLines(held, names.length, fits ? undefined : (i) => `${copyField(held.sources[i] ?? null)}\t\\N${names.length ? '\t' : ''}`, ''),
+      );
+    }
+  }
+
   for (const name of plan.nullIfInvalid) {
     const type = plan.columns.find((c) => c.name === name)!.type;
     await client.query(
@@ -678,8 +887,7 @@ async function finalize(client: pg.PoolClient, req: LoadRequest, staged: Staged)
       .join(' ');
     reason = reason.replace(/^case /, `case ${extra} `);
   }
-  const rejected = await client.query<{ n: string }>(sql.moveRejectsSql(schema, reason), [req.loadId, resource.name]);
-  const rowsRejected = Number(rejected.rows[0]!.n);
+  const rowsRejected = fits ? 0 : Number((await client.query<{ n: string }>(sql.moveRejectsSql(schema, reason), [req.loadId, resource.name])).rows[0]!.n);
 
   const insertPlan: sql.InsertPlan = { schema, table, columns: plan.columns, primaryKey, hardDelete };
   let rowsLoaded: number;
@@ -714,7 +922,46 @@ async function finalize(client: pg.PoolClient, req: LoadRequest, staged: Staged)
       break;
     }
   }
-  return record(client, req, { rowsLoaded, rowsRejected, changes: plan.changes });
+  const result = await record(client, req, { rowsLoaded, rowsRejected, changes: plan.changes });
+  return fits ? { ...result, path: 'typed-staging' } : result;
+}
+
+/**
+ * Whether held rows can skip the text staging: the plan writes exactly the staged columns, drops
+ * and nulls none, and every column's values fit its final type (narrowFit), key columns with a
+ * value in every row.
+ */
+function heldFits(held: Held, staged: Staged, plan: SchemaPlan, primaryKey: string[] | undefined): boolean {
+  if (plan.dropped.length || plan.nullIfInvalid.length || plan.rejectIfPresent.length || plan.columns.length === 0) return false;
+  if (plan.columns.length !== staged.columns.length) return false;
+  return plan.columns.every(
+    (c, i) => c.name === staged.columns[i] && fitsType(held.fits[i]!, c.type) && !(primaryKey?.includes(c.name) && held.nulls[i]),
+  );
+}
+
+/** Writes `lines` (COPY text, each ending in a newline) through `copy ... from stdin`; the rows COPY wrote. */
+async function copyLines(client: pg.PoolClient, statement: string, lines: Iterable<string>): Promise<number> {
+  const sink = client.query(copyFrom(statement));
+  try {
+    let buffer = '';
+    const write = async () => {
+      const chunk = buffer;
+      buffer = '';
+      if (!sink.write(chunk)) await Promise.race([once(sink, 'drain'), finished(sink)]);
+    };
+    for (const line of lines) {
+      buffer += line;
+      if (buffer.length >= FLUSH_BYTES) await write();
+    }
+    if (buffer.length) await write();
+    sink.end();
+    await finished(sink);
+  } catch (err) {
+    sink.destroy(err instanceof Error ? err : new Error(String(err)));
+    await finished(sink).catch(() => undefined);
+    throw err;
+  }
+  return sink.rowCount;
 }
 
 /**

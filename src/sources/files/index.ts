@@ -5,9 +5,9 @@
  * `extractFile` are the two entry points.
  */
 import type { FilesSource } from '../../inputs';
-import type { Extracted, Row } from '../types';
+import type { Extracted, Row, RowBatch } from '../types';
 import { openParquet } from './parquet';
-import { readRows } from './read';
+import { readCsvBatches, readRows, rowsOfBatches } from './read';
 import { LocalStore, resolveInside, type FileRef, type FilesStore } from './store';
 
 export { listFiles, type ListedFile, type ListProgress } from './list';
@@ -43,12 +43,20 @@ export async function extractFile(source: FilesSource, file: FileRef, options: {
   const store = await filesStoreFor(source);
   if (source.format === 'parquet') {
     const parquet = await openParquet(await store.openRandomAccess(file, options), file.path);
-    return { kind: 'rows', rows: parquet.rows, columnTypes: parquet.columnTypes };
+    return { kind: 'rows', rows: parquet.rows, batches: parquet.batches, columnTypes: parquet.columnTypes };
   }
   const format = source.format;
-  async function* rows(): AsyncGenerator<Row> {
-    yield* readRows(await store.open(file, options), file.path, format, { label: file.path, csv: source.csv, signal: options.signal });
+  const readOptions = { label: file.path, csv: source.csv, signal: options.signal };
+  if (format === 'csv') {
+    async function* batches(): AsyncGenerator<RowBatch> {
+      yield* readCsvBatches(await store.open(file, options), file.path, readOptions);
+    }
+    // CSV values are all text: "42" should become bigint, not text.
+    return { kind: 'rows', rows: rowsOfBatches(batches()), batches, textValues: true };
   }
-  // CSV values are all text: "42" should become bigint, not text. JSON keeps its own types.
-  return { kind: 'rows', rows: rows(), textValues: format === 'csv' };
+  async function* rows(): AsyncGenerator<Row> {
+    yield* readRows(await store.open(file, options), file.path, format, readOptions);
+  }
+  // JSON keeps its own types.
+  return { kind: 'rows', rows: rows() };
 }

@@ -13,7 +13,8 @@
 import { parquetMetadataAsync, parquetRead, parquetSchema, type AsyncBuffer, type FileMetaData, type SchemaElement, type SchemaTree } from 'hyparquet';
 import { compressors } from 'hyparquet-compressors';
 import { errorMessage, PermanentError, TransientError } from '../../errors';
-import { ROW_SOURCE, type Row } from '../types';
+import type { Row, RowBatch } from '../types';
+import { keyOrder, rowsOfBatches } from './read';
 import type { RandomAccessFile } from './store';
 
 export interface ParquetColumn {
@@ -121,12 +122,40 @@ function splitTicks(value: unknown, unit: keyof typeof TICKS_PER_SECOND): { seco
   return { seconds, fraction: rest.toString().padStart(FRACTION_DIGITS[unit], '0') };
 }
 
+const TICKS_PER_SECOND_NUMBER = { MILLIS: 1_000, MICROS: 1_000_000, NANOS: 1_000_000_000 } as const;
+let lastSecond = Number.NaN;
+let lastWhole = '';
+
 /** "2024-01-31T05:06:07.123456" (+ "Z" for a UTC instant), the full precision of the file. */
 export function timestampText(value: unknown, unit: 'MILLIS' | 'MICROS' | 'NANOS', utc: boolean): unknown {
   if (value === null || value === undefined) return value;
-  const { seconds, fraction } = splitTicks(value, unit);
-  const whole = new Date(Number(seconds) * 1000).toISOString().slice(0, 19);
-  return `${whole}.${fraction}${utc ? 'Z' : ''}`;
+  let second: number;
+  let fraction: string;
+  const ticks = typeof value === 'bigint' && value >= -9007199254740991n && value <= 9007199254740991n ? Number(value) : value;
+  if (typeof ticks === 'number' && Number.isSafeInteger(ticks)) {
+    // Exact in doubles below 2^53: the floor of the quotient, corrected by the remainder's sign.
+    const per = TICKS_PER_SECOND_NUMBER[unit];
+    second = Math.floor(ticks / per);
+    let rest = ticks - second * per;
+    if (rest < 0) {
+      second -= 1;
+      rest += per;
+    } else if (rest >= per) {
+      second += 1;
+      rest -= per;
+    }
+    fraction = String(rest).padStart(FRACTION_DIGITS[unit], '0');
+  } else {
+    const split = splitTicks(value, unit);
+    second = Number(split.seconds);
+    fraction = split.fraction;
+  }
+  // Rows of one file often share their second: its text is made once.
+  if (second !== lastSecond) {
+    lastWhole = new Date(second * 1000).toISOString().slice(0, 19);
+    lastSecond = second;
+  }
+  return `${lastWhole}.${fraction}${utc ? 'Z' : ''}`;
 }
 
 function timeText(value: unknown, unit: 'MILLIS' | 'MICROS' | 'NANOS'): unknown {
@@ -176,6 +205,8 @@ export interface OpenedParquet {
   /** Declared types for the loader, by column name. */
   columnTypes: Record<string, string>;
   rows: AsyncGenerator<Row>;
+  /** The same rows in batches (one per row group); read either this or `rows`. */
+  batches: () => AsyncGenerator<RowBatch>;
 }
 
 function corrupt(label: string, err: unknown): Error {
@@ -220,7 +251,13 @@ export async function openParquet(file: RandomAccessFile, label: string): Promis
     }),
   };
 
-  async function* rows(): AsyncGenerator<Row> {
+  const names = columns.map((c) => c.name);
+  const order = keyOrder(names);
+  const batchColumns = order ? order.map((i) => names[i]!) : names;
+  const convert = (order ?? columns.map((_, i) => i)).map((i) => ({ at: i, convert: columns[i]!.convert }));
+  const asIs = !order && columns.every((c) => c.convert === identity);
+
+  async function* batches(): AsyncGenerator<RowBatch> {
     let closed = false;
     try {
       let rowStart = 0;
@@ -242,13 +279,17 @@ export async function openParquet(file: RandomAccessFile, label: string): Promis
         } catch (err) {
           throw corrupt(label, err);
         }
-        for (let i = 0; i < values.length; i++) {
-          const record = values[i]!;
-          const row = Object.create(null) as Row;
-          row[ROW_SOURCE] = `${label}:${rowStart + i + 1}`;
-          for (let c = 0; c < columns.length; c++) row[columns[c]!.name] = columns[c]!.convert(record[c]);
-          yield row;
+        const sources: string[] = new Array(values.length);
+        for (let i = 0; i < values.length; i++) sources[i] = `${label}:${rowStart + i + 1}`;
+        if (!asIs) {
+          for (let i = 0; i < values.length; i++) {
+            const record = values[i]!;
+            const row: unknown[] = new Array(convert.length);
+            for (let c = 0; c < convert.length; c++) row[c] = convert[c]!.convert(record[convert[c]!.at]);
+            values[i] = row;
+          }
         }
+        if (values.length) yield { columns: batchColumns, values, sources };
         rowStart = rowEnd;
       }
       closed = true;
@@ -258,5 +299,5 @@ export async function openParquet(file: RandomAccessFile, label: string): Promis
       if (!closed) await file.close().catch(() => undefined);
     }
   }
-  return { columns, columnTypes: Object.fromEntries(columns.map((c) => [c.name, c.type])), rows: rows() };
+  return { columns, columnTypes: Object.fromEntries(columns.map((c) => [c.name, c.type])), rows: rowsOfBatches(batches()), batches };
 }
