@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
-import { mkdir, mkdtemp, rm, utimes, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, readlink, rm, utimes, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { gzipSync } from 'node:zlib';
 import { PermanentError } from '../src/errors';
@@ -264,6 +264,35 @@ describe('extractFile', () => {
       (err: unknown) => err instanceof PermanentError && /cannot read cut\.csv\.gz: unexpected end of file/.test(err.message),
     );
     assert.ok(rows > 0 && rows < 50_000, `${rows} rows before the break`);
+  });
+
+  test('a reader that stops early closes the file at once, not when the garbage collector finds it', async () => {
+    const path = join(sub(), 'long.csv');
+    await writeFile(path, ['id', ...Array.from({ length: 300_000 }, (_, i) => `${i}`)].join('\n'));
+    const source = FilesSource.parse({ kind: 'files', path: sub(), pattern: 'long.csv', format: 'csv' });
+    const [listed] = await listFiles(sub(), 'long.csv');
+    const openOn = async () => {
+      let n = 0;
+      // The descriptor names the file's real path (the temporary directory may be reached through a link).
+      for (const fd of await readdir('/proc/self/fd')) if ((await readlink(`/proc/self/fd/${fd}`).catch(() => '')).endsWith(`${basename(dir)}/extract/long.csv`)) n++;
+      return n;
+    };
+    // Without an explicit close the descriptor stays open until the garbage collector closes it,
+    // which Node reports as a warning: either outcome fails this test.
+    const warnings: string[] = [];
+    const onWarning = (w: Error) => warnings.push(w.message);
+    process.on('warning', onWarning);
+    after(() => process.off('warning', onWarning));
+    const data = await extractFile(source, listed!);
+    assert.ok(data.kind === 'rows');
+    for await (const _ of data.rows) {
+      assert.equal(await openOn(), 1, 'the file is open while it is read');
+      break;
+    }
+    // Closing is asynchronous: wait for it (bounded), without a fixed sleep.
+    for (let i = 0; i < 200 && (await openOn()) > 0; i++) await new Promise((r) => setImmediate(r));
+    assert.equal(await openOn(), 0, 'no descriptor of the file is left open');
+    assert.deepEqual(warnings.filter((w) => /garbage collection/.test(w)), [], 'closed by the reader, not by the garbage collector');
   });
 
   test('refuses a path outside the source directory', async () => {

@@ -96,6 +96,9 @@ export class LocalStore implements FilesStore {
     const contained = await openContained(file.path, absPath, await realRoots());
     const stream = createReadStream(absPath, { fd: contained, signal: options.signal });
     stream.on('error', (err) => verify.destroy(err));
+    // pipe() does not pass a destroy upstream: a reader that stops early (a failed load, a
+    // cancelled one) destroys `verify`, and the file must close then, not when GC finds it.
+    verify.on('close', () => stream.destroy());
     return stream.pipe(verify);
   }
 
