@@ -156,7 +156,10 @@ async function main(): Promise<void> {
               commit;
             end loop;
           end $$`);
-        return { seconds: (Date.now() - started) / 1000, end: (await source.query(`select pg_current_wal_lsn()::text as l`)).rows[0].l as string };
+        // The insert position, not pg_current_wal_lsn() (the write position): with synchronous_commit
+        // off the last commits may still sit in WAL buffers, and a slot past the write position
+        // need not have those transactions yet.
+        return { seconds: (Date.now() - started) / 1000, end: (await source.query(`select pg_current_wal_insert_lsn()::text as l`)).rows[0].l as string };
       };
       const slotOf = (who: Who) => (who === 'sluice' ? slot : 'native_sub');
       const lagTo = async (who: Who, end: string) =>
@@ -207,7 +210,7 @@ async function main(): Promise<void> {
       // Each slot has decoded everything before the burst (sluice's slot starts before its own
       // snapshot copy, whose WAL its reader goes through first), so each burst starts level.
       const caughtUp = async () => {
-        const now = (await source.query(`select pg_current_wal_lsn()::text as l`)).rows[0].l as string;
+        const now = (await source.query(`select pg_current_wal_insert_lsn()::text as l`)).rows[0].l as string;
         await waitUntil('both slots to confirm the WAL written so far', async () => (await lagTo('sluice', now)) === 0 && (await lagTo('native', now)) === 0);
       };
       await caughtUp();
