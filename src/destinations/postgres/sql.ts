@@ -3,7 +3,10 @@
  * are bind parameters, and type names come from the catalog (format_type) or from declared
  * types that passed the input schema's type-name pattern.
  */
+import { literal, primaryKeySql } from '../../postgres/sql';
 import { qualifiedName, quoteIdent } from '../../schema/identifiers';
+
+export { literal, primaryKeySql };
 
 export const LOAD_ID_COLUMN = '_sluice_load_id';
 /** Staging bookkeeping columns: arrival order (last one wins on merge), where the row came from, and an extractor's reject reason. */
@@ -315,16 +318,3 @@ export function targetColumnsSql(): string {
     order by a.attnum`;
 }
 
-export function primaryKeySql(): string {
-  return `select a.attname as name
-    from pg_index i join pg_attribute a on a.attrelid = i.indrelid and a.attnum = any(i.indkey)
-    where i.indrelid = to_regclass($1) and i.indisprimary
-    order by array_position(i.indkey::int2[], a.attnum)`;
-}
-
-/** A string literal for the few places SQL takes no parameters (COPY's query, DDL defaults). */
-export function literal(value: string): string {
-  if (value.includes('\u0000')) throw new Error('a SQL literal cannot contain a NUL character');
-  const escaped = value.replace(/'/g, "''");
-  return value.includes('\\') ? ` E'${escaped.replace(/\\/g, '\\\\')}'` : `'${escaped}'`;
-}

@@ -11,8 +11,8 @@ import { to as copyTo } from 'pg-copy-streams';
 import { PermanentError } from '../../errors';
 import type { PostgresSource } from '../../inputs';
 import { qualifiedName, quoteIdent, splitQualified } from '../../schema/identifiers';
-import { literal } from '../../destinations/postgres/sql';
-import { clientConfig, sessionSettingsSql } from '../../destinations/postgres/pool';
+import { literal } from '../../postgres/sql';
+import { clientConfig, sessionSettingsSql } from '../../postgres/connection';
 import type { Extracted, SourceColumn } from '../types';
 
 /** Object ids below this are PostgreSQL's own (built-in types), the same on every server. */

@@ -9,7 +9,7 @@
 import pg from 'pg';
 import * as copyStreams from 'pg-copy-streams';
 import type { Duplex } from 'node:stream';
-import { literal } from '../../../destinations/postgres/sql';
+import { literal } from '../../../postgres/sql';
 import { quoteIdent } from '../../../schema/identifiers';
 import { decodeReplicationMessage, formatLsn, standbyStatus, type ReplicationMessage } from './pgoutput';
 
