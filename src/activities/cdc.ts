@@ -18,7 +18,7 @@ import { ensureMetadata, loadResource, readState } from '../destinations/postgre
 import { getPool } from '../destinations/postgres/pool';
 import type { CdcSource, Destination } from '../inputs';
 import { qualifiedName, splitQualified } from '../schema/identifiers';
-import { formatLsn, parseLsn, UNCHANGED, type LogicalMessage, type Tuple } from '../sources/postgres/cdc/pgoutput';
+import { formatLsn, parseLsn, type LogicalMessage, type Tuple } from '../sources/postgres/cdc/pgoutput';
 import { ReplicationStream } from '../sources/postgres/cdc/replication';
 import {
   checkSource,
@@ -331,7 +331,7 @@ interface Relation {
   names: string[];
   /** Index of each key column in the relation's columns. */
   keyIndex: number[];
-  /** The names again, for the changes' values (UNCHANGED marks a value not carried). */
+  /** The names again, shared by the changes' values. */
   columns: RowColumns;
 }
 
@@ -345,8 +345,8 @@ class StreamConsumer {
   private batch = new ChangeBatch();
   private batchStartedAt = 0;
   private lastCommit: { endLsn: bigint; time: Date } | undefined;
-  /** The transaction being read; `seen`: per table, whether its snapshot copy has it (per chunk when chunks differ). */
-  private tx: { xid: number; skip: boolean; time: Date; seen: Map<string, boolean | boolean[]> } | undefined;
+  /** The transaction being read; `seen`: per table, what snapshotSaw judged for it. */
+  private tx: { xid: number; skip: boolean; time: Date; seen: Map<string, { byChunk: boolean[]; same?: boolean }> } | undefined;
   /** Applied (committed in the destination) up to here. */
   private committed: bigint;
   /** Acknowledged to the server up to here: `committed`, or further when nothing is pending. */
@@ -541,7 +541,7 @@ class StreamConsumer {
           const rel = this.relations.get(id);
           if (!rel || !this.tx || this.tx.skip) continue;
           const filter = this.filters.get(rel.target);
-          const seen = filter ? filter.xids.map((x) => seenBySnapshot(this.tx!.xid, x)) : [false];
+          const seen = this.snapshotSaw(rel.target)?.byChunk ?? [false];
           if (seen.every(Boolean)) continue;
           this.started();
           if (!filter || seen.every((s) => !s)) {
@@ -565,18 +565,27 @@ class StreamConsumer {
 
   /** The table's snapshot (the chunk of it that holds this key) already has this transaction's change to the key. */
   private seen(target: string, key: string[]): boolean {
+    const saw = this.snapshotSaw(target);
+    if (!saw) return false;
+    return saw.same ?? saw.byChunk[chunkOf(this.filters.get(target)!, key[0]!)]!;
+  }
+
+  /**
+   * Per chunk of the table's snapshot copy, whether it already has the current transaction;
+   * `same` when every chunk agrees (as for everything after the snapshot), so a change needs no
+   * key lookup. Judged once per transaction and table; undefined for a table without a snapshot filter.
+   */
+  private snapshotSaw(target: string): { byChunk: boolean[]; same?: boolean } | undefined {
     const filter = this.filters.get(target);
-    if (filter === undefined) return false;
-    // Judged once per transaction and table: a transaction every chunk's copy saw (or none did,
-    // as for everything after the snapshot) needs no key lookup.
+    if (filter === undefined) return undefined;
     const tx = this.tx!;
-    let verdict = tx.seen.get(target);
-    if (verdict === undefined) {
+    let saw = tx.seen.get(target);
+    if (!saw) {
       const byChunk = filter.xids.map((x) => seenBySnapshot(tx.xid, x));
-      verdict = byChunk.every(Boolean) ? true : byChunk.some(Boolean) ? byChunk : false;
-      tx.seen.set(target, verdict);
+      saw = { byChunk, ...(byChunk.every(Boolean) ? { same: true } : byChunk.some(Boolean) ? {} : { same: false }) };
+      tx.seen.set(target, saw);
     }
-    return typeof verdict === 'boolean' ? verdict : verdict[chunkOf(filter, key[0]!)]!;
+    return saw;
   }
 
   private key(rel: Relation, values: Tuple): string[] {
@@ -609,7 +618,7 @@ class StreamConsumer {
       target: table.target,
       names: destination,
       keyIndex,
-      columns: new RowColumns(destination, UNCHANGED),
+      columns: new RowColumns(destination),
       shape: {
         source: table.source,
         target: table.target,

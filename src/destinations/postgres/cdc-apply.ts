@@ -15,10 +15,10 @@ import { from as copyFrom } from 'pg-copy-streams';
 import { createHash } from 'node:crypto';
 import { finished } from 'node:stream/promises';
 import { qualifiedName, quoteIdent } from '../../schema/identifiers';
-import { parseLsn } from '../../sources/postgres/cdc/pgoutput';
+import { parseLsn, SPAN_UNCHANGED } from '../../sources/postgres/cdc/pgoutput';
 import { canonicalType } from '../../schema/types';
-import { RowColumns, RowValues, SPAN_ABSENT, spansOf, type ChangeBatch, type FirstKeyRange, type TableBatch } from './cdc-batch';
-import { COPY_NEWLINE, COPY_TAB, CopyTextWriter } from './copy-text';
+import { RowColumns, RowValues, spansOf, type ChangeBatch, type FirstKeyRange, type TableBatch } from './cdc-batch';
+import { COPY_NEWLINE, COPY_TAB, CopyTextWriter, writeChunk } from './copy-text';
 import { checkLeases, type LeaseToken } from './lease';
 import { ensureMetadata, planSchema } from './loader';
 import { getPool } from './pool';
@@ -231,22 +231,7 @@ async function applyTable(client: pg.PoolClient, req: ApplyRequest, shape: Table
   );
   const sink = client.query(copyFrom(`copy ${quoteIdent(stageName)} (${stageColumns.map(quoteIdent).join(', ')}) from stdin`));
   const out = new CopyTextWriter();
-  const write = async () => {
-    if (sink.write(out.take())) return;
-    // A COPY that fails while the writer waits never drains: wait for whichever comes first.
-    await new Promise<void>((resolve, reject) => {
-      const done = (err?: Error) => {
-        sink.off('drain', done);
-        sink.off('error', done);
-        sink.off('close', done);
-        if (err) reject(err);
-        else resolve();
-      };
-      sink.once('drain', done);
-      sink.once('error', done);
-      sink.once('close', done);
-    });
-  };
+  const write = () => writeChunk(sink, out.take());
   let anyAbsent = false;
   // One line per row, written as bytes: a change's values go from its tuple's bytes into COPY
   // text without becoming strings. This loop runs for every change.
@@ -282,7 +267,7 @@ async function applyTable(client: pg.PoolClient, req: ApplyRequest, shape: Table
       let absent: string[] | undefined;
       for (let j = 0; j < carriedNames.length; j++) {
         const i = at[j];
-        const carries = raw ? i !== undefined && i < count && spans![2 * i] !== SPAN_ABSENT : values.has(carriedNames[j]!);
+        const carries = raw ? i !== undefined && i < count && spans![2 * i] !== SPAN_UNCHANGED : values.has(carriedNames[j]!);
         if (!carries) (absent ??= []).push(carriedNames[j]!);
       }
       if (absent) anyAbsent = true;
@@ -302,7 +287,7 @@ async function applyTable(client: pg.PoolClient, req: ApplyRequest, shape: Table
         out.byte(COPY_TAB);
         if (raw) {
           const i = at[j];
-          const offset = i === undefined || i >= count ? SPAN_ABSENT : spans![2 * i]!;
+          const offset = i === undefined || i >= count ? SPAN_UNCHANGED : spans![2 * i]!;
           if (offset >= 0) out.bytes(raw.tuple.buf, offset, spans![2 * i! + 1]!);
           else out.nullField();
         } else {

@@ -7,6 +7,7 @@
  * update merges into the earlier change of its key instead of replacing it, and an update
  * whose key is not in the batch leaves those columns as the destination has them.
  */
+import { SPAN_UNCHANGED, UNCHANGED, type Tuple } from '../../sources/postgres/cdc/pgoutput';
 
 /**
  * Values a change carries, by destination column name; a column it does not have is left as it
@@ -20,40 +21,17 @@ export interface ChangeValues {
   [Symbol.iterator](): IterableIterator<[string, string | null]>;
 }
 
-/** What RawTuple.spans writes for a value without bytes (pgoutput's SPAN_NULL and SPAN_UNCHANGED). */
-export const SPAN_NULL = -1;
-export const SPAN_ABSENT = -2;
-
-/**
- * A change's values as they arrived (pgoutput's Tuple), decoded only when asked: `spans` says
- * where each value's UTF-8 bytes are in `buf` (offset, length) or that it is null (SPAN_NULL) or
- * was not carried (SPAN_ABSENT); `value(i)` decodes one.
- */
-export interface RawTuple {
-  readonly buf: Buffer;
-  readonly count: number;
-  spans(out: Int32Array): void;
-  value(i: number): unknown;
-}
-
-/** The columns of one relation, shared by every RowValues of it. */
+/** The columns of one relation, shared by every RowValues of it: destination name of each tuple position. */
 export class RowColumns {
   readonly index: Map<string, number>;
-  /**
-   * @param names destination column name of each tuple position
-   * @param absent what RawTuple.value returns for a value the change did not carry (an unchanged TOAST value)
-   */
-  constructor(
-    readonly names: readonly string[],
-    readonly absent: unknown,
-  ) {
+  constructor(readonly names: readonly string[]) {
     this.index = new Map(names.map((n, i) => [n, i]));
   }
 }
 
 let scratch = new Int32Array(64);
-/** The spans of a tuple in a shared scratch array (valid until the next call). */
-export function spansOf(tuple: RawTuple): Int32Array {
+/** The spans of a tuple (see Tuple.spans) in a shared scratch array, valid until the next call. */
+export function spansOf(tuple: Tuple): Int32Array {
   if (scratch.length < 2 * tuple.count) scratch = new Int32Array(2 * tuple.count);
   tuple.spans(scratch);
   return scratch;
@@ -62,7 +40,8 @@ export function spansOf(tuple: RawTuple): Int32Array {
 /**
  * A change's values as its tuple arrived: no strings and no map per change (this is built for
  * every change of a stream, and kept until its batch commits); the apply engine copies the
- * values' bytes into COPY text.
+ * values' bytes into COPY text. A value the change did not carry (an unchanged TOAST value) is
+ * SPAN_UNCHANGED in the tuple's spans.
  */
 export class RowValues implements ChangeValues {
   /** Whether every column of the relation has a value (none was left out). */
@@ -71,14 +50,24 @@ export class RowValues implements ChangeValues {
 
   constructor(
     readonly columns: RowColumns,
-    readonly tuple: RawTuple,
+    readonly tuple: Tuple,
   ) {
+    // Counted without an allocation: this runs for every change of the stream.
     const spans = spansOf(tuple);
     const n = Math.min(tuple.count, columns.names.length);
     let size = 0;
-    for (let i = 0; i < n; i++) if (spans[2 * i] !== SPAN_ABSENT) size++;
+    for (let i = 0; i < n; i++) if (spans[2 * i] !== SPAN_UNCHANGED) size++;
     this.size = size;
     this.complete = size === columns.names.length;
+  }
+
+  /** Positions of the relation's columns that the change carries, in one pass, decoding nothing. */
+  private carried(): number[] {
+    const spans = spansOf(this.tuple);
+    const out: number[] = [];
+    const n = Math.min(this.tuple.count, this.columns.names.length);
+    for (let i = 0; i < n; i++) if (spans[2 * i] !== SPAN_UNCHANGED) out.push(i);
+    return out;
   }
 
   private position(column: string): number | undefined {
@@ -88,37 +77,28 @@ export class RowValues implements ChangeValues {
 
   has(column: string): boolean {
     const i = this.position(column);
-    return i !== undefined && spansOf(this.tuple)[2 * i] !== SPAN_ABSENT;
+    return i !== undefined && spansOf(this.tuple)[2 * i] !== SPAN_UNCHANGED;
   }
 
   get(column: string): string | null | undefined {
     const i = this.position(column);
     if (i === undefined) return undefined;
     const v = this.tuple.value(i);
-    return v === this.columns.absent ? undefined : (v as string | null);
+    return v === UNCHANGED ? undefined : v;
   }
 
-  /** The columns the change carries, in one pass over the tuple, decoding nothing. */
   keys(): IterableIterator<string> {
-    const spans = spansOf(this.tuple);
-    const names: string[] = [];
-    const n = Math.min(this.tuple.count, this.columns.names.length);
-    for (let i = 0; i < n; i++) if (spans[2 * i] !== SPAN_ABSENT) names.push(this.columns.names[i]!);
-    return names[Symbol.iterator]();
+    return this.carried()
+      .map((i) => this.columns.names[i]!)
+      [Symbol.iterator]();
   }
 
-  /** [column, value] of what the change carries, decoded in one pass (taken eagerly: the spans' scratch array is shared). */
+  /** [column, value] of what the change carries, decoded in one pass. */
   [Symbol.iterator](): IterableIterator<[string, string | null]> {
-    const spans = spansOf(this.tuple);
-    const { buf } = this.tuple;
-    const out: [string, string | null][] = [];
-    const n = Math.min(this.tuple.count, this.columns.names.length);
-    for (let i = 0; i < n; i++) {
-      const offset = spans[2 * i]!;
-      if (offset === SPAN_ABSENT) continue;
-      out.push([this.columns.names[i]!, offset === SPAN_NULL ? null : buf.toString('utf8', offset, offset + spans[2 * i + 1]!)]);
-    }
-    return out[Symbol.iterator]();
+    const values = this.tuple.values();
+    return this.carried()
+      .map((i): [string, string | null] => [this.columns.names[i]!, values[i] as string | null])
+      [Symbol.iterator]();
   }
 }
 

@@ -2,15 +2,27 @@
  * COPY's text format written as bytes (https://www.postgresql.org/docs/current/sql-copy.html):
  * fields separated by tabs, rows by newlines, NULL as \N, and backslash, tab, newline and
  * carriage return escaped. Values that arrive as UTF-8 bytes (a change stream's tuples) are
- * copied without ever becoming strings. Pure.
+ * copied without ever becoming strings. And how a chunk goes to a COPY with backpressure.
  */
+import { once } from 'node:events';
+import type { Writable } from 'node:stream';
+import { finished } from 'node:stream/promises';
+import { copyField } from '../../schema/types';
+
+/**
+ * Writes a chunk to a COPY sink and waits for room when its buffer is full; a COPY that fails
+ * meanwhile never drains, so its failure ends the wait instead.
+ */
+export async function writeChunk(sink: Writable, chunk: string | Buffer): Promise<void> {
+  if (!sink.write(chunk)) await Promise.race([once(sink, 'drain'), finished(sink)]);
+}
+
 const BACKSLASH = 0x5c;
 const TAB = 0x09;
 const NEWLINE = 0x0a;
 const RETURN = 0x0d;
 export const COPY_TAB = TAB;
 export const COPY_NEWLINE = NEWLINE;
-const SPECIAL = /[\\\t\n\r]/;
 
 export class CopyTextWriter {
   private buf: Buffer;
@@ -89,8 +101,7 @@ export class CopyTextWriter {
       }
       p = this.pos;
     }
-    const escaped = SPECIAL.test(value) ? value.replace(/[\\\t\n\r]/g, (c) => (c === '\\' ? '\\\\' : c === '\t' ? '\\t' : c === '\n' ? '\\n' : '\\r')) : value;
-    this.pos = p + out.write(escaped, p, 'utf8');
+    this.pos = p + out.write(copyField(value), p, 'utf8');
   }
 
   /** One field's value from its UTF-8 bytes, escaped. */

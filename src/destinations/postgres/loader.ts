@@ -19,7 +19,6 @@
  * skipped. Otherwise, or as soon as a row is rejected or the bound is passed, the rows go through
  * the all-text staging as they always did, PostgreSQL judging each value.
  */
-import { once } from 'node:events';
 import { Transform, type Writable } from 'node:stream';
 import { finished, pipeline } from 'node:stream/promises';
 import type pg from 'pg';
@@ -30,6 +29,7 @@ import { ColumnNamer, derivedName, qualifiedName, quoteIdent } from '../../schem
 import { canonicalType, copyField, fitsType, isWellFormed, narrowFit, newFit, unrepresentableInText, valueToText, widenByValue, widenType, type Fit } from '../../schema/types';
 import { ROW_REJECT, ROW_SOURCE, type Extracted, type Row, type RowBatch } from '../../sources/types';
 import { BinaryCopyTap, binaryTextField } from './binary-copy';
+import { writeChunk } from './copy-text';
 import { checkLease, type LeaseToken } from './lease';
 import { getPool } from './pool';
 import * as sql from './sql';
@@ -458,7 +458,7 @@ async function stage(client: pg.PoolClient, req: LoadRequest, typed = false): Pr
     if (buffer.length === 0 || !sink) return;
     const chunk = buffer;
     buffer = '';
-    if (!sink.write(chunk)) await Promise.race([once(sink, 'drain'), finished(sink)]);
+    await writeChunk(sink, chunk);
     if (sinkError) throw sinkError;
   };
   const addColumn = async (name: string) => {
@@ -947,7 +947,7 @@ async function copyLines(client: pg.PoolClient, statement: string, lines: Iterab
     const write = async () => {
       const chunk = buffer;
       buffer = '';
-      if (!sink.write(chunk)) await Promise.race([once(sink, 'drain'), finished(sink)]);
+      await writeChunk(sink, chunk);
     };
     for (const line of lines) {
       buffer += line;

@@ -62,36 +62,29 @@ export async function* readFileRows(absPath: string, format: FileFormat, options
  * (a dropped connection), which the activity retries.
  */
 export async function* readRows(input: Readable, name: string, format: FileFormat, options: ReadOptions): AsyncGenerator<Row> {
-  if (format === 'csv') {
-    yield* rowsOfBatches(readCsvBatches(input, name, options));
-    return;
-  }
-  const decoded = decode(input, name, options);
-  try {
-    yield* jsonlRows(decoded, options.label);
-  } catch (err) {
-    // An aborted read (cancellation, worker shutdown) says nothing about the file: not permanent.
-    if (err instanceof PermanentError || err instanceof TransientError || options.signal?.aborted) throw err;
-    throw unreadable(options.label, err);
-  } finally {
-    // A consumer that stops early (or fails) must not leave the file open.
-    decoded.destroy();
-    input.destroy();
-  }
+  if (format === 'csv') yield* rowsOfBatches(readCsvBatches(input, name, options));
+  else yield* readDecoded(input, name, options, (decoded) => jsonlRows(decoded, options.label));
 }
 
 /**
  * The rows of a CSV byte stream in batches (RowBatch): what readRows yields for CSV, without an
  * object per row. Errors are those of readRows.
  */
-export async function* readCsvBatches(input: Readable, name: string, options: ReadOptions): AsyncGenerator<RowBatch> {
+export function readCsvBatches(input: Readable, name: string, options: ReadOptions): AsyncGenerator<RowBatch> {
+  return readDecoded(input, name, options, (decoded) => csvBatches(decoded, options));
+}
+
+/** What `read` yields from the decoded bytes, with the file's errors classified and the file closed however reading ends. */
+async function* readDecoded<T>(input: Readable, name: string, options: ReadOptions, read: (decoded: Readable) => AsyncGenerator<T>): AsyncGenerator<T> {
   const decoded = decode(input, name, options);
   try {
-    yield* csvBatches(decoded, options);
+    yield* read(decoded);
   } catch (err) {
+    // An aborted read (cancellation, worker shutdown) says nothing about the file: not permanent.
     if (err instanceof PermanentError || err instanceof TransientError || options.signal?.aborted) throw err;
     throw unreadable(options.label, err);
   } finally {
+    // A consumer that stops early (or fails) must not leave the file open.
     decoded.destroy();
     input.destroy();
   }
