@@ -7,6 +7,7 @@ import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import type { WorkflowHandleWithFirstExecutionRunId } from '@temporalio/client';
 import type { Progress } from '../src/inputs';
+import { ensureMetadata } from '../src/destinations/postgres/loader';
 import type { IncrementalResult } from '../src/workflows/incremental';
 import { count, killHard, saveHistory, spawnWorker, testStack, waitFor, type TestStack } from './helpers';
 
@@ -99,37 +100,65 @@ describe('incrementalWorkflow: long syncs', () => {
 
   test('progress and the UI move during one long sync activity, before it returns', async () => {
     await createSource('livebig', 100_000);
-    const handle = await start(input('livebig', { pageSize: 500 }), 'livebig');
-    await stack.withWorker(async () => {
-      // The whole sync is one activity call (default budget): only its reports can move progress.
-      const seen = await waitFor(
-        'progress rows moving while the sync runs',
-        async () => {
+    // The sync is held after its fifth page until progress has been seen, whatever the machine's
+    // speed (a quick one loads the 200 pages before the first report is due): a trigger on the
+    // load rows makes the sixth page wait for an advisory lock this test holds.
+    await ensureMetadata(process.env.DATABASE_URL!, stack.schema);
+    const hold = await stack.db.connect();
+    const lockKey = 'sluice-test-hold-livebig';
+    try {
+      await hold.query('select pg_advisory_lock(hashtext($1))', [lockKey]);
+      await stack.db.query(`
+        create function ${stack.schema}.hold_livebig() returns trigger language plpgsql as $$
+        begin
+          if (select count(*) from ${stack.schema}._sluice_loads where resource = 'livebig' and status = 'completed') >= 5 then
+            perform pg_advisory_xact_lock(hashtext('${lockKey}'));
+          end if;
+          return null;
+        end $$;
+        create trigger hold_livebig after insert on ${stack.schema}._sluice_loads
+          for each row when (new.resource = 'livebig') execute function ${stack.schema}.hold_livebig()`);
+      const handle = await start(input('livebig', { pageSize: 500 }), 'livebig');
+      await stack.withWorker(async () => {
+        // The whole sync is one activity call (default budget): only its reports can move progress.
+        const seen = await waitFor(
+          'progress rows moving while the sync runs',
+          async () => {
+            const p = await handle.query<Progress>('progress');
+            return p.phase === 'syncing' && p.inFlight === 1 && p.rows > 0 && p.rows < 100_000 && p;
+          },
+          120_000,
+        );
+        const meta = await handle.query<{ currentDetails?: string }>('__temporal_workflow_metadata');
+        assert.match(meta.currentDetails ?? '', /sync 1 running: [1-9][\d,]* pages, [1-9][\d,]* rows so far/);
+        await hold.query('select pg_advisory_unlock(hashtext($1))', [lockKey]);
+        const later = await waitFor('more rows', async () => {
           const p = await handle.query<Progress>('progress');
-          return p.phase === 'syncing' && p.inFlight === 1 && p.rows > 0 && p.rows < 100_000 && p;
-        },
-        120_000,
-      );
-      const meta = await handle.query<{ currentDetails?: string }>('__temporal_workflow_metadata');
-      assert.match(meta.currentDetails ?? '', /sync 1 running: [1-9][\d,]* pages, [1-9][\d,]* rows so far/);
-      const later = await waitFor('more rows', async () => {
-        const p = await handle.query<Progress>('progress');
-        return (p.rows > seen.rows || p.phase === 'done') && p;
-      }, 120_000);
-      assert.ok(later.rows > seen.rows, `rows went on from ${seen.rows} to ${later.rows}`);
-      const result = (await handle.result()) as IncrementalResult;
-      assert.equal(result.rows, 100_000, 'reports never count a row twice');
-      // A finished run is replayed to answer (preflight marker and all): its progress is the final one.
-      const final = await handle.query<Progress>('progress');
-      assert.equal(final.phase, 'done');
-      assert.equal(final.rows, 100_000);
-    });
+          return (p.rows > seen.rows || p.phase === 'done') && p;
+        }, 120_000);
+        assert.ok(later.rows > seen.rows, `rows went on from ${seen.rows} to ${later.rows}`);
+        const result = (await handle.result()) as IncrementalResult;
+        assert.equal(result.rows, 100_000, 'reports never count a row twice');
+        // A finished run is replayed to answer (preflight marker and all): its progress is the final one.
+        const final = await handle.query<Progress>('progress');
+        assert.equal(final.phase, 'done');
+        assert.equal(final.rows, 100_000);
+      });
+      await checkLiveHistory(handle);
+    } finally {
+      await hold.query('select pg_advisory_unlock_all()').catch(() => undefined);
+      hold.release();
+      await stack.db.query(`drop trigger if exists hold_livebig on ${stack.schema}._sluice_loads; drop function if exists ${stack.schema}.hold_livebig()`);
+    }
+  });
+
+  async function checkLiveHistory(handle: WorkflowHandleWithFirstExecutionRunId): Promise<void> {
     await saveHistory(handle, 'own-retry-incremental-live-progress');
     assert.equal(await count(stack.db, `${stack.schema}.livebig`), 100_000);
     const history = await handle.fetchHistory();
     const syncCalls = history.events!.filter((e) => e.activityTaskScheduledEventAttributes?.activityType?.name === 'syncIncrementalPages').length;
     assert.equal(syncCalls, 1, 'one sync call: the progress came from its reports');
-  });
+  }
 
   test('a load blocked on a row lock fails its attempt after SLUICE_STALL_TIMEOUT, retryably, and succeeds once the lock is gone', async () => {
     const table = await createSource('locked', 10);
