@@ -59,6 +59,19 @@ async function cpuByPid(): Promise<Map<number, number>> {
   return out;
 }
 
+/** CPU seconds of this process's threads, by thread name (the main thread is the process's own name). */
+async function cpuByThread(): Promise<Map<string, number>> {
+  const out = new Map<string, number>();
+  for (const tid of await readdir('/proc/self/task').catch(() => [] as string[])) {
+    const stat = await readFile(`/proc/self/task/${tid}/stat`, 'utf8').catch(() => '');
+    const comm = stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')'));
+    const name = tid === String(process.pid) ? 'main (JavaScript)' : comm === 'node' ? 'other' : comm;
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    if (fields.length > 13) out.set(name, (out.get(name) ?? 0) + (Number(fields[11]) + Number(fields[12])) / 100);
+  }
+  return out;
+}
+
 /** Which applier each PostgreSQL process works for, by pid (asked from pg_stat_activity). */
 async function pgRoles(c: pg.Client, slot: string, burstPid: number): Promise<Map<number, string>> {
   const r = await c.query<{ pid: number; backend_type: string; application_name: string; datname: string | null }>(
@@ -168,12 +181,18 @@ async function main(): Promise<void> {
       /** CPU seconds of each process between two samples (see cpuByPid), by its role. */
       const cpuMeter = async () => {
         const before = await cpuByPid();
+        const threadsBefore = await cpuByThread();
         const selfBefore = process.cpuUsage();
         return async () => {
           const after = await cpuByPid();
           const self = process.cpuUsage(selfBefore);
           const roles = await pgRoles(source, slot, burstPid);
           const cpu = new Map<string, number>([['sluice: worker process (Node: decoding, batching, Temporal worker)', (self.user + self.system) / 1e6]]);
+          // Its threads: the main thread (JavaScript), V8's helpers (garbage collection, compilation), libuv's pool, the Temporal core's runtime.
+          for (const [name, t] of await cpuByThread()) {
+            const used = t - (threadsBefore.get(name) ?? 0);
+            if (used > 0) cpu.set(`sluice: worker process, thread "${name}"`, used);
+          }
           for (const [pid, t] of after) {
             const cmdline = roles.has(pid) ? '' : await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '');
             const role = roles.get(pid) ?? (cmdline.includes('start-dev') ? 'Temporal dev server' : undefined);

@@ -12,13 +12,13 @@ import { Context } from '@temporalio/activity';
 import { ApplicationFailure } from '@temporalio/common';
 import { resolveConnection } from '../config';
 import { applyBatch, type TableShape } from '../destinations/postgres/cdc-apply';
-import { ChangeBatch, emptyCounts, RowColumns, RowValues, type ChangeValues, type TableCounts } from '../destinations/postgres/cdc-batch';
+import { batchKey, ChangeBatch, emptyCounts, RowColumns, type TableCounts } from '../destinations/postgres/cdc-batch';
 import type { LeaseToken } from '../destinations/postgres/lease';
 import { ensureMetadata, loadResource, readState } from '../destinations/postgres/loader';
 import { getPool } from '../destinations/postgres/pool';
 import type { CdcSource, Destination } from '../inputs';
 import { qualifiedName, splitQualified } from '../schema/identifiers';
-import { formatLsn, parseLsn, type LogicalMessage, type Tuple } from '../sources/postgres/cdc/pgoutput';
+import { CHANGE_INSERT, CHANGE_UPDATE, ChangeRef, decodeLogicalMessage, formatLsn, parseLsn, readChange, type LogicalMessage, type Tuple } from '../sources/postgres/cdc/pgoutput';
 import { ReplicationStream } from '../sources/postgres/cdc/replication';
 import {
   checkSource,
@@ -256,8 +256,8 @@ export function createCdcActivities() {
         return withSourceClient(sourceUrl, async (source) => {
           const startLsn = position.lsn ? parseLsn(position.lsn) : 0n;
           if (req.owner) await checkSlotHolder(source, req.slot, req.owner);
-          // Read ahead up to two batches: one being committed, one filling; the walsender keeps sending meanwhile.
-          const stream = await ReplicationStream.start(sourceUrl, req.slot, req.publication, startLsn, req.owner ? ownerTag(req.owner) : 'sluice-cdc', 2 * req.batchChanges);
+          // Read ahead up to about two batches (some 100 bytes a change): one being committed, one filling; the walsender keeps sending meanwhile.
+          const stream = await ReplicationStream.start(sourceUrl, req.slot, req.publication, startLsn, req.owner ? ownerTag(req.owner) : 'sluice-cdc', 2 * req.batchChanges * 100);
           try {
             const consumer = new StreamConsumer(req, position, filters, source, startLsn, stream, async (batch, endLsn, commitTime, shapes) => {
               // The source's WAL position (for the lag) is asked while the batch is written.
@@ -360,6 +360,8 @@ class StreamConsumer {
   private readonly startedAt = Date.now();
   private readonly changesAtStart: number;
   private readonly byName: Map<string, CdcTable>;
+  /** The change being read, reused for every one. */
+  private readonly change = new ChangeRef();
 
   constructor(
     private readonly req: CdcStreamRequest,
@@ -413,21 +415,28 @@ class StreamConsumer {
         await new Promise<void>((r) => setImmediate(r));
         this.lastYield = Date.now();
       }
-      let message = this.stream.poll();
-      if (!message) {
+      if (!this.stream.poll()) {
         const wait = Math.min(deadline - now, pending ? this.batchStartedAt + this.req.batchWaitMs - now : 1_000, 1_000);
-        const next = await this.stream.next(Math.max(wait, 10));
+        const next = await this.stream.wait(Math.max(wait, 10));
         this.lastYield = Date.now();
-        if (next === undefined) continue;
+        if (next === 'timeout') continue;
         if (next === 'end') throw ApplicationFailure.retryable('the replication stream ended', 'ReplicationStreamEnded');
-        message = next;
       }
-      if (message.tag === 'keepalive') {
-        if (this.idle() && message.walEnd > this.acked) this.acked = message.walEnd;
-        if (message.replyRequested || this.acked > this.committed) this.stream.acknowledge(this.acked);
+      // The frame is valid until the next poll: what a change keeps is copied into its batch.
+      const { frame, frameStart, frameEnd } = this.stream;
+      const kind = frame[frameStart];
+      if (kind === 0x6b /* k: keepalive */) {
+        const walEnd = frame.readBigUInt64BE(frameStart + 1);
+        if (this.idle() && walEnd > this.acked) this.acked = walEnd;
+        if (frame[frameStart + 17] === 1 || this.acked > this.committed) this.stream.acknowledge(this.acked);
         continue;
       }
-      const waiting = this.handle(message.message);
+      if (kind !== 0x77 /* w: XLogData, its logical message after a 25-byte header */) continue;
+      if (readChange(frame, frameStart + 25, frameEnd, this.change)) {
+        this.handleChange(this.change);
+        continue;
+      }
+      const waiting = this.handle(decodeLogicalMessage(frame.subarray(frameStart + 25, frameEnd)));
       if (waiting) await waiting;
     }
     // Whatever happens next, the batch being applied finishes first (it commits, or fails as a whole).
@@ -506,36 +515,6 @@ class StreamConsumer {
         return;
       case 'relation':
         return this.relation(m);
-      case 'insert':
-      case 'update':
-      case 'delete': {
-        const rel = this.relations.get(m.relationId);
-        if (!rel || !this.tx || this.tx.skip) return;
-        if (m.tag === 'insert') {
-          const key = this.key(rel, m.values);
-          if (this.seen(rel.target, key)) return;
-          this.started();
-          this.batch.insert(rel.target, key, this.values(rel, m.values));
-        } else if (m.tag === 'update') {
-          const key = this.key(rel, m.values);
-          const oldKey = m.old && this.key(rel, m.old);
-          const moved = oldKey !== undefined && oldKey.some((v, i) => v !== key[i]);
-          // A key change is a delete of the old key and an upsert of the new one; with a chunked
-          // snapshot the two keys may sit in chunks whose copies saw this transaction differently.
-          const newSeen = this.seen(rel.target, key);
-          const oldSeen = moved ? this.seen(rel.target, oldKey) : newSeen;
-          if (newSeen && oldSeen) return;
-          this.started();
-          if (newSeen) this.batch.delete(rel.target, oldKey!, this.tx.time);
-          else this.batch.update(rel.target, key, this.values(rel, m.values), moved && !oldSeen ? oldKey : undefined, this.tx.time);
-        } else {
-          const key = this.key(rel, m.old);
-          if (this.seen(rel.target, key)) return;
-          this.started();
-          this.batch.delete(rel.target, key, this.tx.time);
-        }
-        return;
-      }
       case 'truncate':
         for (const id of m.relationIds) {
           const rel = this.relations.get(id);
@@ -556,6 +535,36 @@ class StreamConsumer {
         return;
       default:
         return;
+    }
+  }
+
+  /** An insert, update or delete (read in place: its tuples are the frame's, copied by the batch). */
+  private handleChange(m: ChangeRef): void {
+    const rel = this.relations.get(m.relationId);
+    if (!rel || !this.tx || this.tx.skip) return;
+    if (m.tag === CHANGE_INSERT) {
+      const key = this.key(rel, m.values);
+      if (this.seen(rel.target, key)) return;
+      this.started();
+      this.batch.insertTuple(rel.target, batchKey(key), rel.columns, m.values);
+    } else if (m.tag === CHANGE_UPDATE) {
+      const key = this.key(rel, m.values);
+      const oldKey = m.hasOld ? this.key(rel, m.old) : undefined;
+      const moved = oldKey !== undefined && oldKey.some((v, i) => v !== key[i]);
+      // A key change is a delete of the old key and an upsert of the new one; with a chunked
+      // snapshot the two keys may sit in chunks whose copies saw this transaction differently.
+      const newSeen = this.seen(rel.target, key);
+      const oldSeen = moved ? this.seen(rel.target, oldKey) : newSeen;
+      if (newSeen && oldSeen) return;
+      this.started();
+      if (newSeen) this.batch.delete(rel.target, oldKey!, this.tx.time);
+      else this.batch.updateTuple(rel.target, key, rel.columns, m.values, moved && !oldSeen ? oldKey : undefined, this.tx.time);
+    } else {
+      if (!m.hasOld) throw new Error(`a delete on ${rel.target} arrived without its key`);
+      const key = this.key(rel, m.old);
+      if (this.seen(rel.target, key)) return;
+      this.started();
+      this.batch.deleteTuple(rel.target, batchKey(key), rel.columns, m.old, this.tx.time);
     }
   }
 
@@ -596,12 +605,6 @@ class StreamConsumer {
     });
   }
 
-  private values(rel: Relation, values: Tuple): ChangeValues {
-    // An unchanged TOASTed value is not part of the change: the destination keeps its own. The
-    // tuple's bytes are copied out of the frame, which may be a slice of a whole socket read.
-    return new RowValues(rel.columns, values.detach());
-  }
-
   private async relation(m: Extract<LogicalMessage, { tag: 'relation' }>): Promise<void> {
     const table = this.byName.get(`${m.schema}.${m.name}`);
     if (!table) return;
@@ -618,7 +621,7 @@ class StreamConsumer {
       target: table.target,
       names: destination,
       keyIndex,
-      columns: new RowColumns(destination),
+      columns: new RowColumns(destination, keyIndex),
       shape: {
         source: table.source,
         target: table.target,

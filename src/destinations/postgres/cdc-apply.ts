@@ -17,7 +17,7 @@ import { finished } from 'node:stream/promises';
 import { qualifiedName, quoteIdent } from '../../schema/identifiers';
 import { parseLsn, SPAN_UNCHANGED } from '../../sources/postgres/cdc/pgoutput';
 import { canonicalType } from '../../schema/types';
-import { RowColumns, RowValues, spansOf, type ChangeBatch, type FirstKeyRange, type TableBatch } from './cdc-batch';
+import { ENTRY_DELETE, ENTRY_OBJECT, ENTRY_UPSERT, RowColumns, RowValues, spansAt, spansOf, type ChangeBatch, type FirstKeyRange, type Pending, type TableBatch } from './cdc-batch';
 import { COPY_NEWLINE, COPY_TAB, CopyTextWriter, writeChunk } from './copy-text';
 import { checkLeases, type LeaseToken } from './lease';
 import { ensureMetadata, planSchema } from './loader';
@@ -194,11 +194,29 @@ async function applyTable(client: pg.PoolClient, req: ApplyRequest, shape: Table
   const present = new Set<string>();
   let moved = false;
   const complete = new Set<RowColumns>();
-  for (const p of batch.rows.values()) {
+  const rows = batch.rows;
+  for (const e of rows.entries()) {
+    const kind = rows.kind(e);
+    if (kind === ENTRY_DELETE) continue;
+    if (kind === ENTRY_UPSERT) {
+      const columns = rows.columns(e);
+      // Rows that carry every column of their relation add its names once, not once per row.
+      if (rows.complete(e)) {
+        if (!complete.has(columns)) {
+          complete.add(columns);
+          for (const c of columns.names) present.add(c);
+        }
+        continue;
+      }
+      const spans = spansAt(rows.buf(e), rows.start(e), rows.count(e));
+      const n = Math.min(rows.count(e), columns.names.length);
+      for (let i = 0; i < n; i++) if (spans[2 * i] !== SPAN_UNCHANGED) present.add(columns.names[i]!);
+      continue;
+    }
+    const p = rows.object(e);
     if (p.op !== 'upsert') continue;
     if (p.from) moved = true;
     const v = p.values;
-    // Rows that carry every column of their relation add its names once, not once per row.
     if (v instanceof RowValues && v.complete) {
       if (!complete.has(v.columns)) {
         complete.add(v.columns);
@@ -243,10 +261,26 @@ async function applyTable(client: pg.PoolClient, req: ApplyRequest, shape: Table
     if (!at) positions.set(columns, (at = carriedNames.map((c) => columns.index.get(c))));
     return at;
   };
+  /** Whether every carried column is one of the relation's (so a complete tuple has them all). */
+  const coverage = new Map<RowColumns, boolean>();
+  const covered = (columns: RowColumns) => {
+    let all = coverage.get(columns);
+    if (all === undefined) coverage.set(columns, (all = !positionsIn(columns).includes(undefined)));
+    return all;
+  };
   const beforeKey = '\t\\N'.repeat(from.length);
   const afterKey = '\t\\N'.repeat(carried.length);
-  const noPositions: (number | undefined)[] = [];
-  for (const pending of batch.rows.values()) {
+  /** The key fields of a tuple (from its spans, at the relation's key positions). */
+  const writeKey = (buf: Buffer, spans: Int32Array, columns: RowColumns) => {
+    for (const i of columns.keyIndex) {
+      out.byte(COPY_TAB);
+      const offset = spans[2 * i]!;
+      if (offset < 0) throw new Error(`key column ${columns.names[i]} of ${shape.target} arrived without a value`);
+      out.bytes(buf, offset, spans[2 * i + 1]!);
+    }
+  };
+  /** A change merged from several (see cdc-batch.ts): its values by column name. */
+  const writePending = (pending: Pending) => {
     if (pending.op === 'delete') {
       out.raw('d\t\\N\t');
       out.text(pending.at.toISOString());
@@ -257,44 +291,95 @@ async function applyTable(client: pg.PoolClient, req: ApplyRequest, shape: Table
       }
       out.raw(afterKey);
       out.byte(COPY_NEWLINE);
-    } else {
-      const values = pending.values;
-      // A tuple as it arrived: its spans say where each carried column's bytes are.
-      const raw = values instanceof RowValues ? values : undefined;
-      const at = raw ? positionsIn(raw.columns) : noPositions;
-      const spans = raw ? spansOf(raw.tuple) : undefined;
-      const count = raw ? raw.tuple.count : 0;
-      let absent: string[] | undefined;
-      for (let j = 0; j < carriedNames.length; j++) {
+      return;
+    }
+    const values = pending.values;
+    // A tuple as it arrived: its spans say where each carried column's bytes are.
+    const raw = values instanceof RowValues ? values : undefined;
+    const at = raw ? positionsIn(raw.columns) : noPositions;
+    const spans = raw ? spansOf(raw.tuple) : undefined;
+    const count = raw ? raw.tuple.count : 0;
+    let absent: string[] | undefined;
+    for (let j = 0; j < carriedNames.length; j++) {
+      const i = at[j];
+      const carries = raw ? i !== undefined && i < count && spans![2 * i] !== SPAN_UNCHANGED : values.has(carriedNames[j]!);
+      if (!carries) (absent ??= []).push(carriedNames[j]!);
+    }
+    if (absent) anyAbsent = true;
+    out.raw('u\t');
+    out.text(absent ? pgTextArray(absent) : null);
+    out.raw('\t\\N');
+    for (let i = 0; i < from.length; i++) {
+      out.byte(COPY_TAB);
+      out.text(pending.from?.[i] ?? null);
+    }
+    for (const k of pending.key) {
+      out.byte(COPY_TAB);
+      out.text(k);
+    }
+    // The key fields wrote strings only: the tuple's spans (a shared scratch array) still hold.
+    for (let j = 0; j < carriedNames.length; j++) {
+      out.byte(COPY_TAB);
+      if (raw) {
         const i = at[j];
-        const carries = raw ? i !== undefined && i < count && spans![2 * i] !== SPAN_UNCHANGED : values.has(carriedNames[j]!);
-        if (!carries) (absent ??= []).push(carriedNames[j]!);
+        const offset = i === undefined || i >= count ? SPAN_UNCHANGED : spans![2 * i]!;
+        if (offset >= 0) out.bytes(raw.tuple.buf, offset, spans![2 * i! + 1]!);
+        else out.nullField();
+      } else {
+        out.text(values.get(carriedNames[j]!) ?? null);
       }
-      if (absent) anyAbsent = true;
-      out.raw('u\t');
-      out.text(absent ? pgTextArray(absent) : null);
-      out.raw('\t\\N');
-      for (let i = 0; i < from.length; i++) {
-        out.byte(COPY_TAB);
-        out.text(pending.from?.[i] ?? null);
-      }
-      for (const k of pending.key) {
-        out.byte(COPY_TAB);
-        out.text(k);
-      }
-      // The key fields wrote strings only: the tuple's spans (a shared scratch array) still hold.
-      for (let j = 0; j < carriedNames.length; j++) {
-        out.byte(COPY_TAB);
-        if (raw) {
-          const i = at[j];
-          const offset = i === undefined || i >= count ? SPAN_UNCHANGED : spans![2 * i]!;
-          if (offset >= 0) out.bytes(raw.tuple.buf, offset, spans![2 * i! + 1]!);
-          else out.nullField();
-        } else {
-          out.text(values.get(carriedNames[j]!) ?? null);
+    }
+    out.byte(COPY_NEWLINE);
+  };
+  const noPositions: (number | undefined)[] = [];
+  /** The ISO text of the last delete time written (a transaction's deletes share one). */
+  let atMs = NaN;
+  let atText = '';
+  for (const e of rows.entries()) {
+    const kind = rows.kind(e);
+    if (kind === ENTRY_OBJECT) {
+      writePending(rows.object(e));
+    } else {
+      // A change as its tuple arrived: its key and values are bytes in the batch's arena.
+      const columns = rows.columns(e);
+      const buf = rows.buf(e);
+      const count = rows.count(e);
+      const spans = spansAt(buf, rows.start(e), count);
+      if (kind === ENTRY_DELETE) {
+        if (rows.atMs(e) !== atMs) {
+          atMs = rows.atMs(e);
+          atText = new Date(atMs).toISOString();
         }
+        out.raw('d\t\\N\t');
+        out.raw(atText);
+        out.raw(beforeKey);
+        writeKey(buf, spans, columns);
+        out.raw(afterKey);
+        out.byte(COPY_NEWLINE);
+      } else {
+        const at = positionsIn(columns);
+        let absent: string[] | undefined;
+        if (!rows.complete(e) || !covered(columns)) {
+          for (let j = 0; j < carriedNames.length; j++) {
+            const i = at[j];
+            if (i === undefined || i >= count || spans[2 * i] === SPAN_UNCHANGED) (absent ??= []).push(carriedNames[j]!);
+          }
+        }
+        if (absent) anyAbsent = true;
+        out.raw('u\t');
+        out.text(absent ? pgTextArray(absent) : null);
+        out.raw('\t\\N');
+        out.raw(beforeKey);
+        writeKey(buf, spans, columns);
+        for (let j = 0; j < carriedNames.length; j++) {
+          out.byte(COPY_TAB);
+          const i = at[j];
+          const offset = i === undefined || i >= count ? SPAN_UNCHANGED : spans[2 * i]!;
+          if (offset >= 0) out.bytes(buf, offset, spans[2 * i! + 1]!);
+          else out.nullField();
+        }
+        out.byte(COPY_NEWLINE);
       }
-      out.byte(COPY_NEWLINE);
     }
     if (out.length > 256 * 1024) await write();
   }

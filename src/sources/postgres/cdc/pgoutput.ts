@@ -148,13 +148,13 @@ export const SPAN_UNCHANGED = -2;
 export class Tuple {
   constructor(
     /** The frame holding the tuple. */
-    readonly buf: Buffer,
+    public buf: Buffer,
     /** Offset of the first value's kind byte. */
-    readonly start: number,
+    public start: number,
     /** Number of values. */
-    readonly count: number,
+    public count: number,
     /** Offset just past the last value. */
-    readonly end: number,
+    public end: number,
   ) {}
 
   /**
@@ -170,27 +170,7 @@ export class Tuple {
    * out[2i + 1] the length. One pass, no allocation; `out` holds at least 2 * count numbers.
    */
   spans(out: Int32Array): void {
-    const buf = this.buf;
-    let off = this.start;
-    for (let i = 0; i < this.count; i++) {
-      const kind = buf[off++];
-      if (kind === KIND_TEXT) {
-        const len = buf.readInt32BE(off);
-        off += 4;
-        out[2 * i] = off;
-        out[2 * i + 1] = len;
-        off += len;
-      } else if (kind === KIND_NULL) {
-        out[2 * i] = SPAN_NULL;
-        out[2 * i + 1] = 0;
-      } else if (kind === KIND_UNCHANGED) {
-        out[2 * i] = SPAN_UNCHANGED;
-        out[2 * i + 1] = 0;
-      } else {
-        // 'b' (binary) only comes with the binary option, which sluice never asks for.
-        throw new Error(`pgoutput: unexpected tuple value kind '${String.fromCharCode(kind ?? 0)}'`);
-      }
-    }
+    tupleSpans(this.buf, this.start, this.count, out);
   }
 
   /** The value at position i (text, null, or UNCHANGED), decoded. */
@@ -224,6 +204,36 @@ export class Tuple {
   }
 }
 
+/**
+ * Where each of `count` values starting at `start` in `buf` is (see Tuple.spans); returns
+ * whether every value was there (none was an unchanged TOAST value).
+ */
+export function tupleSpans(buf: Buffer, start: number, count: number, out: Int32Array): boolean {
+  let off = start;
+  let all = true;
+  for (let i = 0; i < count; i++) {
+    const kind = buf[off++];
+    if (kind === KIND_TEXT) {
+      const len = buf.readInt32BE(off);
+      off += 4;
+      out[2 * i] = off;
+      out[2 * i + 1] = len;
+      off += len;
+    } else if (kind === KIND_NULL) {
+      out[2 * i] = SPAN_NULL;
+      out[2 * i + 1] = 0;
+    } else if (kind === KIND_UNCHANGED) {
+      out[2 * i] = SPAN_UNCHANGED;
+      out[2 * i + 1] = 0;
+      all = false;
+    } else {
+      // 'b' (binary) only comes with the binary option, which sluice never asks for.
+      throw new Error(`pgoutput: unexpected tuple value kind '${String.fromCharCode(kind ?? 0)}'`);
+    }
+  }
+  return all;
+}
+
 /** Reads past one TupleData (validating its kinds and lengths) and returns it undecoded. */
 function tuple(r: Reader): Tuple {
   const n = r.i16();
@@ -234,6 +244,75 @@ function tuple(r: Reader): Tuple {
     else if (kind !== KIND_NULL && kind !== KIND_UNCHANGED) throw new Error(`pgoutput: unexpected tuple value kind '${String.fromCharCode(kind)}'`);
   }
   return new Tuple(r.buffer, start, n, r.position);
+}
+
+export const CHANGE_INSERT = 0x49; // I
+export const CHANGE_UPDATE = 0x55; // U
+export const CHANGE_DELETE = 0x44; // D
+
+/**
+ * An insert, update or delete read in place by readChange: its tuples are views of the frame,
+ * reused for every change (copy what must outlive the next message, see Tuple.detach).
+ */
+export class ChangeRef {
+  tag = 0;
+  relationId = 0;
+  /** The new values (insert, update). */
+  readonly values = new Tuple(Buffer.alloc(0), 0, 0, 0);
+  /** The old key or old row (delete; update that changed the key, or with REPLICA IDENTITY FULL). */
+  readonly old = new Tuple(Buffer.alloc(0), 0, 0, 0);
+  hasOld = false;
+}
+
+/** Reads past one TupleData at `off` into `into` (validating kinds and lengths up to `end`); returns the offset after it. */
+function tupleAt(buf: Buffer, off: number, end: number, into: Tuple): number {
+  if (off + 2 > end) throw new RangeError('pgoutput: tuple runs past the end of its message');
+  const n = buf.readInt16BE(off);
+  off += 2;
+  const start = off;
+  for (let i = 0; i < n; i++) {
+    if (off >= end) throw new RangeError('pgoutput: tuple runs past the end of its message');
+    const kind = buf[off++];
+    if (kind === KIND_TEXT) {
+      if (off + 4 > end) throw new RangeError('pgoutput: value runs past the end of its message');
+      const len = buf.readInt32BE(off);
+      off += 4;
+      if (len < 0 || off + len > end) throw new RangeError('pgoutput: value runs past the end of its message');
+      off += len;
+    } else if (kind !== KIND_NULL && kind !== KIND_UNCHANGED) {
+      throw new Error(`pgoutput: unexpected tuple value kind '${String.fromCharCode(kind ?? 0)}'`);
+    }
+  }
+  into.buf = buf;
+  into.start = start;
+  into.count = n;
+  into.end = off;
+  return off;
+}
+
+/**
+ * Reads the insert, update or delete at `offset` (its message ending at `end`) into `ref`
+ * without allocating; false for any other message (decodeLogicalMessage reads those).
+ */
+export function readChange(buf: Buffer, offset: number, end: number, ref: ChangeRef): boolean {
+  const code = buf[offset];
+  if (code !== CHANGE_INSERT && code !== CHANGE_UPDATE && code !== CHANGE_DELETE) return false;
+  if (offset + 6 > end) throw new RangeError('pgoutput: change runs past the end of its message');
+  ref.tag = code;
+  ref.relationId = buf.readUInt32BE(offset + 1);
+  let off = offset + 5;
+  let part = buf[off++];
+  ref.hasOld = false;
+  if (code !== CHANGE_INSERT && (part === 0x4b /* K */ || part === 0x4f) /* O */) {
+    off = tupleAt(buf, off, end, ref.old);
+    ref.hasOld = true;
+    if (code === CHANGE_DELETE) return true;
+    part = buf[off++];
+  }
+  if (code === CHANGE_DELETE) throw new Error(`pgoutput: unexpected delete part '${String.fromCharCode(part ?? 0)}'`);
+  if (part !== 0x4e /* N */) throw new Error(`pgoutput: unexpected ${code === CHANGE_UPDATE ? 'update' : 'insert'} part '${String.fromCharCode(part ?? 0)}'`);
+  tupleAt(buf, off, end, ref.values);
+  return true;
 }
 
 /** The logical message in `buf` from `offset` on (an XLogData's starts after its 25-byte header). */

@@ -1,54 +1,74 @@
 /**
- * One START_REPLICATION stream of a logical slot over pg's replication connection, through
- * pg-copy-streams' copy-both duplex (one chunk per CopyData message, real backpressure: the
- * socket is not read while sluice is busy applying a batch).
+ * One START_REPLICATION stream of a logical slot over pg's replication connection. pg sends the
+ * command; from then on the socket's bytes are read here: CopyData frames are found in place in
+ * the socket's own chunks (no buffer, event or object per message), with real backpressure (the
+ * socket is paused while sluice is busy applying a batch, and TCP holds the server back).
  *
  * Nothing here acknowledges anything on its own: the caller says which LSN is flushed
  * (`acknowledge`), and decides when a keepalive may move the slot.
  */
 import pg from 'pg';
-import * as copyStreams from 'pg-copy-streams';
 import type { Duplex } from 'node:stream';
 import { literal } from '../../../postgres/sql';
 import { quoteIdent } from '../../../schema/identifiers';
-import { decodeReplicationMessage, formatLsn, standbyStatus, type ReplicationMessage } from './pgoutput';
-
-// @types/pg-copy-streams lacks the copy-both stream the package has shipped since 5.x.
-const copyBoth = (copyStreams as unknown as { both(text: string, options: { alignOnCopyDataFrame: boolean }): Duplex & pg.Submittable }).both;
+import { formatLsn, standbyStatus } from './pgoutput';
 
 /**
- * Messages read ahead of the consumer before the socket is paused (TCP then holds the server
- * back), unless the caller asks for more. A walsender held back by a full socket pays a slow path
- * per message, so a reader should hold at least what arrives while a batch commits.
+ * Bytes read ahead of the consumer before the socket is paused, unless the caller asks for more.
+ * A walsender held back by a full socket pays a slow path per message, so a reader should hold
+ * at least what arrives while a batch commits.
  */
-const DEFAULT_READ_AHEAD = 20_000;
-/** However many messages that is, at most this many bytes are held before the socket is paused. */
-const READ_AHEAD_BYTES = 64 * 1024 * 1024;
+const DEFAULT_READ_AHEAD_BYTES = 8 * 1024 * 1024;
+/** However much is asked for, at most this many bytes are held before the socket is paused. */
+const MAX_READ_AHEAD_BYTES = 64 * 1024 * 1024;
 
-export class ReplicationStream {
-  private stream!: Duplex;
-  private readonly queue: Buffer[] = [];
+const COPY_DATA = 0x64; // d
+const COPY_BOTH_RESPONSE = 0x57; // W
+const COPY_DONE = 0x63; // c
+const ERROR_RESPONSE = 0x45; // E
+const NOTICE_RESPONSE = 0x4e; // N
+const PARAMETER_STATUS = 0x53; // S
+const EMPTY = Buffer.alloc(0);
+
+interface PgConnection {
+  stream: Duplex;
+  query(text: string): void;
+}
+
+export class ReplicationStream implements pg.Submittable {
+  private connection!: PgConnection;
+  /** pg's own reader of the socket, set aside while the stream runs and given back for an error. */
+  private pgData: ((chunk: Buffer) => void) | undefined;
+  /** Socket chunks received and not parsed yet, the one being parsed first. */
+  private readonly chunks: Buffer[] = [];
   private head = 0;
+  private cur: Buffer = EMPTY;
+  private pos = 0;
+  /** Bytes received and not yet parsed. */
+  private queuedBytes = 0;
+  private paused = false;
+  private started = false;
+  /** The socket is pg's again (an error or the end of the copy follows from its parser). */
+  private handedBack = false;
   private waiter: (() => void) | undefined;
   private failure: Error | undefined;
   private ended = false;
-  private paused = false;
   /** The last position acknowledged, resent with the pings. */
   private flushed = 0n;
 
-  private readonly lowWater: number;
-  /** Bytes of the messages queued and not taken yet. */
-  private queuedBytes = 0;
+  /** The frame poll() found: its payload is frame[frameStart, frameEnd). Valid until the next poll. */
+  frame: Buffer = EMPTY;
+  frameStart = 0;
+  frameEnd = 0;
 
   private constructor(
     private readonly client: pg.Client,
+    private readonly text: string,
     private readonly highWater: number,
-  ) {
-    this.lowWater = Math.max(1, Math.floor(highWater / 10));
-  }
+  ) {}
 
   /** `applicationName` names the reader in pg_stat_activity: how another run learns who holds the slot. */
-  static async start(url: string, slot: string, publication: string, from: bigint, applicationName = 'sluice-cdc', readAhead = DEFAULT_READ_AHEAD): Promise<ReplicationStream> {
+  static async start(url: string, slot: string, publication: string, from: bigint, applicationName = 'sluice-cdc', readAheadBytes = DEFAULT_READ_AHEAD_BYTES): Promise<ReplicationStream> {
     const client = new pg.Client({
       connectionString: url,
       replication: 'database',
@@ -59,32 +79,60 @@ export class ReplicationStream {
     } as pg.ClientConfig);
     client.on('error', () => undefined);
     await client.connect();
-    const self = new ReplicationStream(client, Math.max(DEFAULT_READ_AHEAD, readAhead));
-    self.flushed = from;
     const text = `START_REPLICATION SLOT ${quoteIdent(slot)} LOGICAL ${formatLsn(from)} (proto_version '1', publication_names ${literal(quoteIdent(publication))})`;
-    self.stream = client.query(copyBoth(text, { alignOnCopyDataFrame: true }));
-    // Flowing mode with our own queue: pg-copy-streams' copy-both only parses what it has
-    // buffered when new bytes arrive from the socket, so a paused reader can stall on messages
-    // it already holds. Pings (status updates that ask for a reply) make the server send bytes.
-    self.stream.on('data', (chunk: Buffer) => {
-      self.queue.push(chunk);
-      self.queuedBytes += chunk.length;
-      if (!self.paused && (self.queue.length - self.head >= self.highWater || self.queuedBytes >= READ_AHEAD_BYTES)) {
-        self.paused = true;
-        self.stream.pause();
-      }
-      self.wake();
-    });
-    self.stream.on('error', (err: Error) => {
-      self.failure ??= err;
-      self.wake();
-    });
-    self.stream.on('end', () => {
-      self.ended = true;
-      self.wake();
-    });
+    const self = new ReplicationStream(client, text, Math.min(MAX_READ_AHEAD_BYTES, Math.max(DEFAULT_READ_AHEAD_BYTES, readAheadBytes)));
+    self.flushed = from;
+    client.query(self);
     return self;
   }
+
+  /** pg.Submittable: takes the socket over from pg's parser, then sends the command. */
+  submit(connection: unknown): void {
+    this.connection = connection as PgConnection;
+    const socket = this.connection.stream;
+    const listeners = socket.listeners('data') as ((chunk: Buffer) => void)[];
+    if (listeners.length !== 1) throw new Error(`replication: expected pg's one reader of the socket, found ${listeners.length}`);
+    this.pgData = listeners[0]!;
+    socket.removeListener('data', this.pgData);
+    socket.on('data', this.onData);
+    socket.on('error', (err: Error) => {
+      this.failure ??= err;
+      this.wake();
+    });
+    socket.on('close', () => {
+      this.ended = true;
+      this.wake();
+    });
+    this.connection.query(this.text);
+  }
+
+  // pg calls these once its parser has the socket back (an ErrorResponse, then ReadyForQuery).
+  handleError(err: Error): void {
+    this.failure ??= err;
+    this.wake();
+  }
+  handleReadyForQuery(): void {
+    this.ended = true;
+    this.wake();
+  }
+  handleCommandComplete(): void {}
+  handleCopyData(): void {}
+  handleRowDescription(): void {}
+  handleDataRow(): void {}
+  handleEmptyQuery(): void {}
+  handleCopyInResponse(): void {}
+  handlePortalSuspended(): void {}
+  callback(): void {}
+
+  private readonly onData = (chunk: Buffer): void => {
+    this.chunks.push(chunk);
+    this.queuedBytes += chunk.length;
+    if (!this.paused && this.queuedBytes >= this.highWater) {
+      this.paused = true;
+      this.connection.stream.pause();
+    }
+    this.wake();
+  };
 
   private wake(): void {
     const w = this.waiter;
@@ -92,45 +140,105 @@ export class ReplicationStream {
     w?.();
   }
 
-  private take(): Buffer | undefined {
-    if (this.head >= this.queue.length) return undefined;
-    const chunk = this.queue[this.head++]!;
-    this.queuedBytes -= chunk.length;
-    if (this.head > 1024 && this.head * 2 > this.queue.length) {
-      this.queue.splice(0, this.head);
+  /** Makes at least `n` bytes contiguous in `cur` from `pos` (false when fewer have arrived). */
+  private gather(n: number): boolean {
+    if (this.cur.length - this.pos >= n) return true;
+    let have = this.cur.length - this.pos;
+    let last = this.head;
+    while (have < n && last < this.chunks.length) have += this.chunks[last++]!.length;
+    if (have < n) return false;
+    // A frame across socket reads: its pieces are joined (once per read, not per message).
+    const parts = [this.cur.subarray(this.pos), ...this.chunks.slice(this.head, last)];
+    this.cur = Buffer.concat(parts);
+    this.pos = 0;
+    this.head = last;
+    this.trim();
+    return true;
+  }
+
+  private trim(): void {
+    if (this.head > 64 && this.head * 2 > this.chunks.length) {
+      this.chunks.splice(0, this.head);
       this.head = 0;
     }
-    if (this.paused && this.queue.length - this.head <= this.lowWater && this.queuedBytes <= READ_AHEAD_BYTES / 10) {
+  }
+
+  private consumed(bytes: number): void {
+    this.queuedBytes -= bytes;
+    if (this.paused && this.queuedBytes <= this.highWater / 4) {
       this.paused = false;
-      this.stream.resume();
+      this.connection.stream.resume();
       this.acknowledge(this.flushed, true);
     }
-    return chunk;
   }
 
   /**
-   * The next message already received, without waiting (undefined when none is queued): a
-   * reader drains what has arrived without paying a promise per message.
+   * The next CopyData frame already received, without waiting: true when `frame`,
+   * `frameStart` and `frameEnd` now hold one. A reader drains what has arrived without paying a
+   * promise per message.
    */
-  poll(): ReplicationMessage | undefined {
+  poll(): boolean {
+    if (this.handedBack) return false;
     for (;;) {
-      const chunk = this.take();
-      if (!chunk) return undefined;
-      const message = decodeReplicationMessage(chunk);
-      if (message) return message;
+      if (this.pos >= this.cur.length) {
+        if (this.head >= this.chunks.length || this.ended || this.failure) return false;
+        this.cur = this.chunks[this.head++]!;
+        this.pos = 0;
+        this.trim();
+      }
+      if (!this.gather(5)) return false;
+      const code = this.cur[this.pos]!;
+      const length = this.cur.readUInt32BE(this.pos + 1);
+      if (code === ERROR_RESPONSE || (code !== COPY_DATA && code !== COPY_BOTH_RESPONSE && code !== NOTICE_RESPONSE && code !== PARAMETER_STATUS)) {
+        // An error (slot in use, publication missing), or the end of the copy: pg's parser reads
+        // the rest and reports it to handleError / handleReadyForQuery.
+        if (code === COPY_DONE) this.ended = true;
+        this.giveBack();
+        return false;
+      }
+      if (!this.gather(1 + length)) return false;
+      const start = this.pos + 5;
+      const end = this.pos + 1 + length;
+      this.pos = end;
+      this.consumed(1 + length);
+      if (code === COPY_BOTH_RESPONSE) {
+        this.started = true;
+        this.acknowledge(this.flushed, true);
+        continue;
+      }
+      if (code !== COPY_DATA) continue;
+      this.frame = this.cur;
+      this.frameStart = start;
+      this.frameEnd = end;
+      return true;
     }
   }
 
-  /** The next message, or undefined when `waitMs` passes first. Throws what the server reported (slot in use, publication missing). */
-  async next(waitMs: number): Promise<ReplicationMessage | undefined | 'end'> {
+  /** Hands the unparsed bytes and the socket back to pg's parser. */
+  private giveBack(): void {
+    const rest = Buffer.concat([this.cur.subarray(this.pos), ...this.chunks.slice(this.head)]);
+    this.cur = EMPTY;
+    this.pos = 0;
+    this.chunks.length = 0;
+    this.head = 0;
+    const socket = this.connection.stream;
+    socket.removeListener('data', this.onData);
+    socket.on('data', this.pgData!);
+    this.handedBack = true;
+    this.pgData!(rest);
+    if (this.paused) socket.resume();
+    this.paused = false;
+  }
+
+  /** Waits up to `waitMs` for a frame: 'frame' (then poll), 'timeout', or 'end'. Throws what the server reported (slot in use, publication missing). */
+  async wait(waitMs: number): Promise<'frame' | 'timeout' | 'end'> {
     const deadline = Date.now() + waitMs;
     for (;;) {
-      const message = this.poll();
-      if (message) return message;
+      if (this.poll()) return 'frame';
       if (this.failure) throw this.failure;
       if (this.ended) return 'end';
       const left = deadline - Date.now();
-      if (left <= 0) return undefined;
+      if (left <= 0) return 'timeout';
       let timer: NodeJS.Timeout | undefined;
       await new Promise<void>((r) => {
         this.waiter = r;
@@ -142,16 +250,21 @@ export class ReplicationStream {
 
   /** Tells the server everything up to `lsn` is durable here; the slot's confirmed_flush_lsn follows. */
   acknowledge(lsn: bigint, replyRequested = false): void {
-    if (this.ended || this.failure) return;
     if (lsn > this.flushed) this.flushed = lsn;
-    this.stream.write(standbyStatus(this.flushed, replyRequested));
+    if (!this.started || this.ended || this.failure) return;
+    const status = standbyStatus(this.flushed, replyRequested);
+    const frame = Buffer.allocUnsafe(5 + status.length);
+    frame[0] = COPY_DATA;
+    frame.writeUInt32BE(4 + status.length, 1);
+    status.copy(frame, 5);
+    this.connection.stream.write(frame);
   }
 
   async close(): Promise<void> {
     this.ended = true;
     // Destroying the socket ends the walsender at once (a CopyDone would first drain whatever
     // the server still sends); the slot is free for the next reader.
-    (this.client as unknown as { connection: { stream: { destroy(): void } } }).connection.stream.destroy();
+    this.connection?.stream.destroy();
     await this.client.end().catch(() => undefined);
   }
 }
