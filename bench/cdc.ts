@@ -65,7 +65,7 @@ async function cpuByThread(): Promise<Map<string, number>> {
   for (const tid of await readdir('/proc/self/task').catch(() => [] as string[])) {
     const stat = await readFile(`/proc/self/task/${tid}/stat`, 'utf8').catch(() => '');
     const comm = stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')'));
-    const name = tid === String(process.pid) ? 'main (JavaScript)' : comm === 'node' ? 'other' : comm;
+    const name = tid === String(process.pid) ? 'main (JavaScript)' : process.env.CDC_BENCH_THREADS ? `${comm} ${tid}` : comm === 'node' ? 'other' : comm;
     const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
     if (fields.length > 13) out.set(name, (out.get(name) ?? 0) + (Number(fields[11]) + Number(fields[12])) / 100);
   }

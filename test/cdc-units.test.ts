@@ -204,6 +204,58 @@ describe('RowValues: a change as its tuple arrived', () => {
   });
 });
 
+describe('ChangeBatch of tuples as they arrived (the stream\'s path)', () => {
+  const at = new Date('2024-01-01T00:00:00Z');
+  test('last change per key wins across ten thousand keys; the entries are found by their key\'s bytes', () => {
+    const columns = new RowColumns(['id', 'body', 'n'], [0]);
+    const b = new ChangeBatch();
+    for (let i = 0; i < 10_000; i++) b.insertTuple('t', columns, tupleOf([String(i), `b${i}`, '0']));
+    for (let i = 0; i < 10_000; i += 2) b.updateTuple('t', columns, tupleOf([String(i), `u${i}`, '1']), undefined, at);
+    for (let i = 0; i < 10_000; i += 3) b.deleteTuple('t', columns, tupleOf([String(i), null, null]), at);
+    const rows = b.tables.get('t')!.rows;
+    assert.equal(rows.size, 10_000);
+    assert.equal(b.changes, 10_000 + 5_000 + 3_334);
+    const row = (k: string) => {
+      const p = rows.get(k)!;
+      return p.op === 'delete' ? ['delete', p.key, p.at.toISOString()] : ['upsert', p.key, [...p.values]];
+    };
+    assert.deepEqual(row('3'), ['delete', ['3'], at.toISOString()]);
+    assert.deepEqual(row('4'), ['upsert', ['4'], [['id', '4'], ['body', 'u4'], ['n', '1']]]);
+    assert.deepEqual(row('5'), ['upsert', ['5'], [['id', '5'], ['body', 'b5'], ['n', '0']]]);
+    assert.equal(rows.get('10000'), undefined);
+    assert.equal(new Set(rows.keys()).size, 10_000, 'one entry per key');
+  });
+  test('an update that left a value out merges into the earlier tuple of its key; the object path finds tuple entries by the same key', () => {
+    const columns = new RowColumns(['id', 'body', 'n'], [0]);
+    const b = new ChangeBatch();
+    b.insertTuple('t', columns, tupleOf(['7', 'big', '0']));
+    b.updateTuple('t', columns, tupleOf(['7', UNCHANGED, '1']), undefined, at);
+    const rows = b.tables.get('t')!.rows;
+    assert.equal(rows.size, 1);
+    const p = rows.get('7');
+    assert.ok(p?.op === 'upsert');
+    assert.deepEqual(new Map(p.values), new Map([['id', '7'], ['body', 'big'], ['n', '1']]));
+    b.delete('t', ['7'], at);
+    assert.equal(rows.size, 1);
+    assert.equal(rows.get('7')?.op, 'delete');
+  });
+  test('a key change deletes the old key and leaves the rest to the old row; composite keys are batchKey JSON', () => {
+    const columns = new RowColumns(['a', 'b', 'v'], [0, 1]);
+    const b = new ChangeBatch();
+    b.insertTuple('t', columns, tupleOf(['1', 'x', 'v1']));
+    b.updateTuple('t', columns, tupleOf(['2', 'x', UNCHANGED]), tupleOf(['1', 'x', null]), at);
+    b.deleteTuple('t', columns, tupleOf(['9', 'y', null]), at);
+    const rows = b.tables.get('t')!.rows;
+    assert.deepEqual([...rows.keys()].sort(), ['["1","x"]', '["2","x"]', '["9","y"]']);
+    assert.equal(rows.get('["1","x"]')?.op, 'delete');
+    const moved = rows.get('["2","x"]');
+    assert.ok(moved?.op === 'upsert');
+    assert.deepEqual(new Map(moved.values), new Map([['a', '2'], ['b', 'x'], ['v', 'v1']]), 'what the change lacked came from the earlier change of the old key');
+    b.truncate('t', at, [{ lo: '5', hi: null }]);
+    assert.deepEqual([...rows.keys()].sort(), ['["1","x"]', '["2","x"]']);
+  });
+});
+
 describe('ChangeBatch key change without a TOASTed value', () => {
   test('the moved row names the old key its missing columns come from, also after an earlier update of the old key in the batch', () => {
     const b = new ChangeBatch();

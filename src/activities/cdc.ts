@@ -12,7 +12,7 @@ import { Context } from '@temporalio/activity';
 import { ApplicationFailure } from '@temporalio/common';
 import { resolveConnection } from '../config';
 import { applyBatch, type TableShape } from '../destinations/postgres/cdc-apply';
-import { batchKey, ChangeBatch, emptyCounts, RowColumns, type TableCounts } from '../destinations/postgres/cdc-batch';
+import { ChangeBatch, emptyCounts, keyValues, RowColumns, sameKeyOf, type TableCounts } from '../destinations/postgres/cdc-batch';
 import type { LeaseToken } from '../destinations/postgres/lease';
 import { ensureMetadata, loadResource, readState } from '../destinations/postgres/loader';
 import { getPool } from '../destinations/postgres/pool';
@@ -480,6 +480,7 @@ class StreamConsumer {
     this.batch = new ChangeBatch();
     this.applying = this.flushBatch(batch, commit.endLsn, commit.time, shapes).then(
       () => {
+        batch.release();
         this.committed = commit.endLsn;
         if (this.acked < this.committed) this.acked = this.committed;
         this.stream.acknowledge(this.acked);
@@ -487,6 +488,7 @@ class StreamConsumer {
         this.applying = undefined;
       },
       (err: unknown) => {
+        batch.release();
         this.applyFailure = err instanceof Error ? err : new Error(String(err));
         this.applying = undefined;
       },
@@ -543,28 +545,24 @@ class StreamConsumer {
     const rel = this.relations.get(m.relationId);
     if (!rel || !this.tx || this.tx.skip) return;
     if (m.tag === CHANGE_INSERT) {
-      const key = this.key(rel, m.values);
-      if (this.seen(rel.target, key)) return;
+      if (this.seen(rel, m.values)) return;
       this.started();
-      this.batch.insertTuple(rel.target, batchKey(key), rel.columns, m.values);
+      this.batch.insertTuple(rel.target, rel.columns, m.values);
     } else if (m.tag === CHANGE_UPDATE) {
-      const key = this.key(rel, m.values);
-      const oldKey = m.hasOld ? this.key(rel, m.old) : undefined;
-      const moved = oldKey !== undefined && oldKey.some((v, i) => v !== key[i]);
+      const moved = m.hasOld && !sameKeyOf(rel.columns, m.old, m.values);
       // A key change is a delete of the old key and an upsert of the new one; with a chunked
       // snapshot the two keys may sit in chunks whose copies saw this transaction differently.
-      const newSeen = this.seen(rel.target, key);
-      const oldSeen = moved ? this.seen(rel.target, oldKey) : newSeen;
+      const newSeen = this.seen(rel, m.values);
+      const oldSeen = moved ? this.seen(rel, m.old) : newSeen;
       if (newSeen && oldSeen) return;
       this.started();
-      if (newSeen) this.batch.delete(rel.target, oldKey!, this.tx.time);
-      else this.batch.updateTuple(rel.target, key, rel.columns, m.values, moved && !oldSeen ? oldKey : undefined, this.tx.time);
+      if (newSeen) this.batch.delete(rel.target, this.key(rel, m.old), this.tx.time);
+      else this.batch.updateTuple(rel.target, rel.columns, m.values, moved && !oldSeen ? m.old : undefined, this.tx.time);
     } else {
       if (!m.hasOld) throw new Error(`a delete on ${rel.target} arrived without its key`);
-      const key = this.key(rel, m.old);
-      if (this.seen(rel.target, key)) return;
+      if (this.seen(rel, m.old)) return;
       this.started();
-      this.batch.deleteTuple(rel.target, batchKey(key), rel.columns, m.old, this.tx.time);
+      this.batch.deleteTuple(rel.target, rel.columns, m.old, this.tx.time);
     }
   }
 
@@ -572,11 +570,12 @@ class StreamConsumer {
     if (this.batch.empty) this.batchStartedAt = Date.now();
   }
 
-  /** The table's snapshot (the chunk of it that holds this key) already has this transaction's change to the key. */
-  private seen(target: string, key: string[]): boolean {
-    const saw = this.snapshotSaw(target);
+  /** The table's snapshot (the chunk of it that holds this tuple's key) already has this transaction's change to the key. */
+  private seen(rel: Relation, tuple: Tuple): boolean {
+    const saw = this.snapshotSaw(rel.target);
     if (!saw) return false;
-    return saw.same ?? saw.byChunk[chunkOf(this.filters.get(target)!, key[0]!)]!;
+    // Most transactions are judged the same by every chunk: then the key is never decoded.
+    return saw.same ?? saw.byChunk[chunkOf(this.filters.get(rel.target)!, this.key(rel, tuple)[0]!)]!;
   }
 
   /**
@@ -598,11 +597,7 @@ class StreamConsumer {
   }
 
   private key(rel: Relation, values: Tuple): string[] {
-    return rel.keyIndex.map((i) => {
-      const v = i < values.count ? values.value(i) : undefined;
-      if (typeof v !== 'string') throw new Error(`key column ${rel.names[i]} of ${rel.target} arrived without a value`);
-      return v;
-    });
+    return keyValues(rel.columns, values, rel.target);
   }
 
   private async relation(m: Extract<LogicalMessage, { tag: 'relation' }>): Promise<void> {

@@ -162,6 +162,13 @@ const COMPLETE = 8;
 const KIND = 7;
 
 const PAGE_BYTES = 1 << 20;
+/**
+ * Pages of batches already applied, kept for the next ones: a stream then allocates no memory
+ * per batch, so its worker's memory stays flat and the garbage collector is not asked for a
+ * full collection by every batch's new external memory.
+ */
+const freePages: Buffer[] = [];
+const MAX_FREE_PAGES = 64;
 
 /**
  * The tuple bytes of a batch's changes, copied into shared pages: a change kept until its
@@ -185,7 +192,7 @@ export class TupleArena {
       this.start = 0;
     } else {
       if (this.open < 0 || this.pos + n > PAGE_BYTES) {
-        this.pages.push(Buffer.allocUnsafe(PAGE_BYTES));
+        this.pages.push(freePages.pop() ?? Buffer.allocUnsafe(PAGE_BYTES));
         this.open = this.pages.length - 1;
         this.pos = 0;
       }
@@ -195,104 +202,250 @@ export class TupleArena {
     }
     src.copy(this.pages[this.page]!, this.start, from, to);
   }
+
+  /** The batch is done with (applied or failed): its pages serve the next batches. Nothing may read it after this. */
+  release(): void {
+    for (const page of this.pages) if (page.length === PAGE_BYTES && freePages.length < MAX_FREE_PAGES) freePages.push(page);
+    this.pages.length = 0;
+    this.open = -1;
+  }
 }
+
+/** FNV-1a over a key's bytes. */
+function hashBytes(buf: Buffer, start: number, length: number): number {
+  let h = 0x811c9dc5;
+  for (let i = start, end = start + length; i < end; i++) h = Math.imul(h ^ buf[i]!, 0x01000193);
+  return h | 0;
+}
+
+const STRIDE = 7; // page, start, end, count, key page, key start, key length
+/** The arrays of Rows already released, kept for the next batches' (as TupleArena keeps pages). */
+const spareStorage: { kinds: Uint8Array<ArrayBuffer>; meta: Int32Array<ArrayBuffer>; hashes: Int32Array<ArrayBuffer>; at: Float64Array<ArrayBuffer>; slots: Int32Array<ArrayBuffer> }[] = [];
+const MAX_SPARE_STORAGE = 4;
+const DEAD = 0;
 
 /**
  * A table's pending changes, one per key (last change wins). A change of the stream is an entry
- * of typed arrays over its tuple's bytes in the batch's arena: no object per change, which a
- * batch of tens of thousands of changes held for a commit would make the garbage collector
- * copy and mark. Changes merged from several (a TOASTed value left out, a key that moved) are
- * Pending objects. Reads like a Map of Pending (materialized when asked).
+ * of typed arrays over its tuple's bytes in the batch's arena, found by its key's bytes through
+ * an open-addressing table: no object, string or map entry per change, which a batch of tens of
+ * thousands of changes held for a commit would make the garbage collector copy and mark.
+ * Changes merged from several (a TOASTed value left out, a key that moved) are Pending objects.
+ * Keys read like strings (batchKey); entries come in no particular order.
  */
 export class Rows {
-  private readonly index = new Map<string, number>();
   private kinds = new Uint8Array(1024);
-  /** Per entry: page, start, end, count. */
-  private meta = new Int32Array(4 * 1024);
+  private meta = new Int32Array(STRIDE * 1024);
+  private hashes = new Int32Array(1024);
   private at = new Float64Array(1024);
-  private readonly columnsOf: RowColumns[] = [];
+  private columnsOf: (RowColumns | undefined)[] = [];
   private readonly objects = new Map<number, Pending>();
+  /** Entries made, live or not. */
   private n = 0;
+  private live = 0;
+  /** Open addressing: entry + 1 per slot, 0 for none. */
+  private slots = new Int32Array(2048);
 
-  constructor(private readonly arena: TupleArena) {}
+  constructor(private readonly arena: TupleArena) {
+    const spare = spareStorage.pop();
+    if (spare) {
+      ({ kinds: this.kinds, meta: this.meta, hashes: this.hashes, at: this.at, slots: this.slots } = spare);
+      this.slots.fill(0);
+    }
+  }
+
+  /** Done with: the arrays serve the next batch's tables (see TupleArena.release). */
+  release(): void {
+    if (spareStorage.length < MAX_SPARE_STORAGE) spareStorage.push({ kinds: this.kinds, meta: this.meta, hashes: this.hashes, at: this.at, slots: this.slots });
+    this.columnsOf = [];
+    this.objects.clear();
+    this.n = 0;
+    this.live = 0;
+    this.slots = new Int32Array(2);
+  }
 
   get size(): number {
-    return this.index.size;
+    return this.live;
+  }
+
+  /** Entries made so far: the live ones are those below this for which isLive holds. */
+  get entryCount(): number {
+    return this.n;
+  }
+
+  isLive(e: number): boolean {
+    return this.kinds[e] !== DEAD;
   }
 
   private grow(): void {
-    const kinds = new Uint8Array(this.kinds.length * 2);
+    const size = this.kinds.length * 2;
+    const kinds = new Uint8Array(size);
     kinds.set(this.kinds);
     this.kinds = kinds;
-    const meta = new Int32Array(this.meta.length * 2);
+    const meta = new Int32Array(STRIDE * size);
     meta.set(this.meta);
     this.meta = meta;
-    const at = new Float64Array(this.at.length * 2);
+    const hashes = new Int32Array(size);
+    hashes.set(this.hashes);
+    this.hashes = hashes;
+    const at = new Float64Array(size);
     at.set(this.at);
     this.at = at;
+  }
+
+  private rehash(capacity: number): void {
+    this.slots = new Int32Array(capacity);
+    const mask = capacity - 1;
+    for (let e = 0; e < this.n; e++) {
+      if (this.kinds[e] === DEAD) continue;
+      let i = this.hashes[e]! & mask;
+      while (this.slots[i] !== 0) i = (i + 1) & mask;
+      this.slots[i] = e + 1;
+    }
+  }
+
+  private sameKey(e: number, buf: Buffer, start: number, length: number): boolean {
+    const m = STRIDE * e;
+    if (this.meta[m + 6] !== length) return false;
+    const page = this.arena.pages[this.meta[m + 4]!]!;
+    const at = this.meta[m + 5]!;
+    for (let i = 0; i < length; i++) if (page[at + i] !== buf[start + i]) return false;
+    return true;
+  }
+
+  /** The slot of a key: the one holding its entry, or the empty one where it would go. */
+  private slotOf(buf: Buffer, start: number, length: number, hash: number): number {
+    const mask = this.slots.length - 1;
+    let i = hash & mask;
+    for (;;) {
+      const s = this.slots[i]!;
+      if (s === 0 || (this.hashes[s - 1] === hash && this.sameKey(s - 1, buf, start, length))) return i;
+      i = (i + 1) & mask;
+    }
+  }
+
+  /** The live entry of a key given as bytes, or -1. */
+  find(buf: Buffer, start: number, length: number): number {
+    const s = this.slots[this.slotOf(buf, start, length, hashBytes(buf, start, length))]!;
+    return s - 1;
+  }
+
+  /** Makes entry `e` the key's (bytes already in the arena at keyPage/keyStart), retiring the one before. */
+  private index(e: number, keyPage: number, keyStart: number, keyLength: number): void {
+    const page = this.arena.pages[keyPage]!;
+    const hash = hashBytes(page, keyStart, keyLength);
+    const m = STRIDE * e;
+    this.meta[m + 4] = keyPage;
+    this.meta[m + 5] = keyStart;
+    this.meta[m + 6] = keyLength;
+    this.hashes[e] = hash;
+    const slot = this.slotOf(page, keyStart, keyLength, hash);
+    const before = this.slots[slot]! - 1;
+    if (before >= 0) {
+      this.kinds[before] = DEAD;
+      this.objects.delete(before);
+    } else {
+      this.live++;
+    }
+    this.slots[slot] = e + 1;
+    if (2 * this.live > this.slots.length) this.rehash(this.slots.length * 2);
   }
 
   private entry(kind: number, columns: RowColumns | undefined): number {
     if (this.n === this.kinds.length) this.grow();
     const e = this.n++;
     this.kinds[e] = kind;
-    this.columnsOf[e] = columns!;
+    this.columnsOf[e] = columns;
     return e;
   }
 
-  /** The change of a tuple as it arrived: its bytes go to the arena. */
-  setTuple(key: string, kind: typeof ENTRY_UPSERT | typeof ENTRY_DELETE, columns: RowColumns, tuple: Tuple, complete: boolean, atMs = 0): void {
+  /**
+   * The change of a tuple as it arrived: its bytes go to the arena. `key` is where its key's bytes
+   * are: inside the tuple (a one-column key, then found in the arena's copy), or a buffer of its own.
+   */
+  setTuple(kind: typeof ENTRY_UPSERT | typeof ENTRY_DELETE, columns: RowColumns, tuple: Tuple, complete: boolean, atMs: number, keyBuf: Buffer, keyStart: number, keyLength: number): void {
     const e = this.entry(kind | (complete ? COMPLETE : 0), columns);
     this.arena.add(tuple.buf, tuple.start, tuple.end);
-    const m = 4 * e;
-    this.meta[m] = this.arena.page;
-    this.meta[m + 1] = this.arena.start;
-    this.meta[m + 2] = this.arena.start + (tuple.end - tuple.start);
+    const m = STRIDE * e;
+    const page = this.arena.page;
+    const start = this.arena.start;
+    this.meta[m] = page;
+    this.meta[m + 1] = start;
+    this.meta[m + 2] = start + (tuple.end - tuple.start);
     this.meta[m + 3] = tuple.count;
     this.at[e] = atMs;
-    this.index.set(key, e);
+    if (keyBuf === tuple.buf && keyStart >= tuple.start && keyStart + keyLength <= tuple.end) {
+      this.index(e, page, start + (keyStart - tuple.start), keyLength);
+    } else {
+      this.arena.add(keyBuf, keyStart, keyStart + keyLength);
+      this.index(e, this.arena.page, this.arena.start, keyLength);
+    }
   }
 
   set(key: string, pending: Pending): void {
     const e = this.entry(ENTRY_OBJECT, undefined);
     this.objects.set(e, pending);
-    this.index.set(key, e);
+    const bytes = Buffer.from(key, 'utf8');
+    this.arena.add(bytes, 0, bytes.length);
+    this.index(e, this.arena.page, this.arena.start, bytes.length);
+  }
+
+  /** The live entry of a key, or undefined. */
+  entryOf(key: string): number | undefined {
+    const bytes = Buffer.from(key, 'utf8');
+    const e = this.find(bytes, 0, bytes.length);
+    return e < 0 ? undefined : e;
   }
 
   has(key: string): boolean {
-    return this.index.has(key);
-  }
-
-  /** The entry of a key (see the entry readers below), or undefined. */
-  entryOf(key: string): number | undefined {
-    return this.index.get(key);
+    return this.entryOf(key) !== undefined;
   }
 
   get(key: string): Pending | undefined {
-    const e = this.index.get(key);
+    const e = this.entryOf(key);
     return e === undefined ? undefined : this.pending(e);
   }
 
   delete(key: string): void {
-    this.index.delete(key);
+    const e = this.entryOf(key);
+    if (e === undefined) return;
+    this.removeWhere((x) => x === e);
+  }
+
+  /** Removes every live entry `drop` holds for (one pass, one reindex). */
+  removeWhere(drop: (e: number) => boolean): void {
+    for (let e = 0; e < this.n; e++) {
+      if (this.kinds[e] === DEAD || !drop(e)) continue;
+      this.kinds[e] = DEAD;
+      this.objects.delete(e);
+      this.live--;
+    }
+    this.rehash(this.slots.length);
   }
 
   clear(): void {
-    this.index.clear();
+    this.kinds.fill(DEAD, 0, this.n);
     this.objects.clear();
+    this.live = 0;
+    this.slots.fill(0);
   }
 
-  keys(): IterableIterator<string> {
-    return this.index.keys();
+  /** The key of a live entry, as batchKey writes it. */
+  keyText(e: number): string {
+    const m = STRIDE * e;
+    return this.arena.pages[this.meta[m + 4]!]!.toString('utf8', this.meta[m + 5]!, this.meta[m + 5]! + this.meta[m + 6]!);
   }
 
-  /** The entries, one per key, in the order their keys first came. */
-  entries(): IterableIterator<number> {
-    return this.index.values();
+  *keys(): IterableIterator<string> {
+    for (const e of this.entries()) yield this.keyText(e);
+  }
+
+  /** The live entries, one per key. */
+  *entries(): IterableIterator<number> {
+    for (let e = 0; e < this.n; e++) if (this.kinds[e] !== DEAD) yield e;
   }
 
   *values(): IterableIterator<Pending> {
-    for (const e of this.index.values()) yield this.pending(e);
+    for (const e of this.entries()) yield this.pending(e);
   }
 
   kind(e: number): number {
@@ -309,28 +462,27 @@ export class Rows {
     return this.columnsOf[e]!;
   }
   buf(e: number): Buffer {
-    return this.arena.pages[this.meta[4 * e]!]!;
+    return this.arena.pages[this.meta[STRIDE * e]!]!;
   }
   start(e: number): number {
-    return this.meta[4 * e + 1]!;
+    return this.meta[STRIDE * e + 1]!;
   }
   count(e: number): number {
-    return this.meta[4 * e + 3]!;
+    return this.meta[STRIDE * e + 3]!;
   }
   /** An ENTRY_DELETE's commit time, in Unix milliseconds. */
   atMs(e: number): number {
     return this.at[e]!;
   }
   tuple(e: number): Tuple {
-    const m = 4 * e;
+    const m = STRIDE * e;
     return new Tuple(this.buf(e), this.meta[m + 1]!, this.meta[m + 3]!, this.meta[m + 2]!);
   }
 
   /** The key values of an entry's change. */
   key(e: number): string[] {
     if (this.kind(e) === ENTRY_OBJECT) return this.object(e).key;
-    const t = this.tuple(e);
-    return this.columns(e).keyIndex.map((i) => t.value(i) as string);
+    return keyValues(this.columns(e), this.tuple(e));
   }
 
   private pending(e: number): Pending {
@@ -339,6 +491,49 @@ export class Rows {
     if (kind === ENTRY_DELETE) return { op: 'delete', key: this.key(e), at: new Date(this.atMs(e)) };
     return { op: 'upsert', key: this.key(e), values: new RowValues(this.columns(e), this.tuple(e)) };
   }
+}
+
+/** The key values of a tuple (at its relation's key positions). */
+export function keyValues(columns: RowColumns, tuple: Tuple, table?: string): string[] {
+  return columns.keyIndex.map((i) => {
+    const v = i < tuple.count ? tuple.value(i) : undefined;
+    if (typeof v !== 'string') throw new Error(`key column ${columns.names[i]}${table ? ` of ${table}` : ''} arrived without a value`);
+    return v;
+  });
+}
+
+/**
+ * Where a tuple's key is as batchKey bytes: a one-column key is its value's bytes in the tuple;
+ * others are encoded (batchKey of the values) into a buffer of their own. Sets keyAt.
+ */
+export function locateKey(columns: RowColumns, tuple: Tuple): void {
+  if (columns.keyIndex.length === 1) {
+    const i = columns.keyIndex[0]!;
+    const spans = scratchFor(tuple.count);
+    if (i < tuple.count) tupleSpans(tuple.buf, tuple.start, tuple.count, spans);
+    const offset = i < tuple.count ? spans[2 * i]! : SPAN_UNCHANGED;
+    if (offset < 0) throw new Error(`key column ${columns.names[i]} arrived without a value`);
+    keyAt.buf = tuple.buf;
+    keyAt.start = offset;
+    keyAt.length = spans[2 * i + 1]!;
+    return;
+  }
+  const bytes = Buffer.from(batchKey(keyValues(columns, tuple)), 'utf8');
+  keyAt.buf = bytes;
+  keyAt.start = 0;
+  keyAt.length = bytes.length;
+}
+/** What locateKey found, until its next call. */
+export const keyAt: { buf: Buffer; start: number; length: number } = { buf: Buffer.alloc(0), start: 0, length: 0 };
+
+/** Whether two tuples of a relation have the same key. */
+export function sameKeyOf(columns: RowColumns, a: Tuple, b: Tuple): boolean {
+  locateKey(columns, a);
+  const { buf, start, length } = keyAt;
+  locateKey(columns, b);
+  if (keyAt.length !== length) return false;
+  for (let i = 0; i < length; i++) if (keyAt.buf[keyAt.start + i] !== buf[start + i]) return false;
+  return true;
 }
 
 /** A key's entry in TableBatch.rows: a one-column key is its value (every key of a table has the same columns), others JSON. */
@@ -367,41 +562,45 @@ export class ChangeBatch {
     this.changes++;
   }
 
-  /** An insert as its tuple arrived (`key`: batchKey of its key values; `columns` with the relation's keyIndex). */
-  insertTuple(table: string, key: string, columns: RowColumns, tuple: Tuple): void {
+  /** An insert as its tuple arrived (`columns` with the relation's keyIndex). */
+  insertTuple(table: string, columns: RowColumns, tuple: Tuple): void {
     const t = this.table(table);
-    t.rows.setTuple(key, ENTRY_UPSERT, columns, tuple, carriesAll(columns, tuple));
+    const all = carriesAll(columns, tuple);
+    locateKey(columns, tuple);
+    t.rows.setTuple(ENTRY_UPSERT, columns, tuple, all, 0, keyAt.buf, keyAt.start, keyAt.length);
     t.counts.inserts++;
     this.changes++;
   }
 
   /**
-   * An update as its tuple arrived. One that carries every column replaces what the batch holds
-   * for its key; one that left a column out merges into an earlier change of its key (see update).
+   * An update as its tuple arrived; `old`: the old key's tuple when the update changed the key.
+   * One that carries every column replaces what the batch holds for its key; one that left a
+   * column out merges into an earlier change of its key (see update).
    */
-  updateTuple(table: string, keyValues: string[], columns: RowColumns, tuple: Tuple, oldKey: string[] | undefined, at: Date): void {
+  updateTuple(table: string, columns: RowColumns, tuple: Tuple, old: Tuple | undefined, at: Date): void {
     const t = this.table(table);
-    const key = keyOf(keyValues);
-    if (oldKey === undefined || keyOf(oldKey) === key) {
+    if (old === undefined) {
       const all = carriesAll(columns, tuple);
-      const e = t.rows.entryOf(key);
-      const previous = e === undefined ? ENTRY_DELETE : t.rows.kind(e);
+      locateKey(columns, tuple);
+      const e = t.rows.find(keyAt.buf, keyAt.start, keyAt.length);
+      const previous = e < 0 ? ENTRY_DELETE : t.rows.kind(e);
       // Replacing is merging when nothing earlier could add to it: no earlier upsert, or one of
       // the same columns that this one carries whole.
-      if (previous === ENTRY_DELETE || (all && previous === ENTRY_UPSERT && t.rows.columns(e!) === columns)) {
-        t.rows.setTuple(key, ENTRY_UPSERT, columns, tuple, all);
+      if (previous === ENTRY_DELETE || (all && previous === ENTRY_UPSERT && t.rows.columns(e) === columns)) {
+        t.rows.setTuple(ENTRY_UPSERT, columns, tuple, all, 0, keyAt.buf, keyAt.start, keyAt.length);
         t.counts.updates++;
         this.changes++;
         return;
       }
     }
-    this.update(table, keyValues, new RowValues(columns, tuple.detach()), oldKey, at);
+    this.update(table, keyValues(columns, tuple), new RowValues(columns, tuple.detach()), old && keyValues(columns, old), at);
   }
 
   /** A delete with its old-key tuple as it arrived. */
-  deleteTuple(table: string, key: string, columns: RowColumns, old: Tuple, at: Date): void {
+  deleteTuple(table: string, columns: RowColumns, old: Tuple, at: Date): void {
     const t = this.table(table);
-    t.rows.setTuple(key, ENTRY_DELETE, columns, old, false, at.getTime());
+    locateKey(columns, old);
+    t.rows.setTuple(ENTRY_DELETE, columns, old, false, at.getTime(), keyAt.buf, keyAt.start, keyAt.length);
     t.counts.deletes++;
     this.changes++;
   }
@@ -441,9 +640,7 @@ export class ChangeBatch {
   truncate(table: string, at: Date, ranges?: FirstKeyRange[]): void {
     const t = this.table(table);
     if (ranges) {
-      for (const [k, e] of [...t.rows.keys()].map((k) => [k, t.rows.entryOf(k)!] as const)) {
-        if (ranges.some((r) => inRange(r, t.rows.key(e)[0]!))) t.rows.delete(k);
-      }
+      t.rows.removeWhere((e) => ranges.some((r) => inRange(r, t.rows.key(e)[0]!)));
       // A whole-table truncate earlier in the batch stays whole.
       if (!t.truncatedAt || t.truncateRanges) t.truncateRanges = [...(t.truncateRanges ?? []), ...ranges];
     } else {
@@ -457,6 +654,13 @@ export class ChangeBatch {
 
   get empty(): boolean {
     return this.changes === 0;
+  }
+
+  /** Done with: its memory serves the next batches (see TupleArena.release). */
+  release(): void {
+    for (const t of this.tables.values()) t.rows.release();
+    this.tables.clear();
+    this.arena.release();
   }
 }
 

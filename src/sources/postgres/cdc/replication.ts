@@ -42,6 +42,8 @@ export class ReplicationStream implements pg.Submittable {
   /** Socket chunks received and not parsed yet, the one being parsed first. */
   private readonly chunks: Buffer[] = [];
   private head = 0;
+  /** Where the first queued chunk starts (a frame that ended inside it took its first bytes). */
+  private headOffset = 0;
   private cur: Buffer = EMPTY;
   private pos = 0;
   /** Bytes received and not yet parsed. */
@@ -144,14 +146,25 @@ export class ReplicationStream implements pg.Submittable {
   private gather(n: number): boolean {
     if (this.cur.length - this.pos >= n) return true;
     let have = this.cur.length - this.pos;
-    let last = this.head;
-    while (have < n && last < this.chunks.length) have += this.chunks[last++]!.length;
+    for (let i = this.head; i < this.chunks.length && have < n; i++) have += this.chunks[i]!.length - (i === this.head ? this.headOffset : 0);
     if (have < n) return false;
-    // A frame across socket reads: its pieces are joined (once per read, not per message).
-    const parts = [this.cur.subarray(this.pos), ...this.chunks.slice(this.head, last)];
+    // A frame across socket reads: only its own bytes are joined, and the next read goes on
+    // from where the frame ends in it.
+    const parts = [this.cur.subarray(this.pos)];
+    let need = n - (this.cur.length - this.pos);
+    while (need > 0) {
+      const chunk = this.chunks[this.head]!;
+      const take = Math.min(chunk.length - this.headOffset, need);
+      parts.push(chunk.subarray(this.headOffset, this.headOffset + take));
+      this.headOffset += take;
+      need -= take;
+      if (this.headOffset === chunk.length) {
+        this.head++;
+        this.headOffset = 0;
+      }
+    }
     this.cur = Buffer.concat(parts);
     this.pos = 0;
-    this.head = last;
     this.trim();
     return true;
   }
@@ -183,7 +196,8 @@ export class ReplicationStream implements pg.Submittable {
       if (this.pos >= this.cur.length) {
         if (this.head >= this.chunks.length || this.ended || this.failure) return false;
         this.cur = this.chunks[this.head++]!;
-        this.pos = 0;
+        this.pos = this.headOffset;
+        this.headOffset = 0;
         this.trim();
       }
       if (!this.gather(5)) return false;
@@ -216,11 +230,12 @@ export class ReplicationStream implements pg.Submittable {
 
   /** Hands the unparsed bytes and the socket back to pg's parser. */
   private giveBack(): void {
-    const rest = Buffer.concat([this.cur.subarray(this.pos), ...this.chunks.slice(this.head)]);
+    const rest = Buffer.concat([this.cur.subarray(this.pos), ...this.chunks.slice(this.head).map((c, i) => (i === 0 ? c.subarray(this.headOffset) : c))]);
     this.cur = EMPTY;
     this.pos = 0;
     this.chunks.length = 0;
     this.head = 0;
+    this.headOffset = 0;
     const socket = this.connection.stream;
     socket.removeListener('data', this.onData);
     socket.on('data', this.pgData!);
