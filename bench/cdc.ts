@@ -29,6 +29,8 @@ const CHANGES = Number(process.env.CDC_BENCH_CHANGES ?? 200_000);
 const MODES = (process.env.CDC_BENCH_MODES ?? 'live,alone').split(',');
 type Who = 'sluice' | 'native';
 const PER_TX = 1_000;
+/** Transactions of the unmeasured warm-up burst (CDC_BENCH_WARMUP changes, default 100,000; 0: none). */
+const WARMUP_TXS = Math.ceil(Number(process.env.CDC_BENCH_WARMUP ?? 100_000) / PER_TX);
 
 async function waitUntil(what: string, fn: () => Promise<boolean>, timeoutMs = 3_600_000): Promise<void> {
   const deadline = Date.now() + timeoutMs;
@@ -152,16 +154,17 @@ async function main(): Promise<void> {
       console.log('both appliers are streaming');
       const burstPid = (await source.query<{ pid: number }>('select pg_backend_pid() as pid')).rows[0]!.pid;
       const txs = Math.ceil(CHANGES / PER_TX);
-      let burstsDone = 0;
-      /** One burst of CHANGES changes; each burst moves on to keys of its own (the updates wrap over the first half). */
-      const burst = async (): Promise<{ seconds: number; end: string }> => {
-        const first = burstsDone++ * txs;
+      /** One burst of `count` transactions of 1,000 changes (CHANGES in all by default); each burst moves on to keys of its own (the updates wrap over the first half). */
+      let firstTx = 0;
+      const burst = async (count = txs): Promise<{ seconds: number; end: string }> => {
+        const first = firstTx;
+        firstTx += count;
         const started = Date.now();
         await source.query(`
           do $$
           declare n bigint := ${CHANGES};
           begin
-            for t in ${first} .. ${first + txs - 1} loop
+            for t in ${first} .. ${first + count - 1} loop
               -- 600 updates over the first half of the table, 300 inserts past its end, 100 deletes from the second half.
               update src.bench set v = v + 1, note = 'updated ' || t where id > (t * 600) % (n / 2) and id <= (t * 600) % (n / 2) + 600;
               insert into src.bench select n + t * 300 + i, t, 'inserted', now() from generate_series(1, 300) i;
@@ -233,6 +236,14 @@ async function main(): Promise<void> {
         await waitUntil('both slots to confirm the WAL written so far', async () => (await lagTo('sluice', now)) === 0 && (await lagTo('native', now)) === 0);
       };
       await caughtUp();
+      if (WARMUP_TXS > 0) {
+        // Not measured: a worker streams for hours, so its code is compiled and its buffers are
+        // made before the bursts that are; a first burst would measure V8's compiler warming up.
+        const { end } = await burst(WARMUP_TXS);
+        await waitUntil('both appliers to apply the warm-up burst', async () => (await lagTo('sluice', end)) === 0 && (await lagTo('native', end)) === 0);
+        console.log(`warm-up: ${(WARMUP_TXS * PER_TX).toLocaleString('en')} changes applied by both (not measured)`);
+        await caughtUp();
+      }
       if (MODES.includes('live')) {
         // Both appliers stream while the burst commits, sharing the machine with it and each other.
         const rssBefore = process.memoryUsage().rss;

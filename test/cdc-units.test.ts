@@ -4,6 +4,8 @@ import { ChangeBatch, RowColumns, RowValues, spansOf } from '../src/destinations
 import { CopyTextWriter } from '../src/destinations/postgres/copy-text';
 import { CdcInput, parseInput } from '../src/inputs';
 import { decodeLogicalMessage, decodeReplicationMessage, formatLsn, parseLsn, SPAN_NULL, SPAN_UNCHANGED, standbyStatus, UNCHANGED, type Tuple } from '../src/sources/postgres/cdc/pgoutput';
+import { PassThrough } from 'node:stream';
+import { ReplicationStream } from '../src/sources/postgres/cdc/replication';
 import { chunkOf, parseXidSnapshot, seenBySnapshot, seenForKey, widenXid } from '../src/sources/postgres/cdc/snapshot';
 import { cdcNames } from '../src/workflows/cdc';
 
@@ -65,6 +67,46 @@ describe('pgoutput decoding', () => {
     assert.equal(formatLsn(0x16b374d848n), '16/B374D848');
     assert.equal(formatLsn(parseLsn('0/0')), '0/0');
     assert.throws(() => parseLsn('16-B3'), /not an LSN/);
+  });
+});
+
+describe('ReplicationStream: CopyData frames read in place from socket chunks', () => {
+  /** A socket as pg leaves it: its one 'data' reader is pg's parser (here, a recorder). */
+  function socket() {
+    const s = new PassThrough() as PassThrough & { written: Buffer[] };
+    s.written = [];
+    s.write = ((chunk: Buffer) => (s.written.push(chunk), true)) as typeof s.write;
+    return s;
+  }
+  const message = (code: string, payload: Buffer) => {
+    const header = Buffer.alloc(5);
+    header.write(code, 0, 'latin1');
+    header.writeUInt32BE(4 + payload.length, 1);
+    return Buffer.concat([header, payload]);
+  };
+  test('every frame arrives whole whatever the socket reads look like; an error goes back to pg with the bytes after the frames', () => {
+    const payloads = Array.from({ length: 40 }, (_, i) => new Wire().char('w').u64(BigInt(i)).u64(BigInt(i)).u64(0n).char('I').i32(1).char('N').i16(2).text(String(i)).text('x'.repeat(i * 7)).done());
+    payloads.push(new Wire().char('k').u64(99n).u64(0n).u8(1).done());
+    const error = message('E', Buffer.from('SERROR\0C55006\0Mslot is active\0\0'));
+    const bytes = Buffer.concat([message('W', Buffer.from([0, 0, 0])), message('S', Buffer.from('a\0b\0')), ...payloads.map((p) => message('d', p)), error]);
+    for (const size of [1, 2, 3, 5, 7, 64, 300, bytes.length]) {
+      const s = socket();
+      const handedBack: Buffer[] = [];
+      s.on('data', (chunk: Buffer) => handedBack.push(chunk));
+      const queries: string[] = [];
+      const stream = ReplicationStream.over({ stream: s, query: (text) => queries.push(text) }, 'START_REPLICATION ...');
+      assert.deepEqual(queries, ['START_REPLICATION ...']);
+      const got: Buffer[] = [];
+      for (let at = 0; at < bytes.length; at += size) {
+        s.emit('data', bytes.subarray(at, at + size));
+        while (stream.poll()) got.push(Buffer.from(stream.frame.subarray(stream.frameStart, stream.frameEnd)));
+      }
+      assert.equal(got.length, payloads.length, `reads of ${size} bytes`);
+      got.forEach((g, i) => assert.ok(g.equals(payloads[i]!), `frame ${i} with reads of ${size} bytes`));
+      assert.ok(Buffer.concat(handedBack).equals(error), 'pg parses the error (and reports it to the stream)');
+      assert.equal(s.written.length, 1, 'one status update, sent once the copy started');
+      assert.equal(String.fromCharCode(s.written[0]![5]!), 'r');
+    }
   });
 });
 

@@ -64,10 +64,21 @@ export class ReplicationStream implements pg.Submittable {
   frameEnd = 0;
 
   private constructor(
-    private readonly client: pg.Client,
+    private readonly client: pg.Client | undefined,
     private readonly text: string,
     private readonly highWater: number,
   ) {}
+
+  /**
+   * A stream over a connection that pg has already set up (its `stream` and `query`), as pg's
+   * client hands it to submit(): what start() does once connected, and what a test drives with a
+   * socket of its own.
+   */
+  static over(connection: { stream: Duplex; query(text: string): void }, text: string, readAheadBytes = DEFAULT_READ_AHEAD_BYTES): ReplicationStream {
+    const self = new ReplicationStream(undefined, text, readAheadBytes);
+    self.submit(connection);
+    return self;
+  }
 
   /** `applicationName` names the reader in pg_stat_activity: how another run learns who holds the slot. */
   static async start(url: string, slot: string, publication: string, from: bigint, applicationName = 'sluice-cdc', readAheadBytes = DEFAULT_READ_AHEAD_BYTES): Promise<ReplicationStream> {
@@ -280,6 +291,6 @@ export class ReplicationStream implements pg.Submittable {
     // Destroying the socket ends the walsender at once (a CopyDone would first drain whatever
     // the server still sends); the slot is free for the next reader.
     this.connection?.stream.destroy();
-    await this.client.end().catch(() => undefined);
+    await this.client?.end().catch(() => undefined);
   }
 }
