@@ -24,9 +24,11 @@ import { cdcNames } from '../src/workflows/cdc';
 const CHANGES = Number(process.env.CDC_BENCH_CHANGES ?? 200_000);
 /**
  * `live`: both appliers stream while the burst commits (they share 2 cores with it and with each
- * other). `alone`: the burst commits with neither reading, then each applies the backlog alone.
+ * other). `solo`: one applier streams while its own burst commits, the other one stopped (as a
+ * CDC worker runs beside its source's writes). `alone`: the burst commits with neither reading,
+ * then each applies the backlog alone.
  */
-const MODES = (process.env.CDC_BENCH_MODES ?? 'live,alone').split(',');
+const MODES = (process.env.CDC_BENCH_MODES ?? 'live,solo,alone').split(',');
 type Who = 'sluice' | 'native';
 const PER_TX = 1_000;
 /** Transactions of the unmeasured warm-up burst (CDC_BENCH_WARMUP changes, default 100,000; 0: none). */
@@ -269,6 +271,38 @@ async function main(): Promise<void> {
         console.log(`\nlive: sluice / native: ${(finished.native! / finished.sluice!).toFixed(2)}x the native subscriber's changes/s`);
         console.log(`worker process RSS before the burst: ${mb(rssBefore)}; peak while streaming: ${mb(rssPeak)}`);
         cpuTable("live: CPU seconds from the burst's start until both confirmed it (2 cores: at most 2 s of CPU per second)", cpu);
+      }
+
+      if (MODES.includes('solo')) {
+        // One applier streams while the burst commits; the other is stopped and catches up afterwards, unmeasured.
+        const took: Record<string, number> = {};
+        const rows: string[] = [];
+        const cpus: [Who, Map<string, number>][] = [];
+        for (const who of ['native', 'sluice'] as const) {
+          await caughtUp();
+          if (who === 'sluice') await sub.query('alter subscription native_sub disable');
+          else await handle.signal('pause');
+          const other: Who = who === 'sluice' ? 'native' : 'sluice';
+          await waitUntil(`the ${other} applier to let go of its slot`, async () => !(await slotActive(other)));
+          const rssBefore = process.memoryUsage().rss;
+          rssPeak = 0;
+          const meter = await cpuMeter();
+          const started = Date.now();
+          const { seconds, end } = await burst();
+          const lag = await lagTo(who, end);
+          await waitUntil(`${who} to confirm the burst`, async () => (await lagTo(who, end)) === 0);
+          took[who] = (Date.now() - started) / 1000;
+          cpus.push([who, await meter()]);
+          rows.push(`| ${label(who)} | ${seconds.toFixed(1)} | ${took[who]!.toFixed(1)} | ${Math.round(CHANGES / took[who]!).toLocaleString('en')} | ${mb(lag)} | ${await equal(who)} |${who === 'sluice' ? ` ${mb(rssBefore)} / ${mb(rssPeak)} |` : ' |'}`);
+          if (who === 'sluice') await sub.query('alter subscription native_sub enable');
+          else await handle.signal('resume');
+        }
+        console.log(`\nsolo: ${CHANGES.toLocaleString('en')} changes, one burst per applier, each streaming while its burst commits, the other one stopped:\n`);
+        console.log('| applier | burst committed in s | seconds from burst start to confirmed | changes/s | lag right after the burst | equals source | worker RSS before / peak |');
+        console.log('|---|---:|---:|---:|---:|---|---:|');
+        for (const row of rows) console.log(row);
+        console.log(`\nsolo: sluice / native: ${(took.native! / took.sluice!).toFixed(2)}x the native subscriber's changes/s`);
+        for (const [who, cpu] of cpus) cpuTable(`solo: CPU seconds while ${label(who)} streamed its burst`, cpu);
       }
 
       if (MODES.includes('alone')) {
