@@ -110,6 +110,79 @@ describe('ReplicationStream: CopyData frames read in place from socket chunks', 
   });
 });
 
+describe('ReplicationStream: backpressure and the end of a stream', () => {
+  const message = (code: string, payload: Buffer) => {
+    const header = Buffer.alloc(5);
+    header.write(code, 0, 'latin1');
+    header.writeUInt32BE(4 + payload.length, 1);
+    return Buffer.concat([header, payload]);
+  };
+  /** An XLogData frame of `n` bytes of logical message (an 'M' message: nothing to apply). */
+  const xlog = (n: number) => {
+    const p = Buffer.alloc(25 + n, 0x41);
+    p[0] = 0x77;
+    p[25] = 0x4d;
+    return message('d', p);
+  };
+  test('a row bigger than the whole read-ahead still arrives: the socket is paused only with whole frames queued', async () => {
+    const s = new PassThrough();
+    s.write = (() => true) as typeof s.write;
+    s.on('data', () => undefined); // pg's parser
+    const stream = ReplicationStream.over({ stream: s, query: () => undefined }, 'START_REPLICATION ...', 16 * 1024);
+    const wire = Buffer.concat([message('W', Buffer.from([0, 0, 0])), ...Array.from({ length: 30 }, () => xlog(1000)), xlog(200_000), xlog(10)]);
+    // The kernel: 4 KiB reads while the socket is not paused, as TCP delivers them.
+    let at = 0;
+    const pump = () => {
+      while (!s.isPaused() && at < wire.length) {
+        s.emit('data', wire.subarray(at, at + 4096));
+        at += 4096;
+      }
+    };
+    const resume = s.resume.bind(s);
+    s.resume = (() => {
+      const r = resume();
+      setImmediate(pump);
+      return r;
+    }) as typeof s.resume;
+    pump();
+    assert.ok(at < wire.length, 'the socket was paused before everything arrived');
+    const sizes: number[] = [];
+    while (sizes.length < 32) {
+      const r = await stream.wait(2_000);
+      assert.equal(r, 'frame', `frame ${sizes.length + 1} arrives (${at} of ${wire.length} bytes delivered)`);
+      sizes.push(stream.frameEnd - stream.frameStart);
+    }
+    assert.deepEqual(sizes.slice(29), [1025, 200_025, 35]);
+  });
+  test('an error the server sent before closing is still handed to pg, so its SQLSTATE is what fails the stream', async () => {
+    const s = new PassThrough();
+    s.write = (() => true) as typeof s.write;
+    const toPg: Buffer[] = [];
+    s.on('data', (c: Buffer) => toPg.push(c));
+    const stream = ReplicationStream.over({ stream: s, query: () => undefined }, 'START_REPLICATION ...');
+    s.emit('data', Buffer.concat([message('W', Buffer.from([0, 0, 0])), xlog(10)]));
+    assert.equal(stream.poll(), true);
+    const fatal = message('E', Buffer.from('SFATAL\0C57P01\0Mterminating connection due to administrator command\0\0'));
+    s.emit('data', fatal);
+    s.emit('close');
+    // pg's parser, handed the bytes, reports the server's error; the socket closing was first.
+    stream.handleError(new Error('Connection terminated unexpectedly'));
+    assert.equal(stream.poll(), false);
+    assert.ok(Buffer.concat(toPg).equals(fatal), 'the FATAL message went to pg');
+    stream.handleError(Object.assign(new Error('terminating connection due to administrator command'), { code: '57P01' }));
+    await assert.rejects(stream.wait(100), (err: Error & { code?: string }) => err.code === '57P01');
+  });
+  test('a frame length PostgreSQL never sends fails the stream instead of losing its place', async () => {
+    const s = new PassThrough();
+    s.write = (() => true) as typeof s.write;
+    s.on('data', () => undefined);
+    const stream = ReplicationStream.over({ stream: s, query: () => undefined }, 'START_REPLICATION ...');
+    s.emit('data', Buffer.concat([message('W', Buffer.from([0, 0, 0])), Buffer.from([0x64, 0, 0, 0, 1, 0x6b])]));
+    assert.equal(stream.poll(), false);
+    await assert.rejects(stream.wait(100), /a message of 1 bytes/);
+  });
+});
+
 describe('snapshot visibility by xid', () => {
   const snap = parseXidSnapshot('100:110:103,107');
   test('committed before xmin: seen; in xip or at/after xmax: not seen; between and not in xip: seen', () => {

@@ -426,12 +426,14 @@ class StreamConsumer {
       const { frame, frameStart, frameEnd } = this.stream;
       const kind = frame[frameStart];
       if (kind === 0x6b /* k: keepalive */) {
+        if (frameEnd - frameStart < 18) throw new Error(`replication: a keepalive of ${frameEnd - frameStart} bytes (18 expected)`);
         const walEnd = frame.readBigUInt64BE(frameStart + 1);
         if (this.idle() && walEnd > this.acked) this.acked = walEnd;
         if (frame[frameStart + 17] === 1 || this.acked > this.committed) this.stream.acknowledge(this.acked);
         continue;
       }
       if (kind !== 0x77 /* w: XLogData, its logical message after a 25-byte header */) continue;
+      if (frameEnd - frameStart < 26) throw new Error(`replication: an XLogData message of ${frameEnd - frameStart} bytes`);
       if (readChange(frame, frameStart + 25, frameEnd, this.change)) {
         this.handleChange(this.change);
         continue;

@@ -29,6 +29,8 @@ const ERROR_RESPONSE = 0x45; // E
 const NOTICE_RESPONSE = 0x4e; // N
 const PARAMETER_STATUS = 0x53; // S
 const EMPTY = Buffer.alloc(0);
+/** PostgreSQL never sends a message longer than this (1 GiB of data and its header). */
+const MAX_MESSAGE_BYTES = 0x40000000 + 64 * 1024;
 
 interface PgConnection {
   stream: Duplex;
@@ -53,8 +55,11 @@ export class ReplicationStream implements pg.Submittable {
   /** The socket is pg's again (an error or the end of the copy follows from its parser). */
   private handedBack = false;
   private waiter: (() => void) | undefined;
-  private failure: Error | undefined;
+  /** What went wrong, in order: the socket, pg's parser (a server error, the connection ending). */
+  private readonly errors: Error[] = [];
   private ended = false;
+  /** The size of the frame at the head of the queue that has not fully arrived (0: none). */
+  private waitingFor = 0;
   /** The last position acknowledged, resent with the pings. */
   private flushed = 0n;
 
@@ -109,7 +114,7 @@ export class ReplicationStream implements pg.Submittable {
     socket.removeListener('data', this.pgData);
     socket.on('data', this.onData);
     socket.on('error', (err: Error) => {
-      this.failure ??= err;
+      this.errors.push(err);
       this.wake();
     });
     socket.on('close', () => {
@@ -121,8 +126,16 @@ export class ReplicationStream implements pg.Submittable {
 
   // pg calls these once its parser has the socket back (an ErrorResponse, then ReadyForQuery).
   handleError(err: Error): void {
-    this.failure ??= err;
+    this.errors.push(err);
     this.wake();
+  }
+
+  /**
+   * The error to report: the server's own (with its SQLSTATE, such as 55006 for a slot in use or
+   * 57P01 for a terminated walsender) over the socket closing or pg noticing the connection end.
+   */
+  private get failure(): Error | undefined {
+    return this.errors.find((e) => /^[0-9A-Z]{5}$/.test(String((e as { code?: unknown }).code))) ?? this.errors[0];
   }
   handleReadyForQuery(): void {
     this.ended = true;
@@ -140,7 +153,9 @@ export class ReplicationStream implements pg.Submittable {
   private readonly onData = (chunk: Buffer): void => {
     this.chunks.push(chunk);
     this.queuedBytes += chunk.length;
-    if (!this.paused && this.queuedBytes >= this.highWater) {
+    // Paused only with the frame being waited for whole: one row bigger than the read-ahead
+    // must still arrive (the socket would otherwise never be read again).
+    if (!this.paused && this.queuedBytes >= this.highWater && this.queuedBytes >= this.waitingFor) {
       this.paused = true;
       this.connection.stream.pause();
     }
@@ -205,7 +220,9 @@ export class ReplicationStream implements pg.Submittable {
     if (this.handedBack) return false;
     for (;;) {
       if (this.pos >= this.cur.length) {
-        if (this.head >= this.chunks.length || this.ended || this.failure) return false;
+        // Chunks that came before the socket closed are still read: an error the server sent
+        // before closing (FATAL, with its SQLSTATE) is among them.
+        if (this.head >= this.chunks.length) return false;
         this.cur = this.chunks[this.head++]!;
         this.pos = this.headOffset;
         this.headOffset = 0;
@@ -221,7 +238,20 @@ export class ReplicationStream implements pg.Submittable {
         this.giveBack();
         return false;
       }
-      if (!this.gather(1 + length)) return false;
+      if (length < 4 || length > MAX_MESSAGE_BYTES) {
+        this.errors.unshift(new Error(`replication: a message of ${length} bytes (code ${code}) is not one PostgreSQL sends`));
+        this.handedBack = true;
+        return false;
+      }
+      if (!this.gather(1 + length)) {
+        this.waitingFor = 1 + length;
+        if (this.paused && this.queuedBytes < this.waitingFor) {
+          this.paused = false;
+          this.connection.stream.resume();
+        }
+        return false;
+      }
+      this.waitingFor = 0;
       const start = this.pos + 5;
       const end = this.pos + 1 + length;
       this.pos = end;
@@ -277,7 +307,7 @@ export class ReplicationStream implements pg.Submittable {
   /** Tells the server everything up to `lsn` is durable here; the slot's confirmed_flush_lsn follows. */
   acknowledge(lsn: bigint, replyRequested = false): void {
     if (lsn > this.flushed) this.flushed = lsn;
-    if (!this.started || this.ended || this.failure) return;
+    if (!this.started || this.ended || this.errors.length) return;
     const status = standbyStatus(this.flushed, replyRequested);
     const frame = Buffer.allocUnsafe(5 + status.length);
     frame[0] = COPY_DATA;
