@@ -272,6 +272,28 @@ describe('cdcWorkflow', () => {
     await saveHistory(handle, 'cdc-streaming');
   });
 
+  test('a row bigger than the whole read-ahead streams (the socket is never left paused on a frame that has not arrived)', async () => {
+    const src = `${stack.sourceSchema}_huge`;
+    const dest = `${stack.schema}_huge`;
+    await stack.db.query(`create schema ${src}; create table ${src}.blobs (id int primary key, body text, n int not null default 0)`);
+    const handle = await startCdc('huge', { ...oneTable(`${src}.blobs`, dest), deletes: 'hard', batchWait: '200ms' });
+    await stack.withWorker(async () => {
+      await streaming(handle);
+      // 12 MB of md5 text (pgoutput sends it whole, decompressed) between small rows, and updates
+      // that leave it untouched: more than the reader's 8 MiB read-ahead in one message.
+      await stack.db.query(`insert into ${src}.blobs select i, 'small ' || i, 0 from generate_series(1, 200) i`);
+      await stack.db.query(`insert into ${src}.blobs select 1000, string_agg(md5(g::text), ''), 0 from generate_series(1, 375000) g`);
+      await stack.db.query(`insert into ${src}.blobs select i, 'small ' || i, 0 from generate_series(201, 400) i; update ${src}.blobs set n = 1 where id = 1000`);
+      await waitFor('the huge row and the rows after it', async () =>
+        (await stack.db.query(`select 1 from ${dest}.blobs where id = 1000 and n = 1`).catch(() => ({ rowCount: 0 }))).rowCount === 1 &&
+        (await stack.db.query(`select count(*)::int as c from ${dest}.blobs`)).rows[0].c === 401, 120_000);
+      assert.equal(await differences(`${src}.blobs`, `${dest}.blobs`), 0);
+      const length = await stack.db.query(`select length(body) as l from ${dest}.blobs where id = 1000`);
+      assert.equal(length.rows[0].l, 12_000_000);
+      await stopAndDrop(handle);
+    });
+  });
+
   test('schema changes mid-stream: an added column appears, a widened type widens, a dropped column stays nullable and is reported', async () => {
     const src = `${stack.sourceSchema}_ddl`;
     const dest = `${stack.schema}_ddl`;
