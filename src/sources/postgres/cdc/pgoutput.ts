@@ -234,16 +234,11 @@ export function tupleSpans(buf: Buffer, start: number, count: number, out: Int32
   return all;
 }
 
-/** Reads past one TupleData (validating its kinds and lengths) and returns it undecoded. */
+/** Reads past one TupleData (validating its kinds and lengths, see tupleAt) and returns it undecoded. */
 function tuple(r: Reader): Tuple {
-  const n = r.i16();
-  const start = r.position;
-  for (let i = 0; i < n; i++) {
-    const kind = r.u8();
-    if (kind === KIND_TEXT) r.skip(r.i32());
-    else if (kind !== KIND_NULL && kind !== KIND_UNCHANGED) throw new Error(`pgoutput: unexpected tuple value kind '${String.fromCharCode(kind)}'`);
-  }
-  return new Tuple(r.buffer, start, n, r.position);
+  const t = new Tuple(r.buffer, 0, 0, 0);
+  r.skip(tupleAt(r.buffer, r.position, r.buffer.length, t) - r.position);
+  return t;
 }
 
 export const CHANGE_INSERT = 0x49; // I
