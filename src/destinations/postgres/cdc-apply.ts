@@ -195,7 +195,8 @@ async function applyTable(client: pg.PoolClient, req: ApplyRequest, shape: Table
   let moved = false;
   const complete = new Set<RowColumns>();
   const rows = batch.rows;
-  for (const e of rows.entries()) {
+  for (let e = 0, n = rows.entryCount; e < n; e++) {
+    if (!rows.isLive(e)) continue;
     const kind = rows.kind(e);
     if (kind === ENTRY_DELETE) continue;
     if (kind === ENTRY_UPSERT) {
@@ -272,7 +273,9 @@ async function applyTable(client: pg.PoolClient, req: ApplyRequest, shape: Table
   const afterKey = '\t\\N'.repeat(carried.length);
   /** The key fields of a tuple (from its spans, at the relation's key positions). */
   const writeKey = (buf: Buffer, spans: Int32Array, columns: RowColumns) => {
-    for (const i of columns.keyIndex) {
+    const keyIndex = columns.keyIndex;
+    for (let k = 0; k < keyIndex.length; k++) {
+      const i = keyIndex[k]!;
       out.byte(COPY_TAB);
       const offset = spans[2 * i]!;
       if (offset < 0) throw new Error(`key column ${columns.names[i]} of ${shape.target} arrived without a value`);
@@ -335,7 +338,8 @@ async function applyTable(client: pg.PoolClient, req: ApplyRequest, shape: Table
   /** The ISO text of the last delete time written (a transaction's deletes share one). */
   let atMs = NaN;
   let atText = '';
-  for (const e of rows.entries()) {
+  for (let e = 0, n = rows.entryCount; e < n; e++) {
+    if (!rows.isLive(e)) continue;
     const kind = rows.kind(e);
     if (kind === ENTRY_OBJECT) {
       writePending(rows.object(e));

@@ -200,7 +200,7 @@ export class TupleArena {
       this.start = this.pos;
       this.pos += n;
     }
-    src.copy(this.pages[this.page]!, this.start, from, to);
+    copyBytes(src, from, to, this.pages[this.page]!, this.start);
   }
 
   /** The batch is done with (applied or failed): its pages serve the next batches. Nothing may read it after this. */
@@ -209,6 +209,19 @@ export class TupleArena {
     this.pages.length = 0;
     this.open = -1;
   }
+}
+
+/**
+ * Copies src[from, to) to dst at `at`. A short run byte by byte: Buffer#copy of part of a buffer
+ * makes a Uint8Array view per call (Node's _copyActual), which for the tens of bytes of a
+ * change was most of what a stream allocated.
+ */
+export function copyBytes(src: Buffer, from: number, to: number, dst: Buffer, at: number): void {
+  if (to - from > 96) {
+    src.copy(dst, at, from, to);
+    return;
+  }
+  for (let i = from; i < to; i++) dst[at++] = src[i]!;
 }
 
 /** FNV-1a over a key's bytes. */
@@ -220,7 +233,7 @@ function hashBytes(buf: Buffer, start: number, length: number): number {
 
 const STRIDE = 7; // page, start, end, count, key page, key start, key length
 /** The arrays of Rows already released, kept for the next batches' (as TupleArena keeps pages). */
-const spareStorage: { kinds: Uint8Array<ArrayBuffer>; meta: Int32Array<ArrayBuffer>; hashes: Int32Array<ArrayBuffer>; at: Float64Array<ArrayBuffer>; slots: Int32Array<ArrayBuffer> }[] = [];
+const spareStorage: { kinds: Uint8Array<ArrayBuffer>; meta: Int32Array<ArrayBuffer>; hashes: Int32Array<ArrayBuffer>; at: Float64Array<ArrayBuffer>; slots: Int32Array<ArrayBuffer>; columnIds: Uint16Array<ArrayBuffer> }[] = [];
 const MAX_SPARE_STORAGE = 4;
 const DEAD = 0;
 
@@ -237,7 +250,11 @@ export class Rows {
   private meta = new Int32Array(STRIDE * 1024);
   private hashes = new Int32Array(1024);
   private at = new Float64Array(1024);
-  private columnsOf: (RowColumns | undefined)[] = [];
+  /** Per entry, its columns as an index in `columnSets` (a table has a few: one per relation message). */
+  private columnIds = new Uint16Array(1024);
+  private columnSets: (RowColumns | undefined)[] = [undefined];
+  private lastColumns: RowColumns | undefined;
+  private lastColumnsId = 0;
   private readonly objects = new Map<number, Pending>();
   /** Entries made, live or not. */
   private n = 0;
@@ -248,15 +265,17 @@ export class Rows {
   constructor(private readonly arena: TupleArena) {
     const spare = spareStorage.pop();
     if (spare) {
-      ({ kinds: this.kinds, meta: this.meta, hashes: this.hashes, at: this.at, slots: this.slots } = spare);
+      ({ kinds: this.kinds, meta: this.meta, hashes: this.hashes, at: this.at, slots: this.slots, columnIds: this.columnIds } = spare);
       this.slots.fill(0);
     }
   }
 
   /** Done with: the arrays serve the next batch's tables (see TupleArena.release). */
   release(): void {
-    if (spareStorage.length < MAX_SPARE_STORAGE) spareStorage.push({ kinds: this.kinds, meta: this.meta, hashes: this.hashes, at: this.at, slots: this.slots });
-    this.columnsOf = [];
+    if (spareStorage.length < MAX_SPARE_STORAGE) spareStorage.push({ kinds: this.kinds, meta: this.meta, hashes: this.hashes, at: this.at, slots: this.slots, columnIds: this.columnIds });
+    this.columnSets = [undefined];
+    this.lastColumns = undefined;
+    this.lastColumnsId = 0;
     this.objects.clear();
     this.n = 0;
     this.live = 0;
@@ -290,6 +309,9 @@ export class Rows {
     const at = new Float64Array(size);
     at.set(this.at);
     this.at = at;
+    const columnIds = new Uint16Array(size);
+    columnIds.set(this.columnIds);
+    this.columnIds = columnIds;
   }
 
   private rehash(capacity: number): void {
@@ -354,8 +376,22 @@ export class Rows {
     if (this.n === this.kinds.length) this.grow();
     const e = this.n++;
     this.kinds[e] = kind;
-    this.columnsOf[e] = columns;
+    this.columnIds[e] = this.columnsId(columns);
     return e;
+  }
+
+  private columnsId(columns: RowColumns | undefined): number {
+    if (columns === undefined) return 0;
+    if (columns !== this.lastColumns) {
+      let id = this.columnSets.indexOf(columns);
+      if (id < 0) {
+        if (this.columnSets.length > 0xffff) throw new Error('a batch of more than 65,535 relation versions of one table');
+        id = this.columnSets.push(columns) - 1;
+      }
+      this.lastColumns = columns;
+      this.lastColumnsId = id;
+    }
+    return this.lastColumnsId;
   }
 
   /**
@@ -439,7 +475,7 @@ export class Rows {
     for (const e of this.entries()) yield this.keyText(e);
   }
 
-  /** The live entries, one per key. */
+  /** The live entries, one per key (hot loops go by entryCount and isLive: a generator makes an object per entry). */
   *entries(): IterableIterator<number> {
     for (let e = 0; e < this.n; e++) if (this.kinds[e] !== DEAD) yield e;
   }
@@ -459,7 +495,7 @@ export class Rows {
     return this.objects.get(e)!;
   }
   columns(e: number): RowColumns {
-    return this.columnsOf[e]!;
+    return this.columnSets[this.columnIds[e]!]!;
   }
   buf(e: number): Buffer {
     return this.arena.pages[this.meta[STRIDE * e]!]!;
