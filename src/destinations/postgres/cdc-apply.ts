@@ -256,17 +256,26 @@ async function applyTable(client: pg.PoolClient, req: ApplyRequest, shape: Table
   // text without becoming strings. This loop runs for every change.
   const carriedNames = carried.map((c) => c.name);
   // Where each carried column sits in a relation's tuples, asked once per relation.
+  // A batch's rows nearly all share one relation: the last one asked is kept at hand.
   const positions = new Map<RowColumns, (number | undefined)[]>();
+  let lastColumns: RowColumns | undefined;
+  let lastPositions: (number | undefined)[] = [];
   const positionsIn = (columns: RowColumns) => {
+    if (columns === lastColumns) return lastPositions;
     let at = positions.get(columns);
     if (!at) positions.set(columns, (at = carriedNames.map((c) => columns.index.get(c))));
+    lastColumns = columns;
+    lastPositions = at;
     return at;
   };
   /** Whether every carried column is one of the relation's (so a complete tuple has them all). */
   const coverage = new Map<RowColumns, boolean>();
+  /** The last relation found covered. */
+  let coveredColumns: RowColumns | undefined;
   const covered = (columns: RowColumns) => {
     let all = coverage.get(columns);
     if (all === undefined) coverage.set(columns, (all = !positionsIn(columns).includes(undefined)));
+    if (all) coveredColumns = columns;
     return all;
   };
   const beforeKey = '\t\\N'.repeat(from.length);
@@ -363,7 +372,7 @@ async function applyTable(client: pg.PoolClient, req: ApplyRequest, shape: Table
       } else {
         const at = positionsIn(columns);
         let absent: string[] | undefined;
-        if (!rows.complete(e) || !covered(columns)) {
+        if (!rows.complete(e) || (columns !== coveredColumns && !covered(columns))) {
           for (let j = 0; j < carriedNames.length; j++) {
             const i = at[j];
             if (i === undefined || i >= count || spans[2 * i] === SPAN_UNCHANGED) (absent ??= []).push(carriedNames[j]!);
