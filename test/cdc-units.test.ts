@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { ChangeBatch, RowColumns, RowValues, spansOf } from '../src/destinations/postgres/cdc-batch';
-import { CopyTextWriter } from '../src/destinations/postgres/copy-text';
+import { CopyBinaryWriter } from '../src/destinations/postgres/binary-copy';
 import { CdcInput, parseInput } from '../src/inputs';
 import { decodeLogicalMessage, decodeReplicationMessage, formatLsn, parseLsn, SPAN_NULL, SPAN_UNCHANGED, standbyStatus, UNCHANGED, type Tuple } from '../src/sources/postgres/cdc/pgoutput';
 import { PassThrough } from 'node:stream';
@@ -280,19 +280,51 @@ describe('Tuple: values decoded only when asked', () => {
   });
 });
 
-describe('CopyTextWriter', () => {
-  test('escapes backslash, tab, newline and carriage return the same from strings and from bytes', () => {
-    const w = new CopyTextWriter(8);
-    const hostile = 'a\\b\tc\nd\re ünïcödé';
-    w.text(hostile);
-    w.raw('\t');
-    w.bytes(Buffer.from(`xx${hostile}yy`), 2, Buffer.byteLength(hostile));
-    w.raw('\t');
+describe('CopyBinaryWriter', () => {
+  /** The fields of each tuple of a binary COPY stream (null for a null field). */
+  function readCopy(data: Buffer): (string | null)[][] {
+    assert.equal(data.subarray(0, 11).toString('latin1'), 'PGCOPY\n\xff\r\n\0', 'signature');
+    assert.equal(data.readInt32BE(11), 0, 'flags');
+    let p = 15 + 4 + data.readInt32BE(15);
+    const rows: (string | null)[][] = [];
+    for (;;) {
+      const n = data.readInt16BE(p);
+      p += 2;
+      if (n === -1) break;
+      const row: (string | null)[] = [];
+      for (let i = 0; i < n; i++) {
+        const len = data.readInt32BE(p);
+        p += 4;
+        row.push(len < 0 ? null : data.toString('utf8', p, p + len));
+        if (len > 0) p += len;
+      }
+      rows.push(row);
+    }
+    assert.equal(p, data.length, 'nothing after the trailer');
+    return rows;
+  }
+  test('writes tuples of fields as lengths and bytes, unescaped, from strings and from bytes, across chunks of any size', () => {
+    const w = new CopyBinaryWriter(8);
+    const hostile = 'a\\b\tc\nd\re ünïcödé 🚀 \\N';
+    const chunks: Buffer[] = [];
+    for (let r = 0; r < 3; r++) {
+      w.row(6);
+      w.ascii('u');
+      w.text(hostile);
+      w.bytes(Buffer.from(`xx${hostile}yy`), 2, Buffer.byteLength(hostile));
+      w.text('');
+      w.nullField();
+      w.bytes(Buffer.alloc(200, 0x41), 0, 200);
+      if (r === 1) chunks.push(w.take());
+    }
+    w.row(3);
+    w.nulls(2);
     w.text(null);
-    const line = w.take().toString('utf8');
-    const escaped = 'a\\\\b\\tc\\nd\\re ünïcödé';
-    assert.equal(line, `${escaped}\t${escaped}\t\\N`);
+    w.trailer();
+    chunks.push(w.take());
     assert.equal(w.length, 0, 'take starts a new buffer');
+    const row = ['u', hostile, hostile, '', null, 'A'.repeat(200)];
+    assert.deepEqual(readCopy(Buffer.concat(chunks)), [row, row, row, [null, null, null]]);
   });
 });
 

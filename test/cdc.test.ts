@@ -294,6 +294,42 @@ describe('cdcWorkflow', () => {
     });
   });
 
+  test('hostile values stream exactly: delimiters, backslashes, quotes, empty strings and NULLs, unicode, in values and in a composite key that moves', async () => {
+    const src = `${stack.sourceSchema}_hostile`;
+    const dest = `${stack.schema}_hostile`;
+    // Every byte COPY text would have to escape, and values that differ only by it.
+    const nasty = [`tab\there`, `new\nline`, `cr\rlf\r\n`, `back\\slash \\N \\t`, `"quoted", {braces}`, '', ' ', `emoji 🚀 ünïcödé 中文`, `\\`, `end\\`];
+    await stack.db.query(`
+      create schema ${src};
+      create table ${src}.weird (a text, b text, note text, tags text[], doc jsonb, raw bytea, n int not null default 0, primary key (a, b));
+      create table ${src}.plain (id int primary key, note text, n int not null default 0);`);
+    const handle = await startCdc('hostile', {
+      ...oneTable(`${src}.weird`, dest),
+      source: { kind: 'postgres', connection: 'SOURCE_DATABASE_URL', tables: [`${src}.weird`, `${src}.plain`] },
+    });
+    await stack.withWorker(async () => {
+      await streaming(handle);
+      for (const [i, v] of nasty.entries()) {
+        await stack.db.query(`insert into ${src}.weird (a, b, note, tags, doc, raw) values ($1, $2, $3, $4, $5, $6)`, [v, `k${i}`, v, [v, null, 'x'], JSON.stringify({ v }), Buffer.from(v, 'utf8')]);
+        await stack.db.query(`insert into ${src}.plain values ($1, $2)`, [i, v]);
+      }
+      await stack.db.query(`insert into ${src}.plain values (100, null), (101, 'NULL'), (102, '\\N')`);
+      // Updates that merge in one transaction (the object path), one that moves a key with a
+      // hostile part, deletes by hostile keys.
+      await stack.db.query(`begin; update ${src}.weird set n = n + 1 where b = 'k0'; update ${src}.weird set note = note || E'\\t+' where b = 'k0'; commit`);
+      await stack.db.query(`update ${src}.weird set a = a || E'\\n moved', b = 'moved' where b = 'k1'`);
+      await stack.db.query(`delete from ${src}.weird where b = 'k2'`);
+      await stack.db.query(`update ${src}.plain set note = note || E'\\\\' where id < 5; delete from ${src}.plain where id = 5`);
+      await waitFor('every hostile change to arrive', async () =>
+        (await differences(`${src}.weird`, `${dest}.weird`)) === 0 && (await differences(`${src}.plain`, `${dest}.plain`)) === 0, 60_000);
+      const moved = await stack.db.query(`select a from ${dest}.weird where b = 'moved'`);
+      assert.equal(moved.rows[0].a, `new\nline\n moved`);
+      const nulls = await stack.db.query(`select id, note is null as is_null, note from ${dest}.plain where id >= 100 order by id`);
+      assert.deepEqual(nulls.rows.map((r) => [r.id, r.is_null, r.note]), [[100, true, null], [101, false, 'NULL'], [102, false, '\\N']]);
+      await stopAndDrop(handle);
+    });
+  });
+
   test('schema changes mid-stream: an added column appears, a widened type widens, a dropped column stays nullable and is reported', async () => {
     const src = `${stack.sourceSchema}_ddl`;
     const dest = `${stack.schema}_ddl`;

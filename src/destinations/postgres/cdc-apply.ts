@@ -18,7 +18,8 @@ import { qualifiedName, quoteIdent } from '../../schema/identifiers';
 import { parseLsn, SPAN_UNCHANGED } from '../../sources/postgres/cdc/pgoutput';
 import { canonicalType } from '../../schema/types';
 import { ENTRY_DELETE, ENTRY_OBJECT, ENTRY_UPSERT, RowColumns, RowValues, spansAt, spansOf, type ChangeBatch, type FirstKeyRange, type Pending, type TableBatch } from './cdc-batch';
-import { COPY_NEWLINE, COPY_TAB, CopyTextWriter, writeChunk } from './copy-text';
+import { CopyBinaryWriter } from './binary-copy';
+import { writeChunk } from './copy-text';
 import { checkLeases, type LeaseToken } from './lease';
 import { ensureMetadata, planSchema } from './loader';
 import { getPool } from './pool';
@@ -248,12 +249,14 @@ async function applyTable(client: pg.PoolClient, req: ApplyRequest, shape: Table
   await client.query(
     `create temp table if not exists ${quoteIdent(stageName)} (${stageColumns.map((c) => `${quoteIdent(c)} text`).join(', ')}) on commit delete rows; delete from ${quoteIdent(stageName)}`,
   );
-  const sink = client.query(copyFrom(`copy ${quoteIdent(stageName)} (${stageColumns.map(quoteIdent).join(', ')}) from stdin`));
-  const out = new CopyTextWriter();
+  const sink = client.query(copyFrom(`copy ${quoteIdent(stageName)} (${stageColumns.map(quoteIdent).join(', ')}) from stdin (format binary)`));
+  // Binary COPY into the text columns: a value's bytes go in behind their length, unescaped.
+  const out = new CopyBinaryWriter();
+  const fields = stageColumns.length;
   const write = () => writeChunk(sink, out.take());
   let anyAbsent = false;
-  // One line per row, written as bytes: a change's values go from its tuple's bytes into COPY
-  // text without becoming strings. This loop runs for every change.
+  // One tuple per row, written as bytes: a change's values go from its tuple's bytes into COPY
+  // without becoming strings. This loop runs for every change.
   const carriedNames = carried.map((c) => c.name);
   // Where each carried column sits in a relation's tuples, asked once per relation.
   // A batch's rows nearly all share one relation: the last one asked is kept at hand.
@@ -278,31 +281,27 @@ async function applyTable(client: pg.PoolClient, req: ApplyRequest, shape: Table
     if (all) coveredColumns = columns;
     return all;
   };
-  const beforeKey = '\t\\N'.repeat(from.length);
-  const afterKey = '\t\\N'.repeat(carried.length);
   /** The key fields of a tuple (from its spans, at the relation's key positions). */
   const writeKey = (buf: Buffer, spans: Int32Array, columns: RowColumns) => {
     const keyIndex = columns.keyIndex;
     for (let k = 0; k < keyIndex.length; k++) {
       const i = keyIndex[k]!;
-      out.byte(COPY_TAB);
       const offset = spans[2 * i]!;
       if (offset < 0) throw new Error(`key column ${columns.names[i]} of ${shape.target} arrived without a value`);
       out.bytes(buf, offset, spans[2 * i + 1]!);
     }
   };
+  // Every staged row: op, absent, at, the old key (FROM_i), the key, the carried columns.
   /** A change merged from several (see cdc-batch.ts): its values by column name. */
   const writePending = (pending: Pending) => {
+    out.row(fields);
     if (pending.op === 'delete') {
-      out.raw('d\t\\N\t');
-      out.text(pending.at.toISOString());
-      out.raw(beforeKey);
-      for (const k of pending.key) {
-        out.byte(COPY_TAB);
-        out.text(k);
-      }
-      out.raw(afterKey);
-      out.byte(COPY_NEWLINE);
+      out.ascii('d');
+      out.nullField();
+      out.ascii(pending.at.toISOString());
+      out.nulls(from.length);
+      for (const k of pending.key) out.text(k);
+      out.nulls(carried.length);
       return;
     }
     const values = pending.values;
@@ -318,20 +317,13 @@ async function applyTable(client: pg.PoolClient, req: ApplyRequest, shape: Table
       if (!carries) (absent ??= []).push(carriedNames[j]!);
     }
     if (absent) anyAbsent = true;
-    out.raw('u\t');
+    out.ascii('u');
     out.text(absent ? pgTextArray(absent) : null);
-    out.raw('\t\\N');
-    for (let i = 0; i < from.length; i++) {
-      out.byte(COPY_TAB);
-      out.text(pending.from?.[i] ?? null);
-    }
-    for (const k of pending.key) {
-      out.byte(COPY_TAB);
-      out.text(k);
-    }
+    out.nullField();
+    for (let i = 0; i < from.length; i++) out.text(pending.from?.[i] ?? null);
+    for (const k of pending.key) out.text(k);
     // The key fields wrote strings only: the tuple's spans (a shared scratch array) still hold.
     for (let j = 0; j < carriedNames.length; j++) {
-      out.byte(COPY_TAB);
       if (raw) {
         const i = at[j];
         const offset = i === undefined || i >= count ? SPAN_UNCHANGED : spans![2 * i]!;
@@ -341,7 +333,6 @@ async function applyTable(client: pg.PoolClient, req: ApplyRequest, shape: Table
         out.text(values.get(carriedNames[j]!) ?? null);
       }
     }
-    out.byte(COPY_NEWLINE);
   };
   const noPositions: (number | undefined)[] = [];
   /** The ISO text of the last delete time written (a transaction's deletes share one). */
@@ -358,17 +349,18 @@ async function applyTable(client: pg.PoolClient, req: ApplyRequest, shape: Table
       const buf = rows.buf(e);
       const count = rows.count(e);
       const spans = spansAt(buf, rows.start(e), count);
+      out.row(fields);
       if (kind === ENTRY_DELETE) {
         if (rows.atMs(e) !== atMs) {
           atMs = rows.atMs(e);
           atText = new Date(atMs).toISOString();
         }
-        out.raw('d\t\\N\t');
-        out.raw(atText);
-        out.raw(beforeKey);
+        out.ascii('d');
+        out.nullField();
+        out.ascii(atText);
+        out.nulls(from.length);
         writeKey(buf, spans, columns);
-        out.raw(afterKey);
-        out.byte(COPY_NEWLINE);
+        out.nulls(carried.length);
       } else {
         const at = positionsIn(columns);
         let absent: string[] | undefined;
@@ -379,23 +371,22 @@ async function applyTable(client: pg.PoolClient, req: ApplyRequest, shape: Table
           }
         }
         if (absent) anyAbsent = true;
-        out.raw('u\t');
+        out.ascii('u');
         out.text(absent ? pgTextArray(absent) : null);
-        out.raw('\t\\N');
-        out.raw(beforeKey);
+        out.nullField();
+        out.nulls(from.length);
         writeKey(buf, spans, columns);
         for (let j = 0; j < carriedNames.length; j++) {
-          out.byte(COPY_TAB);
           const i = at[j];
           const offset = i === undefined || i >= count ? SPAN_UNCHANGED : spans[2 * i]!;
           if (offset >= 0) out.bytes(buf, offset, spans[2 * i! + 1]!);
           else out.nullField();
         }
-        out.byte(COPY_NEWLINE);
       }
     }
     if (out.length > 256 * 1024) await write();
   }
+  out.trailer();
   if (out.length) await write();
   sink.end();
   await finished(sink);
