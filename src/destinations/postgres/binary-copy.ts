@@ -17,6 +17,19 @@ const HEADER_BYTES = SIGNATURE.length + 8;
 const HAS_OIDS = 1 << 16;
 const EMPTY = Buffer.alloc(0);
 
+/**
+ * Copies src[from, to) to dst at `at`. A short run byte by byte: Buffer#copy of part of a buffer
+ * makes a Uint8Array view per call (Node's _copyActual), which for the tens of bytes of a
+ * change was most of what a stream allocated.
+ */
+export function copyBytes(src: Buffer, from: number, to: number, dst: Buffer, at: number): void {
+  if (to - from > 96) {
+    src.copy(dst, at, from, to);
+    return;
+  }
+  for (let i = from; i < to; i++) dst[at++] = src[i]!;
+}
+
 /** A field of binary COPY holding `text` as a `text` value: its length, then its UTF-8 bytes. */
 export function binaryTextField(text: string): Buffer {
   const bytes = Buffer.from(text, 'utf8');
@@ -248,11 +261,8 @@ export class CopyBinaryWriter {
   bytes(src: Buffer, start: number, length: number): void {
     this.room(4 + length);
     this.int32(length);
-    const out = this.buf;
-    let p = this.pos;
-    if (length > 96) src.copy(out, p, start, start + length);
-    else for (let i = start, end = start + length; i < end; i++) out[p++] = src[i]!;
-    this.pos = this.pos + length;
+    copyBytes(src, start, start + length, this.buf, this.pos);
+    this.pos += length;
   }
 
   /** The end of the data. */

@@ -276,6 +276,7 @@ async function applyTable(client: pg.PoolClient, req: ApplyRequest, shape: Table
   /** The last relation found covered. */
   let coveredColumns: RowColumns | undefined;
   const covered = (columns: RowColumns) => {
+    if (columns === coveredColumns) return true;
     let all = coverage.get(columns);
     if (all === undefined) coverage.set(columns, (all = !positionsIn(columns).includes(undefined)));
     if (all) coveredColumns = columns;
@@ -291,15 +292,19 @@ async function applyTable(client: pg.PoolClient, req: ApplyRequest, shape: Table
       out.bytes(buf, offset, spans[2 * i + 1]!);
     }
   };
-  // Every staged row: op, absent, at, the old key (FROM_i), the key, the carried columns.
+  /** A staged row's fields before its key: op, absent, at, and the old key (FROM_i) left null. */
+  const head = (op: 'd' | 'u', absent: string[] | undefined, at: string | undefined, oldKeyNull: boolean) => {
+    out.row(fields);
+    out.ascii(op);
+    out.text(absent ? pgTextArray(absent) : null);
+    if (at === undefined) out.nullField();
+    else out.ascii(at);
+    if (oldKeyNull) out.nulls(from.length);
+  };
   /** A change merged from several (see cdc-batch.ts): its values by column name. */
   const writePending = (pending: Pending) => {
-    out.row(fields);
     if (pending.op === 'delete') {
-      out.ascii('d');
-      out.nullField();
-      out.ascii(pending.at.toISOString());
-      out.nulls(from.length);
+      head('d', undefined, pending.at.toISOString(), true);
       for (const k of pending.key) out.text(k);
       out.nulls(carried.length);
       return;
@@ -317,9 +322,7 @@ async function applyTable(client: pg.PoolClient, req: ApplyRequest, shape: Table
       if (!carries) (absent ??= []).push(carriedNames[j]!);
     }
     if (absent) anyAbsent = true;
-    out.ascii('u');
-    out.text(absent ? pgTextArray(absent) : null);
-    out.nullField();
+    head('u', absent, undefined, false);
     for (let i = 0; i < from.length; i++) out.text(pending.from?.[i] ?? null);
     for (const k of pending.key) out.text(k);
     // The key fields wrote strings only: the tuple's spans (a shared scratch array) still hold.
@@ -349,32 +352,25 @@ async function applyTable(client: pg.PoolClient, req: ApplyRequest, shape: Table
       const buf = rows.buf(e);
       const count = rows.count(e);
       const spans = spansAt(buf, rows.start(e), count);
-      out.row(fields);
       if (kind === ENTRY_DELETE) {
         if (rows.atMs(e) !== atMs) {
           atMs = rows.atMs(e);
           atText = new Date(atMs).toISOString();
         }
-        out.ascii('d');
-        out.nullField();
-        out.ascii(atText);
-        out.nulls(from.length);
+        head('d', undefined, atText, true);
         writeKey(buf, spans, columns);
         out.nulls(carried.length);
       } else {
         const at = positionsIn(columns);
         let absent: string[] | undefined;
-        if (!rows.complete(e) || (columns !== coveredColumns && !covered(columns))) {
+        if (!rows.complete(e) || !covered(columns)) {
           for (let j = 0; j < carriedNames.length; j++) {
             const i = at[j];
             if (i === undefined || i >= count || spans[2 * i] === SPAN_UNCHANGED) (absent ??= []).push(carriedNames[j]!);
           }
         }
         if (absent) anyAbsent = true;
-        out.ascii('u');
-        out.text(absent ? pgTextArray(absent) : null);
-        out.nullField();
-        out.nulls(from.length);
+        head('u', absent, undefined, true);
         writeKey(buf, spans, columns);
         for (let j = 0; j < carriedNames.length; j++) {
           const i = at[j];

@@ -8,6 +8,7 @@
  * whose key is not in the batch leaves those columns as the destination has them.
  */
 import { SPAN_UNCHANGED, Tuple, tupleSpans, UNCHANGED } from '../../sources/postgres/cdc/pgoutput';
+import { copyBytes } from './binary-copy';
 
 /**
  * Values a change carries, by destination column name; a column it does not have is left as it
@@ -209,19 +210,6 @@ export class TupleArena {
     this.pages.length = 0;
     this.open = -1;
   }
-}
-
-/**
- * Copies src[from, to) to dst at `at`. A short run byte by byte: Buffer#copy of part of a buffer
- * makes a Uint8Array view per call (Node's _copyActual), which for the tens of bytes of a
- * change was most of what a stream allocated.
- */
-export function copyBytes(src: Buffer, from: number, to: number, dst: Buffer, at: number): void {
-  if (to - from > 96) {
-    src.copy(dst, at, from, to);
-    return;
-  }
-  for (let i = from; i < to; i++) dst[at++] = src[i]!;
 }
 
 /** FNV-1a over a key's bytes. */
