@@ -256,13 +256,17 @@ export function createCdcActivities() {
         return withSourceClient(sourceUrl, async (source) => {
           const startLsn = position.lsn ? parseLsn(position.lsn) : 0n;
           if (req.owner) await checkSlotHolder(source, req.slot, req.owner);
-          // Read ahead up to about two batches (some 100 bytes a change): one being committed, one filling; the walsender keeps sending meanwhile.
-          const stream = await ReplicationStream.start(sourceUrl, req.slot, req.publication, startLsn, req.owner ? ownerTag(req.owner) : 'sluice-cdc', 2 * req.batchChanges * 100);
+          // Read ahead up to about three batches (some 100 bytes a change): two being committed, one filling; the walsender keeps sending meanwhile.
+          const stream = await ReplicationStream.start(sourceUrl, req.slot, req.publication, startLsn, req.owner ? ownerTag(req.owner) : 'sluice-cdc', (MAX_IN_FLIGHT + 1) * req.batchChanges * 100);
           try {
-            const consumer = new StreamConsumer(req, position, filters, source, startLsn, stream, async (batch, endLsn, commitTime, shapes) => {
+            // The position as of the last batch handed to the destination (it may not have committed yet).
+            let handed = position;
+            const consumer = new StreamConsumer(req, position, filters, source, startLsn, stream, async (batch, endLsn, commitTime, shapes, after) => {
+              const next = advance(handed, batch, endLsn, commitTime);
+              handed = next;
               // The source's WAL position (for the lag) is asked while the batch is written.
-              const upcoming = nextPosition(source, position, batch, endLsn, commitTime);
-              const value = upcoming.then((n) => ({ ...n, schemaChanges: [] }));
+              const lag = currentWalLsn(source).then((wal) => lagOf(parseLsn(wal), endLsn));
+              const value = lag.then((lagBytes) => ({ ...next, lagBytes, schemaChanges: [] }));
               value.catch(() => undefined);
               const applied = await applyBatch({
                 url: destUrl,
@@ -271,11 +275,13 @@ export function createCdcActivities() {
                 shapes,
                 batch,
                 load: { loadId: `${workflowId}/cdc/${formatLsn(endLsn)}`, workflowId, runId, resource: stateKey(req.slot), partition: formatLsn(endLsn) },
-                state: { key: stateKey(req.slot), lsn: endLsn, value },
+                state: { key: stateKey(req.slot), lsn: endLsn, after, value },
                 knownDropped: consumer.dropped,
                 ...(req.leases ? { leases: req.leases } : {}),
               });
-              Object.assign(position, await upcoming, { dropped: [...consumer.dropped] });
+              const lagBytes = await lag;
+              // Batches commit in order (each one waits in the destination for the one before).
+              if (!position.lsn || parseLsn(position.lsn) < endLsn) Object.assign(position, next, { lagBytes, dropped: [...consumer.dropped] });
               position.schemaChanges.push(...applied.schemaChanges);
               progress(position);
             });
@@ -301,7 +307,8 @@ export function createCdcActivities() {
   };
 }
 
-async function nextPosition(source: import('pg').Client, position: CdcPosition, batch: ChangeBatch, endLsn: bigint, commitTime: Date | undefined): Promise<CdcPosition> {
+/** The position once `batch` (ending at `endLsn`) has committed after `position`; the lag in bytes is the caller's (see lagOf). */
+function advance(position: CdcPosition, batch: ChangeBatch, endLsn: bigint, commitTime: Date | undefined): CdcPosition {
   const tables: Record<string, TableCounts> = { ...position.tables };
   for (const [target, t] of batch.tables) {
     const c = { ...(tables[target] ?? emptyCounts()) };
@@ -311,11 +318,9 @@ async function nextPosition(source: import('pg').Client, position: CdcPosition, 
     c.truncates += t.counts.truncates;
     tables[target] = c;
   }
-  const wal = parseLsn(await currentWalLsn(source));
   return {
     ...position,
     lsn: formatLsn(endLsn),
-    lagBytes: Number(wal > endLsn ? wal - endLsn : 0n),
     lagSeconds: commitTime ? Math.max(0, (Date.now() - commitTime.getTime()) / 1000) : 0,
     batches: position.batches + (batch.empty ? 0 : 1),
     changes: position.changes + batch.changes,
@@ -323,6 +328,14 @@ async function nextPosition(source: import('pg').Client, position: CdcPosition, 
     lastCommitAt: commitTime?.toISOString() ?? position.lastCommitAt,
   };
 }
+
+/** How far the source's WAL is past `lsn`, in bytes. */
+function lagOf(wal: bigint, lsn: bigint): number {
+  return Number(wal > lsn ? wal - lsn : 0n);
+}
+
+/** Batches handed to the destination at once: one commits while the next one is staged (see cdc-apply.ts). */
+const MAX_IN_FLIGHT = 2;
 
 interface Relation {
   target: string;
@@ -354,8 +367,8 @@ class StreamConsumer {
   private lastStatusAt = 0;
   /** When the read loop last let the event loop run. */
   private lastYield = Date.now();
-  /** The batch being committed in the destination, while the next one is read. */
-  private applying: Promise<void> | undefined;
+  /** The batches being committed in the destination (oldest first), while the next one is read. */
+  private readonly inFlight: { endLsn: bigint; done: Promise<void> }[] = [];
   private applyFailure: Error | undefined;
   private readonly startedAt = Date.now();
   private readonly changesAtStart: number;
@@ -370,7 +383,8 @@ class StreamConsumer {
     private readonly source: import('pg').Client,
     start: bigint,
     private readonly stream: ReplicationStream,
-    private readonly flushBatch: (batch: ChangeBatch, endLsn: bigint, commitTime: Date | undefined, shapes: Map<string, TableShape>) => Promise<void>,
+    /** Applies `batch`, which must commit after the batch ending at `after` (it waits for that one). */
+    private readonly flushBatch: (batch: ChangeBatch, endLsn: bigint, commitTime: Date | undefined, shapes: Map<string, TableShape>, after: bigint) => Promise<void>,
   ) {
     this.committed = start;
     this.acked = start;
@@ -398,7 +412,7 @@ class StreamConsumer {
       const now = Date.now();
       if (signal.aborted || (now >= deadline && !this.tx)) break;
       const pending = !this.batch.empty;
-      if (pending && !this.tx && now - this.batchStartedAt >= this.req.batchWaitMs && !this.applying) {
+      if (pending && !this.tx && now - this.batchStartedAt >= this.req.batchWaitMs && this.inFlight.length < MAX_IN_FLIGHT) {
         await this.flush();
         continue;
       }
@@ -441,7 +455,7 @@ class StreamConsumer {
       const waiting = this.handle(decodeLogicalMessage(frame.subarray(frameStart + 25, frameEnd)));
       if (waiting) await waiting;
     }
-    // Whatever happens next, the batch being applied finishes first (it commits, or fails as a whole).
+    // Whatever happens next, the batches being applied finish first (each commits, or fails as a whole).
     await this.settle();
     // Cancelled inside a transaction: what the batch holds is not complete to any commit, so none
     // of it is applied; it was never acknowledged, and the next call receives it again.
@@ -452,49 +466,55 @@ class StreamConsumer {
     }
     if (this.acked > this.committed) {
       // Nothing was pending up to `acked`: record it, so the saved position and its lag are current.
-      await this.flushBatch(new ChangeBatch(), this.acked, undefined, this.shapesByTarget());
+      await this.flushBatch(new ChangeBatch(), this.acked, undefined, this.shapesByTarget(), this.committed);
       this.committed = this.acked;
     }
   }
 
   /** Nothing received is waiting to be applied or being applied: the server's position may be acknowledged. */
   private idle(): boolean {
-    return !this.tx && this.batch.empty && !this.applying;
+    return !this.tx && this.batch.empty && this.inFlight.length === 0;
   }
 
-  /** Waits for the batch being applied; rethrows its failure. */
-  private async settle(): Promise<void> {
-    if (this.applying) await this.applying;
+  /** Waits for every batch being applied (or, with `room`, until fewer than MAX_IN_FLIGHT are); rethrows a failure. */
+  private async settle(room = false): Promise<void> {
+    while (this.inFlight.length >= (room ? MAX_IN_FLIGHT : 1)) await this.inFlight[0]!.done;
     if (this.applyFailure) throw this.applyFailure;
   }
 
   /**
    * Hands the batch to the destination and goes back to reading: the next batch is decoded
-   * while this one commits (at most one in flight, so batches still commit in order). The slot
-   * is acknowledged only once the commit is done.
+   * while this one is staged and commits. At most MAX_IN_FLIGHT are in flight, and each commits
+   * only after the one before it (the destination makes it wait, and fails it if that one failed),
+   * so batches still commit in order. The slot is acknowledged only up to a batch whose commit is done.
    */
   private async flush(): Promise<void> {
-    await this.settle();
+    await this.settle(true);
     const commit = this.lastCommit!;
     const batch = this.batch;
     // The columns as of this batch: relation messages read meanwhile belong to the next one.
     const shapes = this.shapesByTarget();
     this.batch = new ChangeBatch();
-    this.applying = this.flushBatch(batch, commit.endLsn, commit.time, shapes).then(
+    const prior = this.inFlight.at(-1);
+    const result = this.flushBatch(batch, commit.endLsn, commit.time, shapes, prior?.endLsn ?? this.committed);
+    result.catch(() => undefined);
+    // Completions are taken in order: the first failure is the one reported.
+    const done = (prior?.done ?? Promise.resolve()).then(() => result).then(
       () => {
         batch.release();
-        this.committed = commit.endLsn;
+        if (this.committed < commit.endLsn) this.committed = commit.endLsn;
         if (this.acked < this.committed) this.acked = this.committed;
-        this.stream.acknowledge(this.acked);
+        if (!this.applyFailure) this.stream.acknowledge(this.acked);
         this.lastStatusAt = Date.now();
-        this.applying = undefined;
+        this.inFlight.shift();
       },
       (err: unknown) => {
         batch.release();
-        this.applyFailure = err instanceof Error ? err : new Error(String(err));
-        this.applying = undefined;
+        this.applyFailure ??= err instanceof Error ? err : new Error(String(err));
+        this.inFlight.shift();
       },
     );
+    this.inFlight.push({ endLsn: commit.endLsn, done });
   }
 
   /** Synchronous except where it must wait: a relation's types are asked, a full batch waits for the one in flight. */
@@ -509,13 +529,13 @@ class StreamConsumer {
         if (m.endLsn <= this.committed) return;
         if (this.batch.empty) {
           // Nothing of ours in it: nothing to apply, so the slot may move past it (once no batch before it is still being committed).
-          if (!this.applying && this.acked < m.endLsn) this.acked = m.endLsn;
+          if (this.inFlight.length === 0 && this.acked < m.endLsn) this.acked = m.endLsn;
           return;
         }
         this.lastCommit = { endLsn: m.endLsn, time: m.commitTime };
-        // Full: wait for the batch in flight, then hand this one over. Due by time: only once the
-        // destination is free; until then it keeps growing, so a slow commit means bigger batches.
-        if (this.batch.changes >= this.req.batchChanges || (!this.applying && Date.now() - this.batchStartedAt >= this.req.batchWaitMs)) return this.flush();
+        // Full: wait for room among the batches in flight, then hand this one over. Due by time:
+        // only once there is room; until then it keeps growing, so a slow commit means bigger batches.
+        if (this.batch.changes >= this.req.batchChanges || (this.inFlight.length < MAX_IN_FLIGHT && Date.now() - this.batchStartedAt >= this.req.batchWaitMs)) return this.flush();
         return;
       case 'relation':
         return this.relation(m);

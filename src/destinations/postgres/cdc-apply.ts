@@ -3,19 +3,23 @@
  * one destination transaction, together with the LSN up to which the batch is complete
  * (_sluice_state) and its _sluice_loads row. Knows nothing of Temporal or of replication.
  *
- * Per table, in the transaction: evolve the table to the source's current columns (the load
- * engine's planSchema: new columns are added, types only widen, a column dropped at the source
- * stays and becomes nullable), stage the batch's rows through COPY into a temporary table,
- * then apply the truncate (if any), the deletes (DELETE ... USING, or setting
- * _sluice_deleted_at) and the upserts (UPDATE ... FROM for keys present, INSERT for the rest).
- * Columns a change did not carry keep the destination's value.
+ * The transaction first stages every table's rows through COPY into temporary tables, and only
+ * then waits for the stream's lock (held by a batch until it commits): a batch can be staged on a second
+ * connection while the batch before it still commits on the first, and it applies once that
+ * one has committed (the state row says so; if it did not, this one fails too). Then, per table:
+ * evolve the table to the source's current columns (the load engine's planSchema: new columns are
+ * added, types only widen, a column dropped at the source stays and becomes nullable), stage
+ * again if that changed which columns the rows fill, apply the truncate (if any), the deletes
+ * (DELETE ... USING, or setting _sluice_deleted_at) and the upserts (INSERT ... ON CONFLICT, or
+ * UPDATE ... FROM for keys present and INSERT for the rest). Columns a change did not carry keep
+ * the destination's value.
  */
 import type pg from 'pg';
 import { from as copyFrom } from 'pg-copy-streams';
 import { createHash } from 'node:crypto';
 import { finished } from 'node:stream/promises';
 import { qualifiedName, quoteIdent } from '../../schema/identifiers';
-import { parseLsn, SPAN_UNCHANGED } from '../../sources/postgres/cdc/pgoutput';
+import { formatLsn, parseLsn, SPAN_UNCHANGED } from '../../sources/postgres/cdc/pgoutput';
 import { canonicalType } from '../../schema/types';
 import { ENTRY_DELETE, ENTRY_OBJECT, ENTRY_UPSERT, RowColumns, RowValues, spansAt, spansOf, type ChangeBatch, type FirstKeyRange, type Pending, type TableBatch } from './cdc-batch';
 import { CopyBinaryWriter } from './binary-copy';
@@ -47,8 +51,13 @@ export interface ApplyRequest {
   shapes: Map<string, TableShape>;
   batch: ChangeBatch;
   load: { loadId: string; workflowId: string; runId: string; resource: string; partition: string };
-  /** _sluice_state row of the stream: the batch applies only if the saved `lsn` is below `lsn`. `value` may still be computed while the batch is written. */
-  state: { key: string; lsn: bigint; value: object | Promise<object> };
+  /**
+   * _sluice_state row of the stream: the batch applies only if the saved `lsn` is below `lsn`,
+   * and at or above `after` (where the batch before this one ends: until that one commits, this
+   * one waits on the row; if it never does, this one fails). `value` may still be computed while
+   * the batch is written.
+   */
+  state: { key: string; lsn: bigint; after: bigint; value: object | Promise<object> };
   /** Columns reported as dropped by earlier batches (reported once). */
   knownDropped: Set<string>;
   /** The run's leases (every table and the slot): checked in the batch's transaction, so a replaced run never commits. */
@@ -59,6 +68,14 @@ export interface ApplyResult {
   /** False when the saved state already covered this batch (nothing was written). */
   applied: boolean;
   schemaChanges: string[];
+}
+
+/** The batch before this one never committed: this one must not apply (the stream restarts from the saved position). */
+export class BatchOrderError extends Error {
+  constructor(saved: string | null | undefined, after: bigint) {
+    super(`the batch before this one did not commit (the saved position is ${saved ?? 'none'}, ${formatLsn(after)} expected)`);
+    this.name = 'BatchOrderError';
+  }
 }
 
 export async function applyBatch(req: ApplyRequest): Promise<ApplyResult> {
@@ -74,22 +91,42 @@ export async function applyBatch(req: ApplyRequest): Promise<ApplyResult> {
     // The batch's joins (deletes, key changes) match a few staged keys against a table that may
     // be huge: probing its key index beats scanning it for a hash join, which a planner without
     // statistics on the fresh staging table would often pick.
-    const [, , , saved] = (await client.query(
-      `begin; set local enable_hashjoin = off; set local enable_mergejoin = off; select state->>'lsn' as lsn from ${state} where resource = ${sql.literal(req.state.key)} for update`,
-    )) as unknown as pg.QueryResult<{ lsn: string | null }>[];
-    const savedLsn = saved!.rows[0]?.lsn;
-    if (savedLsn && parseLsn(savedLsn) >= req.state.lsn) {
-      await client.query('rollback');
-      return { applied: false, schemaChanges: [] };
-    }
-    if (req.leases?.length) await checkLeases(client, req.schema, req.leases);
-    const schemaChanges: string[] = [];
+    await client.query('begin; set local enable_hashjoin = off; set local enable_mergejoin = off');
+    // Staged before the state row is locked: this is what overlaps the commit of the batch before.
+    const staged = new Map<string, Staged>();
+    const inUse = new Set<string>();
     for (const [target, tableBatch] of req.batch.tables) {
       const shape = req.shapes.get(target);
       if (!shape) throw new Error(`no shape for table ${target}`);
+      if (tableBatch.rows.size === 0) continue;
+      const known = await destinationColumns(client, req.schema, target);
+      staged.set(target, await stageRows(client, shape, tableBatch, stagingColumns(known, shape), inUse));
+    }
+    // The stream's lock, held to the commit: the batch before this one holds it until it has
+    // committed (a lock on the state row would not do: the first batch has no row to lock). The
+    // read after it is a new statement, so it sees that commit.
+    await client.query('select pg_advisory_xact_lock(hashtextextended($1, 0))', [`sluice-cdc-stream:${req.schema}.${req.state.key}`]);
+    const saved = await client.query<{ lsn: string | null }>(`select state->>'lsn' as lsn from ${state} where resource = $1`, [req.state.key]);
+    const savedLsn = saved.rows[0]?.lsn;
+    const savedAt = savedLsn ? parseLsn(savedLsn) : 0n;
+    if (savedAt >= req.state.lsn) {
+      await client.query('rollback');
+      return { applied: false, schemaChanges: [] };
+    }
+    if (savedAt < req.state.after) throw new BatchOrderError(savedLsn, req.state.after);
+    if (req.leases?.length) await checkLeases(client, req.schema, req.leases);
+    const schemaChanges: string[] = [];
+    for (const [target, tableBatch] of req.batch.tables) {
+      const shape = req.shapes.get(target)!;
       const evolved = await evolveTable(client, req, shape);
       schemaChanges.push(...evolved.changes);
-      await applyTable(client, req, shape, tableBatch, evolved.columns);
+      let rows = staged.get(target);
+      // The table changed between staging and now (a batch before this one evolved it): the
+      // rows fill another set of columns, staged again.
+      if (rows && !sameColumns(rows.carried, carriedColumns(evolved.columns, shape, rows))) {
+        rows = await stageRows(client, shape, tableBatch, evolved.columns, inUse);
+      }
+      await applyTable(client, req, shape, tableBatch, evolved.columns, rows);
     }
     const value = JSON.stringify(await req.state.value);
     const saveState = `insert into ${state} (resource, state, updated_at) values ($1, $2, now()) on conflict (resource) do update set state = excluded.state, updated_at = now()`;
@@ -117,7 +154,6 @@ export async function applyBatch(req: ApplyRequest): Promise<ApplyResult> {
     client.release(broken);
   }
 }
-
 
 async function destinationColumns(client: pg.PoolClient, schema: string, table: string): Promise<sql.TargetColumn[] | undefined> {
   const r = await client.query<sql.TargetColumn>(sql.targetColumnsSql(), [qualifiedName(schema, table)]);
@@ -171,25 +207,47 @@ async function evolveTable(client: pg.PoolClient, req: ApplyRequest, shape: Tabl
   return { changes: changes.map((c) => `${target}: ${c}`), columns };
 }
 
-async function applyTable(client: pg.PoolClient, req: ApplyRequest, shape: TableShape, batch: TableBatch, columns: sql.TargetColumn[]): Promise<void> {
-  const { schema } = req;
-  const target = qualifiedName(schema, shape.target);
-  const soft = req.deletes === 'soft';
-  const types = new Map(columns.map((c) => [c.name, c.type]));
-  if (batch.truncatedAt) {
-    // In order: the batch dropped every change before the truncate, so this runs first.
-    const within = batch.truncateRanges ? ` and (${rangesWhere(shape.key[0]!, batch.truncateRanges)})` : '';
-    if (soft) {
-      await client.query(`update ${target} set ${quoteIdent(DELETED_AT_COLUMN)} = $1, ${quoteIdent(sql.LOAD_ID_COLUMN)} = $2 where ${quoteIdent(DELETED_AT_COLUMN)} is null${within}`, [
-        batch.truncatedAt,
-        req.load.loadId,
-      ]);
-    } else {
-      await client.query(`${sql.deleteAllSql(schema, shape.target)} where true${within}`);
-    }
-  }
-  if (batch.rows.size === 0) return;
+/** A table's rows of a batch as staged: the staging table and what its columns are. */
+interface Staged {
+  name: string;
+  /** The non-key columns staged (every column some change carries). */
+  carried: string[];
+  /** The old-key columns (FROM_i), when an update in the batch changed its key. */
+  from: string[];
+  moved: boolean;
+  /** Some staged upsert lacks a carried column (a TOASTed value left out). */
+  anyAbsent: boolean;
+  present: Set<string>;
+}
 
+/** The columns a staging holds beyond the key: those some change carries, every column when a key moved. */
+function carriedColumns(columns: { name: string }[], shape: TableShape, rows: { moved: boolean; present: Set<string> }): string[] {
+  return columns.filter((c) => (rows.moved || rows.present.has(c.name)) && !shape.key.includes(c.name)).map((c) => c.name);
+}
+
+function sameColumns(a: string[], b: string[]): boolean {
+  if (a.length !== b.length) return false;
+  const set = new Set(a);
+  return b.every((c) => set.has(c));
+}
+
+/**
+ * The columns the table will have once evolved, as far as staging is concerned (names): the
+ * destination's own and the source's current ones. A batch before this one may still change
+ * them; applyBatch stages again when it did.
+ */
+function stagingColumns(known: sql.TargetColumn[] | undefined, shape: TableShape): { name: string }[] {
+  const names = new Set((known ?? []).filter((c) => !isSluiceColumn(c.name)).map((c) => c.name));
+  for (const c of shape.columns) names.add(c.name);
+  return [...names].map((name) => ({ name }));
+}
+
+/**
+ * Stages a table's rows of the batch through binary COPY into a temporary table: key, the
+ * carried columns, and per row its op, the columns it did not carry (ABSENT), its delete time
+ * (AT) and, for an update that changed the key, the old key (FROM_i).
+ */
+async function stageRows(client: pg.PoolClient, shape: TableShape, batch: TableBatch, columns: { name: string }[], inUse: Set<string>): Promise<Staged> {
   // Staging holds every column some change carries; ABSENT lists, per row, the ones it did not;
   // FROM_i, for an update that changed the key, the old key whose row fills what it did not carry.
   const present = new Set<string>();
@@ -228,24 +286,27 @@ async function applyTable(client: pg.PoolClient, req: ApplyRequest, shape: Table
     }
     for (const c of v.keys()) present.add(c);
   }
-  // A moved row takes every column it lacks from its old row, so then every column is staged.
-  const carried = columns.filter((c) => (moved || present.has(c.name)) && !shape.key.includes(c.name));
-  const staged = [...shape.key, ...carried.map((c) => c.name)];
+  const carriedNames = carriedColumns(columns, shape, { moved, present });
+  const staged = [...shape.key, ...carriedNames];
   const from = moved ? shape.key.map((_, i) => `${FROM}${i}`) : [];
   const stageColumns = [OP, ABSENT, AT, ...from, ...staged];
   // One staging table per connection and column list, made once and emptied at every commit: a
   // table created and dropped by every batch would make each batch a catalog change, which
   // logical decoding on a source that shares this database (and the catalog itself) pays for.
-  const stageName = `${STAGE}_${createHash('sha1').update(JSON.stringify(stageColumns)).digest('hex').slice(0, 12)}`;
+  // The target is in the name: a transaction stages every table of its batch before applying any.
+  const stageName = `${STAGE}_${createHash('sha1').update(JSON.stringify([shape.target, stageColumns])).digest('hex').slice(0, 12)}`;
   // Column lists vary (which TOASTed columns a batch carried, key changes, schema versions): a
   // connection keeps at most a few staging tables, and drops the others before making one more.
   let made = stagesMade.get(client);
   if (!made) stagesMade.set(client, (made = new Set()));
   if (!made.has(stageName) && made.size >= MAX_STAGES) {
-    await client.query([...made].map((t) => `drop table if exists ${quoteIdent(t)}`).join('; '));
-    made.clear();
+    // Not the ones this transaction has staged rows in already.
+    const unused = [...made].filter((t) => !inUse.has(t));
+    if (unused.length) await client.query(unused.map((t) => `drop table if exists ${quoteIdent(t)}`).join('; '));
+    for (const t of unused) made.delete(t);
   }
   made.add(stageName);
+  inUse.add(stageName);
   await client.query(
     `create temp table if not exists ${quoteIdent(stageName)} (${stageColumns.map((c) => `${quoteIdent(c)} text`).join(', ')}) on commit delete rows; delete from ${quoteIdent(stageName)}`,
   );
@@ -257,7 +318,6 @@ async function applyTable(client: pg.PoolClient, req: ApplyRequest, shape: Table
   let anyAbsent = false;
   // One tuple per row, written as bytes: a change's values go from its tuple's bytes into COPY
   // without becoming strings. This loop runs for every change.
-  const carriedNames = carried.map((c) => c.name);
   // Where each carried column sits in a relation's tuples, asked once per relation.
   // A batch's rows nearly all share one relation: the last one asked is kept at hand.
   const positions = new Map<RowColumns, (number | undefined)[]>();
@@ -306,7 +366,7 @@ async function applyTable(client: pg.PoolClient, req: ApplyRequest, shape: Table
     if (pending.op === 'delete') {
       head('d', undefined, pending.at.toISOString(), true);
       for (const k of pending.key) out.text(k);
-      out.nulls(carried.length);
+      out.nulls(carriedNames.length);
       return;
     }
     const values = pending.values;
@@ -359,7 +419,7 @@ async function applyTable(client: pg.PoolClient, req: ApplyRequest, shape: Table
         }
         head('d', undefined, atText, true);
         writeKey(buf, spans, columns);
-        out.nulls(carried.length);
+        out.nulls(carriedNames.length);
       } else {
         const at = positionsIn(columns);
         let absent: string[] | undefined;
@@ -386,6 +446,31 @@ async function applyTable(client: pg.PoolClient, req: ApplyRequest, shape: Table
   if (out.length) await write();
   sink.end();
   await finished(sink);
+  return { name: stageName, carried: carriedNames, from, moved, anyAbsent, present };
+}
+
+async function applyTable(client: pg.PoolClient, req: ApplyRequest, shape: TableShape, batch: TableBatch, columns: sql.TargetColumn[], staged: Staged | undefined): Promise<void> {
+  const { schema } = req;
+  const target = qualifiedName(schema, shape.target);
+  const soft = req.deletes === 'soft';
+  const types = new Map(columns.map((c) => [c.name, c.type]));
+  if (batch.truncatedAt) {
+    // In order: the batch dropped every change before the truncate, so this runs first.
+    const within = batch.truncateRanges ? ` and (${rangesWhere(shape.key[0]!, batch.truncateRanges)})` : '';
+    if (soft) {
+      await client.query(`update ${target} set ${quoteIdent(DELETED_AT_COLUMN)} = $1, ${quoteIdent(sql.LOAD_ID_COLUMN)} = $2 where ${quoteIdent(DELETED_AT_COLUMN)} is null${within}`, [
+        batch.truncatedAt,
+        req.load.loadId,
+      ]);
+    } else {
+      await client.query(`${sql.deleteAllSql(schema, shape.target)} where true${within}`);
+    }
+  }
+  if (!staged) return;
+  const { moved, from } = staged;
+  let anyAbsent = staged.anyAbsent;
+  const carried = staged.carried.map((name) => ({ name, type: types.get(name)! }));
+  const stageName = staged.name;
 
   const stage = quoteIdent(stageName);
   const match = (alias: string, keys: string[]) => shape.key.map((k, i) => `${alias}.${quoteIdent(k)} = s.${quoteIdent(keys[i]!)}::${types.get(k)}`).join(' and ');

@@ -1,0 +1,129 @@
+/**
+ * The CDC apply engine on a real PostgreSQL, without Temporal or replication: two batches in
+ * flight at once (the stream hands the next one over while the one before still commits)
+ * commit in order, and one whose predecessor never committed applies nothing.
+ */
+import assert from 'node:assert/strict';
+import { after, before, describe, test } from 'node:test';
+import pg from 'pg';
+import { applyBatch, BatchOrderError, type ApplyRequest, type TableShape } from '../src/destinations/postgres/cdc-apply';
+import { ChangeBatch } from '../src/destinations/postgres/cdc-batch';
+import { adminUrl, uniqueName, waitFor } from './helpers';
+
+const shape: TableShape = {
+  source: 'public.items',
+  target: 'items',
+  key: ['id'],
+  columns: [
+    { name: 'id', type: 'bigint' },
+    { name: 'name', type: 'text' },
+  ],
+};
+
+function batchOf(rows: [number, string][], deletes: number[] = []): ChangeBatch {
+  const b = new ChangeBatch();
+  for (const [id, name] of rows) b.insert('items', [String(id)], new Map([['id', String(id)], ['name', name]]));
+  for (const id of deletes) b.delete('items', [String(id)], new Date('2026-01-01T00:00:00Z'));
+  return b;
+}
+
+describe('cdc apply engine: batches in flight', () => {
+  let db: pg.Pool;
+  let schema: string;
+  const key = 'cdc:test-stream';
+  const url = adminUrl();
+
+  const request = (batch: ChangeBatch, lsn: bigint, afterLsn: bigint): ApplyRequest => ({
+    url,
+    schema,
+    deletes: 'hard',
+    shapes: new Map([['items', shape]]),
+    batch,
+    load: { loadId: `test/${lsn}`, workflowId: 'test', runId: 'run', resource: key, partition: String(lsn) },
+    state: { key, lsn, after: afterLsn, value: { lsn: `0/${lsn.toString(16)}` } },
+    knownDropped: new Set(),
+  });
+  const rows = async () => (await db.query<{ id: string; name: string }>(`select id, name from ${schema}.items order by id`)).rows.map((r) => [Number(r.id), r.name]);
+  const savedLsn = async () => (await db.query<{ lsn: string | null }>(`select state->>'lsn' as lsn from ${schema}._sluice_state where resource = $1`, [key])).rows[0]?.lsn;
+  /** Whether some backend waits for the stream's lock (what a batch staged ahead of its predecessor does). */
+  const waitingForLock = async () =>
+    (
+      await db.query(
+        `select 1 from pg_locks l where l.locktype = 'advisory' and not l.granted and l.objsubid = 1 and ((l.classid::bigint << 32) | l.objid::bigint) = hashtextextended($1, 0)`,
+        [`sluice-cdc-stream:${schema}.${key}`],
+      )
+    ).rowCount! > 0;
+
+  before(async () => {
+    db = new pg.Pool({ connectionString: url, max: 4 });
+    schema = uniqueName('t_cdcapply');
+    await db.query(`create schema ${schema}`);
+  });
+  after(async () => {
+    await db.query(`drop schema ${schema} cascade`);
+    await db.end();
+  });
+
+  test('the batch after waits for the one before to commit, then applies on top of it', async () => {
+    assert.equal((await applyBatch(request(batchOf([[1, 'a'], [2, 'b'], [3, 'c']]), 0x100n, 0n))).applied, true);
+    // The batch ending at 0x200 still commits elsewhere: it holds the stream's lock. Its
+    // successor, handed over meanwhile, stages its rows and waits.
+    const holder = await db.connect();
+    try {
+      await holder.query('begin');
+      await holder.query('select pg_advisory_xact_lock(hashtextextended($1, 0))', [`sluice-cdc-stream:${schema}.${key}`]);
+      let settled = false;
+      const next = applyBatch(request(batchOf([[2, 'b2'], [4, 'd']], [1]), 0x300n, 0x200n)).finally(() => (settled = true));
+      next.catch(() => undefined);
+      await waitFor('the next batch to wait for the stream lock', waitingForLock);
+      assert.equal(settled, false);
+      assert.deepEqual(await rows(), [[1, 'a'], [2, 'b'], [3, 'c']], 'nothing of the waiting batch is visible');
+      // The one before commits its position: the waiting batch goes on and applies.
+      await holder.query(`update ${schema}._sluice_state set state = jsonb_build_object('lsn', '0/200') where resource = $1`, [key]);
+      await holder.query('commit');
+      assert.equal((await next).applied, true);
+    } finally {
+      holder.release();
+    }
+    assert.deepEqual(await rows(), [[2, 'b2'], [3, 'c'], [4, 'd']]);
+    assert.equal(await savedLsn(), '0/300');
+  });
+
+  test('a batch whose predecessor rolled back applies nothing: it fails with BatchOrderError', async () => {
+    const before = await rows();
+    const holder = await db.connect();
+    try {
+      await holder.query('begin');
+      await holder.query('select pg_advisory_xact_lock(hashtextextended($1, 0))', [`sluice-cdc-stream:${schema}.${key}`]);
+      const next = applyBatch(request(batchOf([[5, 'e']], [2]), 0x500n, 0x400n));
+      next.catch(() => undefined);
+      await waitFor('the next batch to wait for the stream lock', waitingForLock);
+      await holder.query('rollback');
+      await assert.rejects(next, (err: Error) => err instanceof BatchOrderError && /0\/300/.test(err.message) && /0\/400 expected/.test(err.message));
+    } finally {
+      holder.release();
+    }
+    assert.deepEqual(await rows(), before);
+    assert.equal(await savedLsn(), '0/300');
+    // Alone, with nothing in flight before it, the same batch fails the same way: it never skips a batch.
+    await assert.rejects(applyBatch(request(batchOf([[5, 'e']]), 0x500n, 0x400n)), BatchOrderError);
+    assert.deepEqual(await rows(), before);
+  });
+
+  test('a batch at or below the saved position is skipped, whatever it says comes before it', async () => {
+    const before = await rows();
+    assert.equal((await applyBatch(request(batchOf([[9, 'z']]), 0x300n, 0x200n))).applied, false);
+    assert.deepEqual(await rows(), before);
+  });
+
+  test('two tables whose staged column lists are the same are staged side by side in one transaction', async () => {
+    const other: TableShape = { ...shape, source: 'public.others', target: 'others' };
+    const b = batchOf([[7, 'g']]);
+    b.insert('others', ['8'], new Map([['id', '8'], ['name', 'h']]));
+    const req = request(b, 0x600n, 0x300n);
+    req.shapes.set('others', other);
+    assert.equal((await applyBatch(req)).applied, true);
+    assert.deepEqual((await db.query(`select id::int, name from ${schema}.others`)).rows, [{ id: 8, name: 'h' }]);
+    assert.deepEqual((await rows()).at(-1), [7, 'g']);
+  });
+});
