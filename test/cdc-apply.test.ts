@@ -40,10 +40,14 @@ describe('cdc apply engine: batches in flight', () => {
     shapes: new Map([['items', shape]]),
     batch,
     load: { loadId: `test/${lsn}`, workflowId: 'test', runId: 'run', resource: key, partition: String(lsn) },
-    state: { key, lsn, after: afterLsn, value: { lsn: `0/${lsn.toString(16)}` } },
+    state: { key, lsn, after: afterLsn, value: { lsn: `0/${lsn.toString(16).toUpperCase()}` } },
     knownDropped: new Set(),
   });
   const rows = async () => (await db.query<{ id: string; name: string }>(`select id, name from ${schema}.items order by id`)).rows.map((r) => [Number(r.id), r.name]);
+  const savedLsnValue = async () => {
+    const text = await savedLsn();
+    return text ? BigInt(`0x${text.split('/')[0]}`) * 2n ** 32n + BigInt(`0x${text.split('/')[1]}`) : undefined;
+  };
   const savedLsn = async () => (await db.query<{ lsn: string | null }>(`select state->>'lsn' as lsn from ${schema}._sluice_state where resource = $1`, [key])).rows[0]?.lsn;
   /** Whether some backend waits for the stream's lock (what a batch staged ahead of its predecessor does). */
   const waitingForLock = async () =>
@@ -125,5 +129,31 @@ describe('cdc apply engine: batches in flight', () => {
     assert.equal((await applyBatch(req)).applied, true);
     assert.deepEqual((await db.query(`select id::int, name from ${schema}.others`)).rows, [{ id: 8, name: 'h' }]);
     assert.deepEqual((await rows()).at(-1), [7, 'g']);
+  });
+  test('a small batch handed over right after a big one queues behind it for the lock (turn), and both commit in order', async () => {
+    const big: [number, string][] = [];
+    for (let i = 0; i < 30_000; i++) big.push([100_000 + i, `big ${i}`]);
+    const rounds: [ChangeBatch, ChangeBatch][] = [
+      [batchOf(big), batchOf([[100_000, 'small']])],
+      // A batch that only truncates stages nothing at all: it is ready for the lock at once.
+      [batchOf(big.map(([id]) => [id, 'again'])), (() => {
+        const b = new ChangeBatch();
+        b.truncate('items', new Date('2026-01-02T00:00:00Z'));
+        return b;
+      })()],
+    ];
+    let lsn = 0x600n;
+    for (const [first, second] of rounds) {
+      const a = lsn + 0x10n;
+      const b = a + 0x10n;
+      lsn = b;
+      let locked!: () => void;
+      const turn = new Promise<void>((resolve) => (locked = resolve));
+      const firstDone = applyBatch({ ...request(first, a, (await savedLsnValue()) ?? 0n), onLocked: locked });
+      const secondDone = applyBatch({ ...request(second, b, a), turn });
+      assert.deepEqual(await Promise.all([firstDone, secondDone]).then((r) => r.map((x) => x.applied)), [true, true]);
+      assert.equal(await savedLsn(), `0/${b.toString(16).toUpperCase()}`);
+    }
+    assert.deepEqual(await rows(), []);
   });
 });

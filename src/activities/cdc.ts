@@ -261,13 +261,14 @@ export function createCdcActivities() {
           try {
             // The position as of the last batch handed to the destination (it may not have committed yet).
             let handed = position;
-            const consumer = new StreamConsumer(req, position, filters, source, startLsn, stream, async (batch, endLsn, commitTime, shapes, after) => {
+            const consumer = new StreamConsumer(req, position, filters, source, startLsn, stream, async (batch, endLsn, commitTime, shapes, order) => {
               const next = advance(handed, batch, endLsn, commitTime);
               handed = next;
               // The source's WAL position (for the lag) is asked while the batch is written.
               const lag = currentWalLsn(source).then((wal) => lagOf(parseLsn(wal), endLsn));
-              const value = lag.then((lagBytes) => ({ ...next, lagBytes, schemaChanges: [] }));
-              value.catch(() => undefined);
+              lag.catch(() => undefined);
+              // Asked once the batch's tables have evolved: the columns found dropped so far, this batch's too.
+              const value = async () => ({ ...next, lagBytes: await lag, dropped: [...consumer.dropped], schemaChanges: [] });
               const applied = await applyBatch({
                 url: destUrl,
                 schema: req.destination.schema,
@@ -275,7 +276,9 @@ export function createCdcActivities() {
                 shapes,
                 batch,
                 load: { loadId: `${workflowId}/cdc/${formatLsn(endLsn)}`, workflowId, runId, resource: stateKey(req.slot), partition: formatLsn(endLsn) },
-                state: { key: stateKey(req.slot), lsn: endLsn, after, value },
+                state: { key: stateKey(req.slot), lsn: endLsn, after: order.after, value },
+                ...(order.turn ? { turn: order.turn } : {}),
+                onLocked: order.locked,
                 knownDropped: consumer.dropped,
                 ...(req.leases ? { leases: req.leases } : {}),
               });
@@ -334,6 +337,17 @@ function lagOf(wal: bigint, lsn: bigint): number {
   return Number(wal > lsn ? wal - lsn : 0n);
 }
 
+/**
+ * Where a batch stands among those in flight: it must commit on top of the batch ending at
+ * `after`; it may take the stream's lock once `turn` (the batch before taking it) has resolved,
+ * and calls `locked` once it has taken it (or failed).
+ */
+interface BatchOrder {
+  after: bigint;
+  turn?: Promise<void>;
+  locked: () => void;
+}
+
 /** Batches handed to the destination at once: one commits while the next one is staged (see cdc-apply.ts). */
 const MAX_IN_FLIGHT = 2;
 
@@ -368,7 +382,7 @@ class StreamConsumer {
   /** When the read loop last let the event loop run. */
   private lastYield = Date.now();
   /** The batches being committed in the destination (oldest first), while the next one is read. */
-  private readonly inFlight: { endLsn: bigint; done: Promise<void> }[] = [];
+  private readonly inFlight: { endLsn: bigint; done: Promise<void>; locked: Promise<void> }[] = [];
   private applyFailure: Error | undefined;
   private readonly startedAt = Date.now();
   private readonly changesAtStart: number;
@@ -383,8 +397,8 @@ class StreamConsumer {
     private readonly source: import('pg').Client,
     start: bigint,
     private readonly stream: ReplicationStream,
-    /** Applies `batch`, which must commit after the batch ending at `after` (it waits for that one). */
-    private readonly flushBatch: (batch: ChangeBatch, endLsn: bigint, commitTime: Date | undefined, shapes: Map<string, TableShape>, after: bigint) => Promise<void>,
+    /** Applies `batch`, which must commit after the batch ending at `order.after` (see BatchOrder). */
+    private readonly flushBatch: (batch: ChangeBatch, endLsn: bigint, commitTime: Date | undefined, shapes: Map<string, TableShape>, order: BatchOrder) => Promise<void>,
   ) {
     this.committed = start;
     this.acked = start;
@@ -406,6 +420,16 @@ class StreamConsumer {
   }
 
   async run(signal: AbortSignal): Promise<void> {
+    try {
+      await this.readAndApply(signal);
+    } finally {
+      // However the stream ended, nothing handed to the destination is still running when the
+      // activity returns or fails: its retry reads the saved position, which must be final.
+      await Promise.all(this.inFlight.map((f) => f.done));
+    }
+  }
+
+  private async readAndApply(signal: AbortSignal): Promise<void> {
     const deadline = this.startedAt + this.req.windowMs;
     for (;;) {
       if (this.applyFailure) throw this.applyFailure;
@@ -466,7 +490,7 @@ class StreamConsumer {
     }
     if (this.acked > this.committed) {
       // Nothing was pending up to `acked`: record it, so the saved position and its lag are current.
-      await this.flushBatch(new ChangeBatch(), this.acked, undefined, this.shapesByTarget(), this.committed);
+      await this.flushBatch(new ChangeBatch(), this.acked, undefined, this.shapesByTarget(), { after: this.committed, locked: () => undefined });
       this.committed = this.acked;
     }
   }
@@ -496,8 +520,13 @@ class StreamConsumer {
     const shapes = this.shapesByTarget();
     this.batch = new ChangeBatch();
     const prior = this.inFlight.at(-1);
-    const result = this.flushBatch(batch, commit.endLsn, commit.time, shapes, prior?.endLsn ?? this.committed);
+    let onLocked!: () => void;
+    const locked = new Promise<void>((resolve) => (onLocked = resolve));
+    const order: BatchOrder = { after: prior?.endLsn ?? this.committed, locked: onLocked, ...(prior ? { turn: prior.locked } : {}) };
+    const result = this.flushBatch(batch, commit.endLsn, commit.time, shapes, order);
     result.catch(() => undefined);
+    // However it ended, the batch after this one need not wait for this one's lock any longer.
+    void result.finally(onLocked).catch(() => undefined);
     // Completions are taken in order: the first failure is the one reported.
     const done = (prior?.done ?? Promise.resolve()).then(() => result).then(
       () => {
@@ -514,7 +543,7 @@ class StreamConsumer {
         this.inFlight.shift();
       },
     );
-    this.inFlight.push({ endLsn: commit.endLsn, done });
+    this.inFlight.push({ endLsn: commit.endLsn, done, locked });
   }
 
   /** Synchronous except where it must wait: a relation's types are asked, a full batch waits for the one in flight. */

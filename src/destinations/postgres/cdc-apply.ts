@@ -54,10 +54,17 @@ export interface ApplyRequest {
   /**
    * _sluice_state row of the stream: the batch applies only if the saved `lsn` is below `lsn`,
    * and at or above `after` (where the batch before this one ends: until that one commits, this
-   * one waits on the row; if it never does, this one fails). `value` may still be computed while
-   * the batch is written.
+   * one waits for it; if it never commits, this one fails). `value` may still be computed while
+   * the batch is written, or asked for (a function) once the batch's tables have evolved.
    */
-  state: { key: string; lsn: bigint; after: bigint; value: object | Promise<object> };
+  state: { key: string; lsn: bigint; after: bigint; value: object | Promise<object> | (() => object | Promise<object>) };
+  /**
+   * With a batch in flight before this one: resolves once that one holds the stream's lock (or
+   * has failed), so that this one, however quickly it stages, queues behind it for the lock.
+   */
+  turn?: Promise<void>;
+  /** Called once this batch holds the stream's lock, or has failed before it did. */
+  onLocked?: () => void;
   /** Columns reported as dropped by earlier batches (reported once). */
   knownDropped: Set<string>;
   /** The run's leases (every table and the slot): checked in the batch's transaction, so a replaced run never commits. */
@@ -79,6 +86,14 @@ export class BatchOrderError extends Error {
 }
 
 export async function applyBatch(req: ApplyRequest): Promise<ApplyResult> {
+  try {
+    return await applyInTransaction(req);
+  } finally {
+    req.onLocked?.();
+  }
+}
+
+async function applyInTransaction(req: ApplyRequest): Promise<ApplyResult> {
   await ensureMetadata(req.url, req.schema);
   const client = await getPool(req.url).connect();
   const onClientError = () => undefined;
@@ -102,14 +117,19 @@ export async function applyBatch(req: ApplyRequest): Promise<ApplyResult> {
       const known = await destinationColumns(client, req.schema, target);
       staged.set(target, await stageRows(client, shape, tableBatch, stagingColumns(known, shape), inUse));
     }
-    // The stream's lock, held to the commit: the batch before this one holds it until it has
-    // committed (a lock on the state row would not do: the first batch has no row to lock). The
-    // read after it is a new statement, so it sees that commit.
+    // The stream's lock, held to the commit: the batch before this one takes it first (`turn`)
+    // and holds it until it has committed (a lock on the state row would not do: the first batch
+    // has no row to lock). The read after it is a new statement, so it sees that commit.
+    if (req.turn) await req.turn;
     await client.query('select pg_advisory_xact_lock(hashtextextended($1, 0))', [`sluice-cdc-stream:${req.schema}.${req.state.key}`]);
+    req.onLocked?.();
     const saved = await client.query<{ lsn: string | null }>(`select state->>'lsn' as lsn from ${state} where resource = $1`, [req.state.key]);
     const savedLsn = saved.rows[0]?.lsn;
     const savedAt = savedLsn ? parseLsn(savedLsn) : 0n;
     if (savedAt >= req.state.lsn) {
+      // Not returned to the pool: staging tables this transaction made or dropped (see
+      // stageRows) would no longer be what the connection's list says.
+      broken = true;
       await client.query('rollback');
       return { applied: false, schemaChanges: [] };
     }
@@ -128,7 +148,7 @@ export async function applyBatch(req: ApplyRequest): Promise<ApplyResult> {
       }
       await applyTable(client, req, shape, tableBatch, evolved.columns, rows);
     }
-    const value = JSON.stringify(await req.state.value);
+    const value = JSON.stringify(await (typeof req.state.value === 'function' ? req.state.value() : req.state.value));
     const saveState = `insert into ${state} (resource, state, updated_at) values ($1, $2, now()) on conflict (resource) do update set state = excluded.state, updated_at = now()`;
     if (req.batch.empty) {
       await client.query(saveState, [req.state.key, value]);
