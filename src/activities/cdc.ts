@@ -362,9 +362,6 @@ interface Relation {
   columns: RowColumns;
 }
 
-/** How long the stream stays quiet before a caught-up batch goes to an idle destination. */
-const QUIET_FLUSH_MS = 20;
-
 /** The longest the read loop works through queued messages without letting the event loop run. */
 const YIELD_EVERY_MS = 5;
 
@@ -457,16 +454,10 @@ class StreamConsumer {
         this.lastYield = Date.now();
       }
       if (!this.stream.poll()) {
-        // Caught up, with complete transactions in hand and nothing being written: they go once
-        // the stream has stayed quiet a moment, not at batchWait (the destination would sit idle).
-        const quiet = pending && !this.tx && this.inFlight.length === 0;
-        const wait = Math.min(deadline - now, pending ? this.batchStartedAt + this.req.batchWaitMs - now : 1_000, quiet ? QUIET_FLUSH_MS : 1_000, 1_000);
+        const wait = Math.min(deadline - now, pending ? this.batchStartedAt + this.req.batchWaitMs - now : 1_000, 1_000);
         const next = await this.stream.wait(Math.max(wait, 10));
         this.lastYield = Date.now();
-        if (next === 'timeout') {
-          if (quiet && this.inFlight.length === 0) await this.flush();
-          continue;
-        }
+        if (next === 'timeout') continue;
         if (next === 'end') throw ApplicationFailure.retryable('the replication stream ended', 'ReplicationStreamEnded');
       }
       // The frame is valid until the next poll: what a change keeps is copied into its batch.
