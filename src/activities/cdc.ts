@@ -524,9 +524,9 @@ class StreamConsumer {
     const locked = new Promise<void>((resolve) => (onLocked = resolve));
     const order: BatchOrder = { after: prior?.endLsn ?? this.committed, locked: onLocked, ...(prior ? { turn: prior.locked } : {}) };
     const result = this.flushBatch(batch, commit.endLsn, commit.time, shapes, order);
-    result.catch(() => undefined);
-    // However it ended, the batch after this one need not wait for this one's lock any longer.
-    void result.finally(onLocked).catch(() => undefined);
+    // However it ended, the batch after this one need not wait for this one's lock any longer
+    // (its failure is taken below, in order).
+    result.finally(onLocked).catch(() => undefined);
     // Completions are taken in order: the first failure is the one reported.
     const done = (prior?.done ?? Promise.resolve()).then(() => result).then(
       () => {

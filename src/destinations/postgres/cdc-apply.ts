@@ -6,7 +6,7 @@
  * The transaction first stages every table's rows through COPY into temporary tables, and only
  * then waits for the stream's lock (held by a batch until it commits): a batch can be staged on a second
  * connection while the batch before it still commits on the first, and it applies once that
- * one has committed (the state row says so; if it did not, this one fails too). Then, per table:
+ * one has committed (the saved position says so; if it did not, this one fails too). Then, per table:
  * evolve the table to the source's current columns (the load engine's planSchema: new columns are
  * added, types only widen, a column dropped at the source stays and becomes nullable), stage
  * again if that changed which columns the rows fill, apply the truncate (if any), the deletes
@@ -107,7 +107,7 @@ async function applyInTransaction(req: ApplyRequest): Promise<ApplyResult> {
     // be huge: probing its key index beats scanning it for a hash join, which a planner without
     // statistics on the fresh staging table would often pick.
     await client.query('begin; set local enable_hashjoin = off; set local enable_mergejoin = off');
-    // Staged before the state row is locked: this is what overlaps the commit of the batch before.
+    // Staged before the stream's lock is taken: this is what overlaps the commit of the batch before.
     const staged = new Map<string, Staged>();
     const inUse = new Set<string>();
     for (const [target, tableBatch] of req.batch.tables) {
