@@ -294,6 +294,46 @@ describe('cdcWorkflow', () => {
     });
   });
 
+  test('a caught-up stream hands its batch to an idle destination at once, not at batchWait, also while unpublished tables are written all the time', async () => {
+    const src = `${stack.sourceSchema}_caught_up`;
+    const dest = `${stack.schema}_caught_up`;
+    await stack.db.query(`create schema ${src}; create table ${src}.items (id int primary key, name text); create table ${src}.noise (id bigserial primary key, at timestamptz default now())`);
+    // A batch that closed only at batchWait or at the window's end would not arrive within the waits below.
+    const handle = await startCdc('caught-up', { ...oneTable(`${src}.items`, dest), batchWait: '10m', streamWindow: '10m', batchChanges: 1_000_000 });
+    let noisy = false;
+    let writes = 0;
+    const arrives = (id: number) =>
+      waitFor(`item ${id} in the destination`, async () => (await stack.db.query(`select 1 from ${dest}.items where id = $1`, [id]).catch(() => ({ rowCount: 0 }))).rowCount === 1, 30_000);
+    await stack.withWorker(async () => {
+      await streaming(handle);
+      for (const i of [1, 2, 3]) {
+        await stack.db.query(`insert into ${src}.items values ($1, $2)`, [i, `item ${i}`]);
+        await arrives(i);
+      }
+      // Then commits to a table the publication leaves out, all the time: the server keeps writing
+      // WAL (and its walsender keeps waking up and sending keepalives) while the published table is quiet.
+      noisy = true;
+      const writer = (async () => {
+        while (noisy) {
+          await stack.db.query(`insert into ${src}.noise default values`);
+          writes++;
+        }
+      })();
+      try {
+        await waitFor('the noise writer to commit', async () => writes >= 20, 30_000);
+        for (const i of [4, 5, 6]) {
+          await stack.db.query(`insert into ${src}.items values ($1, $2)`, [i, `item ${i}`]);
+          await arrives(i);
+        }
+      } finally {
+        noisy = false;
+        await writer;
+      }
+      assert.equal(await differences(`${src}.items`, `${dest}.items`), 0);
+      await stopAndDrop(handle);
+    });
+  });
+
   test('hostile values stream exactly: delimiters, backslashes, quotes, empty strings and NULLs, unicode, in values and in a composite key that moves', async () => {
     const src = `${stack.sourceSchema}_hostile`;
     const dest = `${stack.schema}_hostile`;

@@ -372,6 +372,12 @@ class StreamConsumer {
   private batch = new ChangeBatch();
   private batchStartedAt = 0;
   private lastCommit: { endLsn: bigint; time: Date } | undefined;
+  /**
+   * The server has sent everything it had: a keepalive came after the last transaction, with
+   * none open (the walsender sends one as it runs out of WAL to decode). A batch then goes to
+   * an idle destination at once rather than at batchWait; new data clears it.
+   */
+  private caughtUp = false;
   /** The transaction being read; `seen`: per table, what snapshotSaw judged for it. */
   private tx: { xid: number; skip: boolean; time: Date; seen: Map<string, { byChunk: boolean[]; same?: boolean }> } | undefined;
   /** Applied (committed in the destination) up to here. */
@@ -436,7 +442,7 @@ class StreamConsumer {
       const now = Date.now();
       if (signal.aborted || (now >= deadline && !this.tx)) break;
       const pending = !this.batch.empty;
-      if (pending && !this.tx && now - this.batchStartedAt >= this.req.batchWaitMs && this.inFlight.length < MAX_IN_FLIGHT) {
+      if (pending && !this.tx && this.inFlight.length < MAX_IN_FLIGHT && (now - this.batchStartedAt >= this.req.batchWaitMs || (this.caughtUp && this.inFlight.length === 0))) {
         await this.flush();
         continue;
       }
@@ -466,11 +472,13 @@ class StreamConsumer {
       if (kind === 0x6b /* k: keepalive */) {
         if (frameEnd - frameStart < 18) throw new Error(`replication: a keepalive of ${frameEnd - frameStart} bytes (18 expected)`);
         const walEnd = frame.readBigUInt64BE(frameStart + 1);
+        if (!this.tx) this.caughtUp = true;
         if (this.idle() && walEnd > this.acked) this.acked = walEnd;
         if (frame[frameStart + 17] === 1 || this.acked > this.committed) this.stream.acknowledge(this.acked);
         continue;
       }
       if (kind !== 0x77 /* w: XLogData, its logical message after a 25-byte header */) continue;
+      this.caughtUp = false;
       if (frameEnd - frameStart < 26) throw new Error(`replication: an XLogData message of ${frameEnd - frameStart} bytes`);
       if (readChange(frame, frameStart + 25, frameEnd, this.change)) {
         this.handleChange(this.change);
@@ -536,6 +544,8 @@ class StreamConsumer {
         if (!this.applyFailure) this.stream.acknowledge(this.acked);
         this.lastStatusAt = Date.now();
         this.inFlight.shift();
+        // A caught-up batch that waited for this one goes now, not at the next message.
+        if (this.caughtUp && !this.batch.empty) this.stream.interrupt();
       },
       (err: unknown) => {
         batch.release();

@@ -55,6 +55,7 @@ export class ReplicationStream implements pg.Submittable {
   /** The socket is pg's again (an error or the end of the copy follows from its parser). */
   private handedBack = false;
   private waiter: (() => void) | undefined;
+  private interrupted = false;
   /** What went wrong, in order: the socket, pg's parser (a server error, the connection ending). */
   private readonly errors: Error[] = [];
   private ended = false;
@@ -161,6 +162,12 @@ export class ReplicationStream implements pg.Submittable {
     }
     this.wake();
   };
+
+  /** Ends a wait() in progress (or the next one) early, as if it had timed out: the reader has something to do. */
+  interrupt(): void {
+    this.interrupted = true;
+    this.wake();
+  }
 
   private wake(): void {
     const w = this.waiter;
@@ -294,7 +301,10 @@ export class ReplicationStream implements pg.Submittable {
       if (this.failure) throw this.failure;
       if (this.ended) return 'end';
       const left = deadline - Date.now();
-      if (left <= 0) return 'timeout';
+      if (left <= 0 || this.interrupted) {
+        this.interrupted = false;
+        return 'timeout';
+      }
       let timer: NodeJS.Timeout | undefined;
       await new Promise<void>((r) => {
         this.waiter = r;
