@@ -1,28 +1,16 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { ChangeBatch, RowColumns, RowValues, spansOf } from '../src/destinations/postgres/cdc-batch';
+import { ChangeBatch, ENTRY_UPSERT, RowColumns, RowValues, spansOf } from '../src/destinations/postgres/cdc-batch';
 import { CopyBinaryWriter } from '../src/destinations/postgres/binary-copy';
 import { CdcInput, parseInput } from '../src/inputs';
-import { decodeLogicalMessage, decodeReplicationMessage, formatLsn, parseLsn, SPAN_NULL, SPAN_UNCHANGED, standbyStatus, UNCHANGED, type Tuple } from '../src/sources/postgres/cdc/pgoutput';
+import { decodeLogicalMessage, decodeReplicationMessage, formatLsn, parseLsn, SPAN_NULL, SPAN_UNCHANGED, standbyStatus, UNCHANGED } from '../src/sources/postgres/cdc/pgoutput';
 import { PassThrough } from 'node:stream';
 import { ReplicationStream } from '../src/sources/postgres/cdc/replication';
 import { chunkOf, parseXidSnapshot, seenBySnapshot, seenForKey, widenXid } from '../src/sources/postgres/cdc/snapshot';
 import { cdcNames } from '../src/workflows/cdc';
+import { tupleOf, Wire } from './pgoutput-wire';
 
 /** pgoutput's wire format, written by hand the way the server writes it. */
-class Wire {
-  private parts: Buffer[] = [];
-  u8(v: number) { const b = Buffer.alloc(1); b.writeUInt8(v); this.parts.push(b); return this; }
-  char(c: string) { return this.u8(c.charCodeAt(0)); }
-  i16(v: number) { const b = Buffer.alloc(2); b.writeInt16BE(v); this.parts.push(b); return this; }
-  i32(v: number) { const b = Buffer.alloc(4); b.writeInt32BE(v); this.parts.push(b); return this; }
-  u64(v: bigint) { const b = Buffer.alloc(8); b.writeBigUInt64BE(v); this.parts.push(b); return this; }
-  str(s: string) { this.parts.push(Buffer.from(s + '\0')); return this; }
-  text(s: string) { const b = Buffer.from(s); return this.char('t').i32(b.length).bytes(b); }
-  bytes(b: Buffer) { this.parts.push(b); return this; }
-  done() { return Buffer.concat(this.parts); }
-}
-
 describe('pgoutput decoding', () => {
   test('relation, insert, update with unchanged TOAST and old key, delete, truncate, begin/commit', () => {
     const rel = decodeLogicalMessage(new Wire().char('R').i32(16385).str('public').str('docs').char('d').i16(2).u8(1).str('id').i32(23).i32(-1).u8(0).str('body').i32(25).i32(-1).done());
@@ -247,15 +235,6 @@ describe('ChangeBatch', () => {
   });
 });
 
-/** A TupleData of these values as pgoutput sends it, decoded by the real decoder (an insert's). */
-function tupleOf(values: (string | null | typeof UNCHANGED)[]): Tuple {
-  const w = new Wire().char('I').i32(1).char('N').i16(values.length);
-  for (const v of values) if (v === null) w.char('n'); else if (v === UNCHANGED) w.char('u'); else w.text(v);
-  const m = decodeLogicalMessage(w.done());
-  if (m.tag !== 'insert') throw new Error('not an insert');
-  return m.values;
-}
-
 describe('Tuple: values decoded only when asked', () => {
   test('spans point at each value\'s bytes; null and unchanged have their own marks, the same as the apply engine reads', () => {
     const t = tupleOf(['1', null, UNCHANGED, 'tab\there', '']);
@@ -385,6 +364,29 @@ describe('ChangeBatch of tuples as they arrived (the stream\'s path)', () => {
     b.delete('t', ['7'], at);
     assert.equal(rows.size, 1);
     assert.equal(rows.get('7')?.op, 'delete');
+  });
+  test('an upsert is marked as of a row already there only when its key\'s first change in the batch was an update', () => {
+    const columns = new RowColumns(['id', 'body', 'n'], [0]);
+    const b = new ChangeBatch();
+    b.updateTuple('t', columns, tupleOf(['1', 'a', '1']), undefined, at); // updated: there before the batch
+    b.updateTuple('t', columns, tupleOf(['1', 'b', '2']), undefined, at); // and still, updated again
+    b.insertTuple('t', columns, tupleOf(['2', 'c', '0']));
+    b.updateTuple('t', columns, tupleOf(['2', 'd', '1']), undefined, at); // inserted in this batch first
+    b.deleteTuple('t', columns, tupleOf(['3', null, null]), at);
+    b.insertTuple('t', columns, tupleOf(['3', 'e', '0']));
+    b.updateTuple('t', columns, tupleOf(['3', 'f', '1']), undefined, at); // deleted, then inserted again
+    b.updateTuple('t', columns, tupleOf(['4', UNCHANGED, '1']), undefined, at); // a value left out, but the first change: there
+    b.insertTuple('t', columns, tupleOf(['5', 'g', '0']));
+    b.updateTuple('t', columns, tupleOf(['5', UNCHANGED, '1']), undefined, at); // merged into the insert of this batch
+    const rows = b.tables.get('t')!.rows;
+    const existing = (k: string) => {
+      const e = rows.entryOf(k)!;
+      return rows.kind(e) === ENTRY_UPSERT && rows.existing(e);
+    };
+    assert.deepEqual(['1', '2', '3', '4', '5'].map(existing), [true, false, false, true, false]);
+    const last = rows.get('1');
+    assert.ok(last?.op === 'upsert');
+    assert.deepEqual(new Map(last.values), new Map([['id', '1'], ['body', 'b'], ['n', '2']]), 'the last update of the key wins');
   });
   test('a key change deletes the old key and leaves the rest to the old row; composite keys are batchKey JSON', () => {
     const columns = new RowColumns(['a', 'b', 'v'], [0, 1]);

@@ -160,6 +160,11 @@ export const ENTRY_DELETE = 2;
 export const ENTRY_OBJECT = 3;
 /** With ENTRY_UPSERT: the tuple carries every column of its relation. */
 const COMPLETE = 8;
+/**
+ * With ENTRY_UPSERT: the batch's first change of its key was an update (of a row that kept its
+ * key), so the destination holds the row already: applied by UPDATE, without trying an insert.
+ */
+const EXISTING = 16;
 const KIND = 7;
 
 const PAGE_BYTES = 1 << 20;
@@ -386,8 +391,8 @@ export class Rows {
    * The change of a tuple as it arrived: its bytes go to the arena. `key` is where its key's bytes
    * are: inside the tuple (a one-column key, then found in the arena's copy), or a buffer of its own.
    */
-  setTuple(kind: typeof ENTRY_UPSERT | typeof ENTRY_DELETE, columns: RowColumns, tuple: Tuple, complete: boolean, atMs: number, keyBuf: Buffer, keyStart: number, keyLength: number): void {
-    const e = this.entry(kind | (complete ? COMPLETE : 0), columns);
+  setTuple(kind: typeof ENTRY_UPSERT | typeof ENTRY_DELETE, columns: RowColumns, tuple: Tuple, complete: boolean, atMs: number, keyBuf: Buffer, keyStart: number, keyLength: number, existing = false): void {
+    const e = this.entry(kind | (complete ? COMPLETE : 0) | (existing ? EXISTING : 0), columns);
     this.arena.add(tuple.buf, tuple.start, tuple.end);
     const m = STRIDE * e;
     const page = this.arena.page;
@@ -478,6 +483,10 @@ export class Rows {
   /** An ENTRY_UPSERT whose tuple has every column of its relation. */
   complete(e: number): boolean {
     return (this.kinds[e]! & COMPLETE) !== 0;
+  }
+  /** An ENTRY_UPSERT of a row the destination holds already (see EXISTING). */
+  existing(e: number): boolean {
+    return (this.kinds[e]! & EXISTING) !== 0;
   }
   object(e: number): Pending {
     return this.objects.get(e)!;
@@ -611,7 +620,10 @@ export class ChangeBatch {
       // Replacing is merging when nothing earlier could add to it: no earlier upsert, or one of
       // the same columns that this one carries whole.
       if (previous === ENTRY_DELETE || (all && previous === ENTRY_UPSERT && t.rows.columns(e) === columns)) {
-        t.rows.setTuple(ENTRY_UPSERT, columns, tuple, all, 0, keyAt.buf, keyAt.start, keyAt.length);
+        // The first change of its key in the batch, or one after such an update: the row is there
+        // before the batch. (After an insert, or a delete, of the key in this batch it may not be.)
+        const existing = e < 0 || (previous === ENTRY_UPSERT && t.rows.existing(e));
+        t.rows.setTuple(ENTRY_UPSERT, columns, tuple, all, 0, keyAt.buf, keyAt.start, keyAt.length, existing);
         t.counts.updates++;
         this.changes++;
         return;
