@@ -537,12 +537,11 @@ async function applyTable(client: pg.PoolClient, req: ApplyRequest, shape: Table
       if (staged.existing > 0) {
         // Rows already there are updated in place: an upsert would first try an insert, then lock
         // the row it conflicts with (one more WAL record per row) before it updates. Probed one
-        // by one through the key's index, as the upsert would (a hash join would read the table).
+        // by one through the key's index, as the upsert would (the transaction has hash and merge
+        // joins off, see applyBatch).
         const updates = [...carried.map((c) => `${quoteIdent(c.name)} = s.${quoteIdent(c.name)}::${c.type}`), `${quoteIdent(sql.LOAD_ID_COLUMN)} = $1`];
         if (soft) updates.push(`${quoteIdent(DELETED_AT_COLUMN)} = null`);
-        await client.query('set local enable_hashjoin = off; set local enable_mergejoin = off');
         const updated = await client.query(`update ${target} t set ${updates.join(', ')} from ${stage} s where ${op('e')} and ${keyMatch}`, [req.load.loadId]);
-        await client.query('reset enable_hashjoin; reset enable_mergejoin');
         // One the destination lacks after all (a stream without its snapshot, a row removed by hand): the upsert adds it.
         if (updated.rowCount! < staged.existing) rest = upsert;
       }
