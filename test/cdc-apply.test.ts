@@ -217,4 +217,46 @@ describe('cdc apply engine: batches in flight', () => {
     assert.equal(updated.rows[0].n, 50_000, 'each updated row has its new value or kept the one left out, and carries the batch\'s load id');
     assert.deepEqual((await rows())[0], [1, 'z1']);
   });
+  test('rows new to the source go in by a plain insert; one the destination holds after all (a soft-deleted key that came back) is upserted instead, nothing lost', async () => {
+    const fresh: TableShape = { ...shape, source: 'public.fresh', target: 'fresh' };
+    const columns = new RowColumns(['id', 'name'], [0]);
+    const at = new Date('2026-01-05T00:00:00Z');
+    let lsn = 0x3000n;
+    const apply = async (fill: (b: ChangeBatch) => void) => {
+      const b = new ChangeBatch();
+      fill(b);
+      const after = (await savedLsnValue()) ?? 0n;
+      const req: ApplyRequest = { ...request(b, lsn, after), deletes: 'soft', shapes: new Map([['fresh', fresh]]) };
+      lsn += 0x100n;
+      assert.equal((await applyBatch(req)).applied, true);
+    };
+    const table = async () =>
+      (
+        await db.query<{ id: string; name: string; deleted: boolean; top: boolean }>(
+          `select id, name, _sluice_deleted_at is not null as deleted,
+                  xmin = (select xmin from ${schema}._sluice_state where resource = $1) as top
+             from ${schema}.fresh order by id`,
+          [key],
+        )
+      ).rows.map((r) => [Number(r.id), r.name, r.deleted, r.top]);
+    await apply((b) => {
+      for (const id of [1, 2, 3]) b.insertTuple('fresh', columns, tupleOf([String(id), `n${id}`]));
+    });
+    // Written by the plain insert, in its savepoint: their xmin is a subtransaction's, not the batch's own.
+    assert.deepEqual(await table(), [[1, 'n1', false, false], [2, 'n2', false, false], [3, 'n3', false, false]]);
+    await apply((b) => b.deleteTuple('fresh', columns, tupleOf(['2', null]), at));
+    assert.deepEqual((await table()).map((r) => r.slice(0, 3)), [[1, 'n1', false], [2, 'n2', true], [3, 'n3', false]]);
+    // Key 2 is new to the source again, but its soft-deleted row is still here: the plain insert
+    // conflicts, rolls back to its savepoint, and the upsert writes both rows.
+    await apply((b) => {
+      b.insertTuple('fresh', columns, tupleOf(['2', 'again']));
+      b.insertTuple('fresh', columns, tupleOf(['4', 'n4']));
+    });
+    assert.deepEqual(await table(), [[1, 'n1', false, false], [2, 'again', false, true], [3, 'n3', false, false], [4, 'n4', false, true]]);
+    // The table's keys come back: its next batches upsert their new rows straight away.
+    await apply((b) => b.insertTuple('fresh', columns, tupleOf(['5', 'n5'])));
+    assert.deepEqual((await table()).at(-1), [5, 'n5', false, true]);
+    const loads = await db.query(`select count(*)::int as n from ${schema}._sluice_loads where resource = $1 and partition in ('12288', '12544', '12800', '13056')`, [key]);
+    assert.equal(loads.rows[0].n, 4, 'each batch has its load row');
+  });
 });

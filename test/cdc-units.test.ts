@@ -365,7 +365,7 @@ describe('ChangeBatch of tuples as they arrived (the stream\'s path)', () => {
     assert.equal(rows.size, 1);
     assert.equal(rows.get('7')?.op, 'delete');
   });
-  test('an upsert is marked as of a row already there only when its key\'s first change in the batch was an update', () => {
+  test('an upsert is marked as of a row already there only when its key\'s first change in the batch was an update, as new only when it was an insert', () => {
     const columns = new RowColumns(['id', 'body', 'n'], [0]);
     const b = new ChangeBatch();
     b.updateTuple('t', columns, tupleOf(['1', 'a', '1']), undefined, at); // updated: there before the batch
@@ -378,12 +378,18 @@ describe('ChangeBatch of tuples as they arrived (the stream\'s path)', () => {
     b.updateTuple('t', columns, tupleOf(['4', UNCHANGED, '1']), undefined, at); // a value left out, but the first change: there
     b.insertTuple('t', columns, tupleOf(['5', 'g', '0']));
     b.updateTuple('t', columns, tupleOf(['5', UNCHANGED, '1']), undefined, at); // merged into the insert of this batch
+    b.insertTuple('t', columns, tupleOf(['6', 'h', '0'])); // inserted, nothing else
     const rows = b.tables.get('t')!.rows;
     const existing = (k: string) => {
       const e = rows.entryOf(k)!;
       return rows.kind(e) === ENTRY_UPSERT && rows.existing(e);
     };
-    assert.deepEqual(['1', '2', '3', '4', '5'].map(existing), [true, false, false, true, false]);
+    const fresh = (k: string) => {
+      const e = rows.entryOf(k)!;
+      return rows.kind(e) === ENTRY_UPSERT && rows.fresh(e);
+    };
+    assert.deepEqual(['1', '2', '3', '4', '5', '6'].map(existing), [true, false, false, true, false, false]);
+    assert.deepEqual(['1', '2', '3', '4', '5', '6'].map(fresh), [false, true, false, false, false, true], 'new: inserted first in the batch (and maybe updated since), not after a delete');
     const last = rows.get('1');
     assert.ok(last?.op === 'upsert');
     assert.deepEqual(new Map(last.values), new Map([['id', '1'], ['body', 'b'], ['n', '2']]), 'the last update of the key wins');

@@ -238,8 +238,10 @@ interface Staged {
   /** Some staged upsert lacks a carried column (a TOASTed value left out). */
   anyAbsent: boolean;
   present: Set<string>;
-  /** How many staged upserts are of rows the destination holds already (op 'e', see Rows.existing); the others are 'u'. */
+  /** How many staged upserts are of rows the destination holds already (op 'e', see Rows.existing). */
   existing: number;
+  /** How many are of rows new to the source in this batch (op 'i', see Rows.fresh); the others are 'u'. */
+  fresh: number;
 }
 
 /** The columns a staging holds beyond the key: those some change carries, every column when a key moved. */
@@ -376,7 +378,8 @@ async function stageRows(client: pg.PoolClient, shape: TableShape, batch: TableB
   };
   /** A staged row's fields before its key: op, absent, at, and the old key (FROM_i) left null. */
   let existing = 0;
-  const head = (op: 'd' | 'u' | 'e', absent: string[] | undefined, at: string | undefined, oldKeyNull: boolean) => {
+  let fresh = 0;
+  const head = (op: 'd' | 'u' | 'e' | 'i', absent: string[] | undefined, at: string | undefined, oldKeyNull: boolean) => {
     out.row(fields);
     out.ascii(op);
     out.text(absent ? pgTextArray(absent) : null);
@@ -454,8 +457,10 @@ async function stageRows(client: pg.PoolClient, shape: TableShape, batch: TableB
         }
         if (absent) anyAbsent = true;
         const there = rows.existing(e);
+        const isNew = !there && rows.fresh(e);
         if (there) existing++;
-        head(there ? 'e' : 'u', absent, undefined, true);
+        else if (isNew) fresh++;
+        head(there ? 'e' : isNew ? 'i' : 'u', absent, undefined, true);
         writeKey(buf, spans, columns);
         for (let j = 0; j < carriedNames.length; j++) {
           const i = at[j];
@@ -471,7 +476,7 @@ async function stageRows(client: pg.PoolClient, shape: TableShape, batch: TableB
   if (out.length) await write();
   sink.end();
   await finished(sink);
-  return { name: stageName, carried: carriedNames, from, moved, anyAbsent, present, existing };
+  return { name: stageName, carried: carriedNames, from, moved, anyAbsent, present, existing, fresh };
 }
 
 async function applyTable(client: pg.PoolClient, req: ApplyRequest, shape: TableShape, batch: TableBatch, columns: sql.TargetColumn[], staged: Staged | undefined): Promise<void> {
@@ -500,9 +505,10 @@ async function applyTable(client: pg.PoolClient, req: ApplyRequest, shape: Table
   const stage = quoteIdent(stageName);
   const match = (alias: string, keys: string[]) => shape.key.map((k, i) => `${alias}.${quoteIdent(k)} = s.${quoteIdent(keys[i]!)}::${types.get(k)}`).join(' and ');
   const keyMatch = match('t', shape.key);
-  const op = (o: 'd' | 'u' | 'e') => `s.${quoteIdent(OP)} = '${o}'`;
-  /** Every staged upsert, of a row already there or not. */
-  const upsert = `s.${quoteIdent(OP)} in ('u', 'e')`;
+  const ops = (...o: ('d' | 'u' | 'e' | 'i')[]) => (o.length === 1 ? `s.${quoteIdent(OP)} = '${o[0]}'` : `s.${quoteIdent(OP)} in (${o.map((x) => `'${x}'`).join(', ')})`);
+  const op = (o: 'd' | 'u' | 'e' | 'i') => ops(o);
+  /** Every staged upsert, of a row already there, new to the source, or either. */
+  const upsert = ops('u', 'e', 'i');
   if (moved && anyAbsent) {
     // An update that changed the key and left a TOASTed value out: the value is the old row's,
     // read before this batch deletes that row. An old row the destination lacks leaves it null.
@@ -533,7 +539,7 @@ async function applyTable(client: pg.PoolClient, req: ApplyRequest, shape: Table
     if (soft) sets.push(`${quoteIdent(DELETED_AT_COLUMN)} = null`);
     const upsertWhere = (where: string) => `${into} ${selectedWhere(where)} on conflict (${shape.key.map(quoteIdent).join(', ')}) do update set ${sets.join(', ')}`;
     try {
-      let rest = op('u');
+      const rest: ('u' | 'e' | 'i')[] = ['u'];
       if (staged.existing > 0) {
         // Rows already there are updated in place: an upsert would first try an insert, then lock
         // the row it conflicts with (one more WAL record per row) before it updates. Probed one
@@ -543,9 +549,12 @@ async function applyTable(client: pg.PoolClient, req: ApplyRequest, shape: Table
         if (soft) updates.push(`${quoteIdent(DELETED_AT_COLUMN)} = null`);
         const updated = await client.query(`update ${target} t set ${updates.join(', ')} from ${stage} s where ${op('e')} and ${keyMatch}`, [req.load.loadId]);
         // One the destination lacks after all (a stream without its snapshot, a row removed by hand): the upsert adds it.
-        if (updated.rowCount! < staged.existing) rest = upsert;
+        if (updated.rowCount! < staged.existing) rest.push('e');
       }
-      await client.query(upsertWhere(rest), [req.load.loadId]);
+      if (staged.fresh > 0) {
+        if (await insertFresh(client, target, `${into} ${selectedWhere(op('i'))}`, req.load.loadId)) rest.push('i');
+      }
+      await client.query(upsertWhere(ops(...rest)), [req.load.loadId]);
     } catch (err) {
       uniqueKeys.clear();
       throw err;
@@ -563,6 +572,39 @@ async function applyTable(client: pg.PoolClient, req: ApplyRequest, shape: Table
   if (soft) sets.push(`${quoteIdent(DELETED_AT_COLUMN)} = null`);
   await client.query(`update ${target} t set ${sets.join(', ')} from ${stage} s where ${upsert} and ${keyMatch}`, [req.load.loadId]);
   await client.query(`${into} ${selected} and not exists (select 1 from ${target} t where ${keyMatch})`, [req.load.loadId]);
+}
+
+/**
+ * Tables where a row new to the source was found in the destination (a soft-deleted row whose
+ * key came back, one inserted by hand), by how many more of their batches upsert such rows
+ * rather than try a plain insert first.
+ */
+const keysCameBack = new Map<string, number>();
+const UPSERT_AFTER_CONFLICT = 100;
+
+/**
+ * Inserts the batch's rows new to the source (op 'i') with a plain INSERT, which costs about
+ * half what an upsert's speculative insertion does, in a savepoint: when the destination holds
+ * one of them after all, nothing of it stays and the result says to upsert them instead.
+ */
+async function insertFresh(client: pg.PoolClient, target: string, insert: string, loadId: string): Promise<boolean> {
+  const skip = keysCameBack.get(target);
+  if (skip !== undefined) {
+    if (skip <= 1) keysCameBack.delete(target);
+    else keysCameBack.set(target, skip - 1);
+    return true;
+  }
+  await client.query('savepoint sluice_fresh');
+  try {
+    await client.query(insert, [loadId]);
+  } catch (err) {
+    if ((err as { code?: string }).code !== '23505') throw err;
+    await client.query('rollback to savepoint sluice_fresh');
+    keysCameBack.set(target, UPSERT_AFTER_CONFLICT);
+    return true;
+  }
+  await client.query('release savepoint sluice_fresh');
+  return false;
 }
 
 /** Staging tables each destination connection has made (see applyTable). */

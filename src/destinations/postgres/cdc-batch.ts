@@ -165,6 +165,15 @@ const COMPLETE = 8;
  * key), so the destination holds the row already: applied by UPDATE, without trying an insert.
  */
 const EXISTING = 16;
+/**
+ * With ENTRY_UPSERT: the batch's first change of its key was an insert, so the row is new to the
+ * source and the destination should lack it: applied by a plain INSERT, which costs about half
+ * what an upsert's speculative insertion does. (A destination may hold it after all, a
+ * soft-deleted row whose key came back, say: the upsert then covers it, see applyTable.)
+ */
+const FRESH = 32;
+/** Asked of setTuple for an insert: FRESH when the key has no change before it in the batch (index() knows). */
+const FRESH_IF_FIRST = 64;
 const KIND = 7;
 
 const PAGE_BYTES = 1 << 20;
@@ -355,6 +364,7 @@ export class Rows {
     this.hashes[e] = hash;
     const slot = this.slotOf(page, keyStart, keyLength, hash);
     const before = this.slots[slot]! - 1;
+    if ((this.kinds[e]! & FRESH_IF_FIRST) !== 0) this.kinds[e] = (this.kinds[e]! & ~FRESH_IF_FIRST) | (before < 0 ? FRESH : 0);
     if (before >= 0) {
       this.kinds[before] = DEAD;
       this.objects.delete(before);
@@ -391,8 +401,8 @@ export class Rows {
    * The change of a tuple as it arrived: its bytes go to the arena. `key` is where its key's bytes
    * are: inside the tuple (a one-column key, then found in the arena's copy), or a buffer of its own.
    */
-  setTuple(kind: typeof ENTRY_UPSERT | typeof ENTRY_DELETE, columns: RowColumns, tuple: Tuple, complete: boolean, atMs: number, keyBuf: Buffer, keyStart: number, keyLength: number, existing = false): void {
-    const e = this.entry(kind | (complete ? COMPLETE : 0) | (existing ? EXISTING : 0), columns);
+  setTuple(kind: typeof ENTRY_UPSERT | typeof ENTRY_DELETE, columns: RowColumns, tuple: Tuple, complete: boolean, atMs: number, keyBuf: Buffer, keyStart: number, keyLength: number, origin = 0): void {
+    const e = this.entry(kind | (complete ? COMPLETE : 0) | origin, columns);
     this.arena.add(tuple.buf, tuple.start, tuple.end);
     const m = STRIDE * e;
     const page = this.arena.page;
@@ -487,6 +497,10 @@ export class Rows {
   /** An ENTRY_UPSERT of a row the destination holds already (see EXISTING). */
   existing(e: number): boolean {
     return (this.kinds[e]! & EXISTING) !== 0;
+  }
+  /** An ENTRY_UPSERT of a row new to the source in this batch (see FRESH). */
+  fresh(e: number): boolean {
+    return (this.kinds[e]! & FRESH) !== 0;
   }
   object(e: number): Pending {
     return this.objects.get(e)!;
@@ -600,7 +614,7 @@ export class ChangeBatch {
     const t = this.table(table);
     const all = carriesAll(columns, tuple);
     locateKey(columns, tuple);
-    t.rows.setTuple(ENTRY_UPSERT, columns, tuple, all, 0, keyAt.buf, keyAt.start, keyAt.length);
+    t.rows.setTuple(ENTRY_UPSERT, columns, tuple, all, 0, keyAt.buf, keyAt.start, keyAt.length, FRESH_IF_FIRST);
     t.counts.inserts++;
     this.changes++;
   }
@@ -621,9 +635,10 @@ export class ChangeBatch {
       // the same columns that this one carries whole.
       if (previous === ENTRY_DELETE || (all && previous === ENTRY_UPSERT && t.rows.columns(e) === columns)) {
         // The first change of its key in the batch, or one after such an update: the row is there
-        // before the batch. (After an insert, or a delete, of the key in this batch it may not be.)
-        const existing = e < 0 || (previous === ENTRY_UPSERT && t.rows.existing(e));
-        t.rows.setTuple(ENTRY_UPSERT, columns, tuple, all, 0, keyAt.buf, keyAt.start, keyAt.length, existing);
+        // before the batch. (After a delete of the key in this batch it may not be.) One after an
+        // insert of this batch is of a row still new to the source.
+        const origin = e < 0 || (previous === ENTRY_UPSERT && t.rows.existing(e)) ? EXISTING : previous === ENTRY_UPSERT && t.rows.fresh(e) ? FRESH : 0;
+        t.rows.setTuple(ENTRY_UPSERT, columns, tuple, all, 0, keyAt.buf, keyAt.start, keyAt.length, origin);
         t.counts.updates++;
         this.changes++;
         return;
