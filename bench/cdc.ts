@@ -10,7 +10,8 @@
  */
 import { Client, Connection } from '@temporalio/client';
 import { DefaultLogger, NativeConnection, Runtime, Worker } from '@temporalio/worker';
-import { chmod, mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
+import { chmod, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { Session } from 'node:inspector/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pg from 'pg';
@@ -31,6 +32,8 @@ const CHANGES = Number(process.env.CDC_BENCH_CHANGES ?? 200_000);
 const MODES = (process.env.CDC_BENCH_MODES ?? 'live,solo,alone').split(',');
 type Who = 'sluice' | 'native';
 const PER_TX = 1_000;
+/** CDC_BENCH_PROFILE=<file>: a CPU profile of the worker (this process) while sluice streams its solo burst, for Chrome's DevTools. */
+const PROFILE = process.env.CDC_BENCH_PROFILE;
 /** Transactions of the unmeasured warm-up burst (CDC_BENCH_WARMUP changes, default 100,000; 0: none). */
 const WARMUP_TXS = Math.ceil(Number(process.env.CDC_BENCH_WARMUP ?? 100_000) / PER_TX);
 
@@ -244,6 +247,9 @@ async function main(): Promise<void> {
         for (const [role, seconds] of [...cpu].sort((x, y) => x[0].localeCompare(y[0]))) console.log(`| ${role} | ${seconds.toFixed(2)} | ${((seconds * 1e6) / CHANGES).toFixed(1)} |`);
       };
       const label = (who: Who) => (who === 'native' ? 'PostgreSQL CREATE SUBSCRIPTION' : 'sluice cdcWorkflow');
+      /** Batches sluice has committed so far (one _sluice_loads row each): how finely it cut a burst. */
+      const batchesApplied = async () => (await dest.query<{ n: number }>(`select count(*)::int as n from sluice_dest._sluice_loads`)).rows[0]!.n;
+      const batchLine = (mode: string, batches: number) => console.log(`${mode}: sluice applied the ${CHANGES.toLocaleString('en')} changes in ${batches} batches (${Math.round(CHANGES / batches).toLocaleString('en')} changes per batch)`);
 
       // Each slot has decoded everything before the burst (sluice's slot starts before its own
       // snapshot copy, whose WAL its reader goes through first), so each burst starts level.
@@ -265,6 +271,7 @@ async function main(): Promise<void> {
         const rssBefore = process.memoryUsage().rss;
         rssPeak = 0;
         const meter = await cpuMeter();
+        const batches = await batchesApplied();
         const started = Date.now();
         const { seconds, end } = await burst();
         const lagAfterBurst = { sluice: await lagTo('sluice', end), native: await lagTo('native', end) };
@@ -283,6 +290,7 @@ async function main(): Promise<void> {
           console.log(`| ${label(who)} | ${finished[who]!.toFixed(1)} | ${Math.round(CHANGES / finished[who]!).toLocaleString('en')} | ${mb(lagAfterBurst[who])} | ${await equal(who)} |`);
         }
         console.log(`\nlive: sluice / native: ${(finished.native! / finished.sluice!).toFixed(2)}x the native subscriber's changes/s`);
+        batchLine('live', (await batchesApplied()) - batches);
         console.log(`worker process RSS before the burst: ${mb(rssBefore)}; peak while streaming: ${mb(rssPeak)}`);
         cpuTable("live: CPU seconds from the burst's start until both confirmed it (2 cores: at most 2 s of CPU per second)", cpu);
       }
@@ -292,6 +300,7 @@ async function main(): Promise<void> {
         const took: Record<string, number> = {};
         const rows: string[] = [];
         const cpus: [Who, Map<string, number>][] = [];
+        let soloBatches = 0;
         for (const who of ['native', 'sluice'] as const) {
           await caughtUp();
           if (who === 'sluice') await sub.query('alter subscription native_sub disable');
@@ -301,12 +310,25 @@ async function main(): Promise<void> {
           const rssBefore = process.memoryUsage().rss;
           rssPeak = 0;
           const meter = await cpuMeter();
+          const batches = await batchesApplied();
+          const profiler = PROFILE && who === 'sluice' ? new Session() : undefined;
+          if (profiler) {
+            profiler.connect();
+            await profiler.post('Profiler.enable');
+            await profiler.post('Profiler.start');
+          }
           const started = Date.now();
           const { seconds, end } = await burst();
           const lag = await lagTo(who, end);
           await waitUntil(`${who} to confirm the burst`, async () => (await lagTo(who, end)) === 0);
           took[who] = (Date.now() - started) / 1000;
+          if (profiler) {
+            const { profile } = await profiler.post('Profiler.stop');
+            await writeFile(PROFILE!, JSON.stringify(profile));
+            profiler.disconnect();
+          }
           cpus.push([who, await meter()]);
+          if (who === 'sluice') soloBatches = (await batchesApplied()) - batches;
           rows.push(`| ${label(who)} | ${seconds.toFixed(1)} | ${took[who]!.toFixed(1)} | ${Math.round(CHANGES / took[who]!).toLocaleString('en')} | ${mb(lag)} | ${await equal(who)} |${who === 'sluice' ? ` ${mb(rssBefore)} / ${mb(rssPeak)} |` : ' |'}`);
           if (who === 'sluice') await sub.query('alter subscription native_sub enable');
           else await handle.signal('resume');
@@ -316,6 +338,7 @@ async function main(): Promise<void> {
         console.log('|---|---:|---:|---:|---:|---|---:|');
         for (const row of rows) console.log(row);
         console.log(`\nsolo: sluice / native: ${(took.native! / took.sluice!).toFixed(2)}x the native subscriber's changes/s`);
+        batchLine('solo', soloBatches);
         for (const [who, cpu] of cpus) cpuTable(`solo: CPU seconds while ${label(who)} streamed its burst`, cpu);
       }
 
@@ -336,10 +359,12 @@ async function main(): Promise<void> {
           const rows: string[] = [];
           const cpus: [Who, Map<string, number>][] = [];
           const round: Record<string, number> = {};
+          let aloneBatches = 0;
           for (const who of order) {
             const rssBefore = process.memoryUsage().rss;
             rssPeak = 0;
             const meter = await cpuMeter();
+            const batches = await batchesApplied();
             const started = Date.now();
             if (who === 'native') await sub.query('alter subscription native_sub enable');
             else await handle.signal('resume');
@@ -347,6 +372,7 @@ async function main(): Promise<void> {
             round[who] = (Date.now() - started) / 1000;
             took[who]! += round[who]!;
             cpus.push([who, await meter()]);
+            if (who === 'sluice') aloneBatches = (await batchesApplied()) - batches;
             if (who === 'native') {
               await sub.query('alter subscription native_sub disable');
               await waitUntil('the native subscriber to let go of its slot', async () => !(await slotActive('native')));
@@ -360,6 +386,7 @@ async function main(): Promise<void> {
           console.log('|---|---:|---:|---|---:|');
           for (const row of rows) console.log(row);
           console.log(`\nalone, ${order[0]} first: sluice / native: ${(round.native! / round.sluice!).toFixed(2)}x the native subscriber's changes/s`);
+          batchLine(`alone, ${order[0]} first`, aloneBatches);
           for (const [who, cpu] of cpus) cpuTable(`alone, ${order[0]} first: CPU seconds while ${label(who)} applied the backlog`, cpu);
           await sub.query('alter subscription native_sub enable');
           await handle.signal('resume');
