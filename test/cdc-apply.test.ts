@@ -242,7 +242,8 @@ describe('cdc apply engine: batches in flight', () => {
     await apply((b) => {
       for (const id of [1, 2, 3]) b.insertTuple('fresh', columns, tupleOf([String(id), `n${id}`]));
     });
-    // Written by the plain insert, in its savepoint: their xmin is a subtransaction's, not the batch's own.
+    // Written by the plain insert, in its savepoint: their xmin is a subtransaction's, not the
+    // transaction id that wrote the state row (\`top\`).
     assert.deepEqual(await table(), [[1, 'n1', false, false], [2, 'n2', false, false], [3, 'n3', false, false]]);
     await apply((b) => b.deleteTuple('fresh', columns, tupleOf(['2', null]), at));
     assert.deepEqual((await table()).map((r) => r.slice(0, 3)), [[1, 'n1', false], [2, 'n2', true], [3, 'n3', false]]);
@@ -256,7 +257,13 @@ describe('cdc apply engine: batches in flight', () => {
     // The table's keys come back: its next batches upsert their new rows straight away.
     await apply((b) => b.insertTuple('fresh', columns, tupleOf(['5', 'n5'])));
     assert.deepEqual((await table()).at(-1), [5, 'n5', false, true]);
-    const loads = await db.query(`select count(*)::int as n from ${schema}._sluice_loads where resource = $1 and partition in ('12288', '12544', '12800', '13056')`, [key]);
-    assert.equal(loads.rows[0].n, 4, 'each batch has its load row');
+    // A new row beside an update that left its value out: the path for absent values inserts it too.
+    await apply((b) => {
+      b.insertTuple('fresh', columns, tupleOf(['6', 'n6']));
+      b.updateTuple('fresh', columns, tupleOf(['1', UNCHANGED]), undefined, at);
+    });
+    assert.deepEqual((await table()).map((r) => r.slice(0, 3)), [[1, 'n1', false], [2, 'again', false], [3, 'n3', false], [4, 'n4', false], [5, 'n5', false], [6, 'n6', false]]);
+    const loads = await db.query(`select count(*)::int as n from ${schema}._sluice_loads where resource = $1 and partition in ('12288', '12544', '12800', '13056', '13312')`, [key]);
+    assert.equal(loads.rows[0].n, 5, 'each batch has its load row');
   });
 });

@@ -554,6 +554,9 @@ async function applyTable(client: pg.PoolClient, req: ApplyRequest, shape: Table
       if (staged.fresh > 0) {
         if (await insertFresh(client, target, `${into} ${selectedWhere(op('i'))}`, req.load.loadId)) rest.push('i');
       }
+      // Runs even when no row is left for it: the plain insert finds a row already there only
+      // through the key's unique index, and if that index is gone since hasUniqueKey saw it,
+      // this statement is what fails (and the batch with it) rather than a duplicate landing.
       await client.query(upsertWhere(ops(...rest)), [req.load.loadId]);
     } catch (err) {
       uniqueKeys.clear();
@@ -588,10 +591,11 @@ const UPSERT_AFTER_CONFLICT = 100;
  * one of them after all, nothing of it stays and the result says to upsert them instead.
  */
 async function insertFresh(client: pg.PoolClient, target: string, insert: string, loadId: string): Promise<boolean> {
-  const skip = keysCameBack.get(target);
+  const id = tableId(client, target);
+  const skip = keysCameBack.get(id);
   if (skip !== undefined) {
-    if (skip <= 1) keysCameBack.delete(target);
-    else keysCameBack.set(target, skip - 1);
+    if (skip <= 1) keysCameBack.delete(id);
+    else keysCameBack.set(id, skip - 1);
     return true;
   }
   await client.query('savepoint sluice_fresh');
@@ -599,8 +603,9 @@ async function insertFresh(client: pg.PoolClient, target: string, insert: string
     await client.query(insert, [loadId]);
   } catch (err) {
     if ((err as { code?: string }).code !== '23505') throw err;
-    await client.query('rollback to savepoint sluice_fresh');
-    keysCameBack.set(target, UPSERT_AFTER_CONFLICT);
+    // Released too: the rest of the batch runs in the transaction itself, not in a subtransaction.
+    await client.query('rollback to savepoint sluice_fresh; release savepoint sluice_fresh');
+    keysCameBack.set(id, UPSERT_AFTER_CONFLICT);
     return true;
   }
   await client.query('release savepoint sluice_fresh');
@@ -635,10 +640,15 @@ export function widerModifier(source: string, dest: string): boolean {
   return ['character varying', 'bit varying', 'time without time zone', 'time with time zone', 'timestamp without time zone', 'timestamp with time zone', 'interval'].includes(s.base) && sp >= dp;
 }
 
+/** A destination table, told apart from a namesake in another database a worker writes to. */
+function tableId(client: pg.PoolClient, table: string, key?: string[]): string {
+  const at = (client as unknown as { connectionParameters?: { host?: string; port?: number; database?: string } }).connectionParameters;
+  return JSON.stringify([at?.host, at?.port, at?.database, table, key]);
+}
+
 /** Whether the destination table has a plain unique index on exactly the key columns (ON CONFLICT needs one). */
 async function hasUniqueKey(client: pg.PoolClient, table: string, key: string[]): Promise<boolean> {
-  const at = (client as unknown as { connectionParameters?: { host?: string; port?: number; database?: string } }).connectionParameters;
-  const id = JSON.stringify([at?.host, at?.port, at?.database, table, key]);
+  const id = tableId(client, table, key);
   if (uniqueKeys.has(id)) return true;
   const r = await client.query(
     `select 1 from pg_index i
