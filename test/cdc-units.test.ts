@@ -380,16 +380,12 @@ describe('ChangeBatch of tuples as they arrived (the stream\'s path)', () => {
     b.updateTuple('t', columns, tupleOf(['5', UNCHANGED, '1']), undefined, at); // merged into the insert of this batch
     b.insertTuple('t', columns, tupleOf(['6', 'h', '0'])); // inserted, nothing else
     const rows = b.tables.get('t')!.rows;
-    const existing = (k: string) => {
+    const marked = (mark: 'existing' | 'fresh') => (k: string) => {
       const e = rows.entryOf(k)!;
-      return rows.kind(e) === ENTRY_UPSERT && rows.existing(e);
+      return rows.kind(e) === ENTRY_UPSERT && rows[mark](e);
     };
-    const fresh = (k: string) => {
-      const e = rows.entryOf(k)!;
-      return rows.kind(e) === ENTRY_UPSERT && rows.fresh(e);
-    };
-    assert.deepEqual(['1', '2', '3', '4', '5', '6'].map(existing), [true, false, false, true, false, false]);
-    assert.deepEqual(['1', '2', '3', '4', '5', '6'].map(fresh), [false, true, false, false, false, true], 'new: inserted first in the batch (and maybe updated since), not after a delete');
+    assert.deepEqual(['1', '2', '3', '4', '5', '6'].map(marked('existing')), [true, false, false, true, false, false]);
+    assert.deepEqual(['1', '2', '3', '4', '5', '6'].map(marked('fresh')), [false, true, false, false, false, true], 'new: inserted first in the batch (and maybe updated since), not after a delete');
     const last = rows.get('1');
     assert.ok(last?.op === 'upsert');
     assert.deepEqual(new Map(last.values), new Map([['id', '1'], ['body', 'b'], ['n', '2']]), 'the last update of the key wins');

@@ -456,11 +456,11 @@ async function stageRows(client: pg.PoolClient, shape: TableShape, batch: TableB
           }
         }
         if (absent) anyAbsent = true;
-        const there = rows.existing(e);
-        const isNew = !there && rows.fresh(e);
-        if (there) existing++;
-        else if (isNew) fresh++;
-        head(there ? 'e' : isNew ? 'i' : 'u', absent, undefined, true);
+        // EXISTING and FRESH never go together (see cdc-batch.ts).
+        const upsertOp = rows.existing(e) ? 'e' : rows.fresh(e) ? 'i' : 'u';
+        if (upsertOp === 'e') existing++;
+        else if (upsertOp === 'i') fresh++;
+        head(upsertOp, absent, undefined, true);
         writeKey(buf, spans, columns);
         for (let j = 0; j < carriedNames.length; j++) {
           const i = at[j];
@@ -505,10 +505,9 @@ async function applyTable(client: pg.PoolClient, req: ApplyRequest, shape: Table
   const stage = quoteIdent(stageName);
   const match = (alias: string, keys: string[]) => shape.key.map((k, i) => `${alias}.${quoteIdent(k)} = s.${quoteIdent(keys[i]!)}::${types.get(k)}`).join(' and ');
   const keyMatch = match('t', shape.key);
-  const ops = (...o: ('d' | 'u' | 'e' | 'i')[]) => (o.length === 1 ? `s.${quoteIdent(OP)} = '${o[0]}'` : `s.${quoteIdent(OP)} in (${o.map((x) => `'${x}'`).join(', ')})`);
-  const op = (o: 'd' | 'u' | 'e' | 'i') => ops(o);
+  const op = (...o: ('d' | 'u' | 'e' | 'i')[]) => (o.length === 1 ? `s.${quoteIdent(OP)} = '${o[0]}'` : `s.${quoteIdent(OP)} in (${o.map((x) => `'${x}'`).join(', ')})`);
   /** Every staged upsert, of a row already there, new to the source, or either. */
-  const upsert = ops('u', 'e', 'i');
+  const upsert = op('u', 'e', 'i');
   if (moved && anyAbsent) {
     // An update that changed the key and left a TOASTed value out: the value is the old row's,
     // read before this batch deletes that row. An old row the destination lacks leaves it null.
@@ -557,7 +556,7 @@ async function applyTable(client: pg.PoolClient, req: ApplyRequest, shape: Table
       // Runs even when no row is left for it: the plain insert finds a row already there only
       // through the key's unique index, and if that index is gone since hasUniqueKey saw it,
       // this statement is what fails (and the batch with it) rather than a duplicate landing.
-      await client.query(upsertWhere(ops(...rest)), [req.load.loadId]);
+      await client.query(upsertWhere(op(...rest)), [req.load.loadId]);
     } catch (err) {
       uniqueKeys.clear();
       throw err;
