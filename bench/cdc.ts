@@ -11,6 +11,7 @@
 import { Client, Connection } from '@temporalio/client';
 import { DefaultLogger, NativeConnection, Runtime, Worker } from '@temporalio/worker';
 import { chmod, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { spawn } from 'node:child_process';
 import { Session } from 'node:inspector/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -20,6 +21,7 @@ import { closePools } from '../src/destinations/postgres/pool';
 import { freePort } from '../src/dev/ports';
 import { startEmbeddedPostgres } from '../src/dev/postgres';
 import { startDevServer } from '../src/dev/temporal-server';
+import { workerLaunch } from '../src/dev/worker-launch';
 import { cdcNames } from '../src/workflows/cdc';
 
 const CHANGES = Number(process.env.CDC_BENCH_CHANGES ?? 200_000);
@@ -32,8 +34,16 @@ const CHANGES = Number(process.env.CDC_BENCH_CHANGES ?? 200_000);
 const MODES = (process.env.CDC_BENCH_MODES ?? 'live,solo,alone').split(',');
 type Who = 'sluice' | 'native';
 const PER_TX = 1_000;
-/** CDC_BENCH_PROFILE=<file>: a CPU profile of the worker (this process) while sluice streams its solo burst, for Chrome's DevTools. */
+/**
+ * CDC_BENCH_PROFILE=<file>: a CPU profile of the worker (this process) while sluice streams its
+ * (first) solo burst, for Chrome's DevTools; with CDC_BENCH_HEAP=1, a sampling heap profile of
+ * what it allocated instead (collected objects included).
+ */
 const PROFILE = process.env.CDC_BENCH_PROFILE;
+/** Rounds of the solo mode (CDC_BENCH_REPEAT, default 1). */
+const REPEAT = Math.max(1, Number(process.env.CDC_BENCH_REPEAT ?? 1));
+/** CDC_BENCH_PERF=<prefix>: `perf record -a -g` of the whole machine over each solo burst, to <prefix>-<applier>.data (Linux, perf installed). */
+const PERF = process.env.CDC_BENCH_PERF;
 /** Transactions of the unmeasured warm-up burst (CDC_BENCH_WARMUP changes, default 100,000; 0: none). */
 const WARMUP_TXS = Math.ceil(Number(process.env.CDC_BENCH_WARMUP ?? 100_000) / PER_TX);
 
@@ -104,6 +114,26 @@ async function pgRoles(c: pg.Client, slot: string, burstPid: number): Promise<Ma
   }
   void slot;
   return roles;
+}
+
+/** Starts the profile CDC_BENCH_PROFILE asks for; the function returned stops it and writes the file. */
+async function startProfiler(): Promise<() => Promise<void>> {
+  const session = new Session();
+  session.connect();
+  const heap = Boolean(process.env.CDC_BENCH_HEAP);
+  if (heap) {
+    await session.post('HeapProfiler.enable');
+    // Node's types lack the two include flags (V8 has them).
+    await session.post('HeapProfiler.startSampling', { samplingInterval: 4096, includeObjectsCollectedByMajorGC: true, includeObjectsCollectedByMinorGC: true } as never);
+  } else {
+    await session.post('Profiler.enable');
+    await session.post('Profiler.start');
+  }
+  return async () => {
+    const { profile } = heap ? await session.post('HeapProfiler.stopSampling') : await session.post('Profiler.stop');
+    await writeFile(PROFILE!, JSON.stringify(profile));
+    session.disconnect();
+  };
 }
 
 async function main(): Promise<void> {
@@ -297,49 +327,54 @@ async function main(): Promise<void> {
 
       if (MODES.includes('solo')) {
         // One applier streams while the burst commits; the other is stopped and catches up afterwards, unmeasured.
-        const took: Record<string, number> = {};
-        const rows: string[] = [];
-        const cpus: [Who, Map<string, number>][] = [];
-        let soloBatches = 0;
-        for (const who of ['native', 'sluice'] as const) {
-          await caughtUp();
-          if (who === 'sluice') await sub.query('alter subscription native_sub disable');
-          else await handle.signal('pause');
-          const other: Who = who === 'sluice' ? 'native' : 'sluice';
-          await waitUntil(`the ${other} applier to let go of its slot`, async () => !(await slotActive(other)));
-          const rssBefore = process.memoryUsage().rss;
-          rssPeak = 0;
-          const meter = await cpuMeter();
-          const batches = await batchesApplied();
-          const profiler = PROFILE && who === 'sluice' ? new Session() : undefined;
-          if (profiler) {
-            profiler.connect();
-            await profiler.post('Profiler.enable');
-            await profiler.post('Profiler.start');
+        // CDC_BENCH_REPEAT rounds (default 1): on 2 shared cores one round's ratio varies by some 10%.
+        const ratios: string[] = [];
+        for (let round = 1; round <= REPEAT; round++) {
+          const took: Record<string, number> = {};
+          const rows: string[] = [];
+          const cpus: [Who, Map<string, number>][] = [];
+          let soloBatches = 0;
+          for (const who of ['native', 'sluice'] as const) {
+            await caughtUp();
+            if (who === 'sluice') await sub.query('alter subscription native_sub disable');
+            else await handle.signal('pause');
+            const other: Who = who === 'sluice' ? 'native' : 'sluice';
+            await waitUntil(`the ${other} applier to let go of its slot`, async () => !(await slotActive(other)));
+            const rssBefore = process.memoryUsage().rss;
+            rssPeak = 0;
+            const meter = await cpuMeter();
+            const batches = await batchesApplied();
+            const profiler = PROFILE && who === 'sluice' && round === 1 ? await startProfiler() : undefined;
+            const perf = PERF && round === 1 ? spawn('perf', ['record', '-a', '-g', '-F', '499', '-o', `${PERF}-${who}.data`], { stdio: 'ignore' }) : undefined;
+            const started = Date.now();
+            const { seconds, end } = await burst();
+            const lag = await lagTo(who, end);
+            await waitUntil(`${who} to confirm the burst`, async () => (await lagTo(who, end)) === 0);
+            took[who] = (Date.now() - started) / 1000;
+            if (perf) {
+              const exited = new Promise((r) => perf.once('exit', r));
+              perf.kill('SIGINT');
+              await exited;
+            }
+            if (profiler) await profiler();
+            cpus.push([who, await meter()]);
+            if (who === 'sluice') soloBatches = (await batchesApplied()) - batches;
+            rows.push(`| ${label(who)} | ${seconds.toFixed(1)} | ${took[who]!.toFixed(1)} | ${Math.round(CHANGES / took[who]!).toLocaleString('en')} | ${mb(lag)} | ${await equal(who)} |${who === 'sluice' ? ` ${mb(rssBefore)} / ${mb(rssPeak)} |` : ' |'}`);
+            if (who === 'sluice') await sub.query('alter subscription native_sub enable');
+            else await handle.signal('resume');
           }
-          const started = Date.now();
-          const { seconds, end } = await burst();
-          const lag = await lagTo(who, end);
-          await waitUntil(`${who} to confirm the burst`, async () => (await lagTo(who, end)) === 0);
-          took[who] = (Date.now() - started) / 1000;
-          if (profiler) {
-            const { profile } = await profiler.post('Profiler.stop');
-            await writeFile(PROFILE!, JSON.stringify(profile));
-            profiler.disconnect();
-          }
-          cpus.push([who, await meter()]);
-          if (who === 'sluice') soloBatches = (await batchesApplied()) - batches;
-          rows.push(`| ${label(who)} | ${seconds.toFixed(1)} | ${took[who]!.toFixed(1)} | ${Math.round(CHANGES / took[who]!).toLocaleString('en')} | ${mb(lag)} | ${await equal(who)} |${who === 'sluice' ? ` ${mb(rssBefore)} / ${mb(rssPeak)} |` : ' |'}`);
-          if (who === 'sluice') await sub.query('alter subscription native_sub enable');
-          else await handle.signal('resume');
+          const of = REPEAT > 1 ? ` (round ${round} of ${REPEAT})` : '';
+          console.log(`\nsolo${of}: ${CHANGES.toLocaleString('en')} changes, one burst per applier, each streaming while its burst commits, the other one stopped:\n`);
+          console.log('| applier | burst committed in s | seconds from burst start to confirmed | changes/s | lag right after the burst | equals source | worker RSS before / peak |');
+          console.log('|---|---:|---:|---:|---:|---|---:|');
+          for (const row of rows) console.log(row);
+          const ratio = (took.native! / took.sluice!).toFixed(2);
+          ratios.push(`${ratio}x`);
+          console.log(`\nsolo${of}: sluice / native: ${ratio}x the native subscriber's changes/s`);
+          batchLine('solo', soloBatches);
+          for (const [who, cpu] of cpus) cpuTable(`solo${of}: CPU seconds while ${label(who)} streamed its burst`, cpu);
         }
-        console.log(`\nsolo: ${CHANGES.toLocaleString('en')} changes, one burst per applier, each streaming while its burst commits, the other one stopped:\n`);
-        console.log('| applier | burst committed in s | seconds from burst start to confirmed | changes/s | lag right after the burst | equals source | worker RSS before / peak |');
-        console.log('|---|---:|---:|---:|---:|---|---:|');
-        for (const row of rows) console.log(row);
-        console.log(`\nsolo: sluice / native: ${(took.native! / took.sluice!).toFixed(2)}x the native subscriber's changes/s`);
-        batchLine('solo', soloBatches);
-        for (const [who, cpu] of cpus) cpuTable(`solo: CPU seconds while ${label(who)} streamed its burst`, cpu);
+        if (REPEAT > 1) console.log(`\nsolo, ${REPEAT} rounds: sluice / native ${ratios.join(', ')}`);
       }
 
       if (MODES.includes('alone')) {
@@ -411,7 +446,23 @@ async function main(): Promise<void> {
   }
 }
 
-main().then(
+/**
+ * The bench is the worker process (its CPU and memory are measured as the worker's), so it runs
+ * under the production worker's node settings (`npm run worker`'s: a 4 MB young generation, its
+ * malloc arenas, its loader): it starts itself again that way unless it is that process.
+ * CDC_BENCH_NODE_DEFAULTS=1 runs it with node's defaults instead, as `tsx` starts it.
+ */
+function underWorkerSettings(): boolean {
+  if (process.env.CDC_BENCH_WORKER_SETTINGS || process.env.CDC_BENCH_NODE_DEFAULTS) return true;
+  const launch = workerLaunch();
+  const args = launch.args.map((a) => (a.endsWith('.ts') ? __filename : a));
+  const child = spawn(process.execPath, args, { stdio: 'inherit', env: { ...process.env, ...launch.env, CDC_BENCH_WORKER_SETTINGS: '1' } });
+  child.on('exit', (code, signal) => process.exit(code ?? (signal ? 1 : 0)));
+  for (const sig of ['SIGINT', 'SIGTERM'] as const) process.on(sig, () => child.kill(sig));
+  return false;
+}
+
+if (underWorkerSettings()) main().then(
   () => process.exit(0),
   (err) => {
     console.error(err);

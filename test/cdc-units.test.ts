@@ -5,7 +5,8 @@ import { CopyBinaryWriter } from '../src/destinations/postgres/binary-copy';
 import { CdcInput, parseInput } from '../src/inputs';
 import { decodeLogicalMessage, decodeReplicationMessage, formatLsn, parseLsn, SPAN_NULL, SPAN_UNCHANGED, standbyStatus, UNCHANGED } from '../src/sources/postgres/cdc/pgoutput';
 import { PassThrough } from 'node:stream';
-import { ReplicationStream } from '../src/sources/postgres/cdc/replication';
+import { createServer, type Socket as NetSocket } from 'node:net';
+import { ownReadSocket, ReplicationStream } from '../src/sources/postgres/cdc/replication';
 import { chunkOf, parseXidSnapshot, seenBySnapshot, seenForKey, widenXid } from '../src/sources/postgres/cdc/snapshot';
 import { cdcNames } from '../src/workflows/cdc';
 import { tupleOf, Wire } from './pgoutput-wire';
@@ -58,7 +59,15 @@ describe('pgoutput decoding', () => {
   });
 });
 
-describe('ReplicationStream: CopyData frames read in place from socket chunks', () => {
+/** A protocol message as the server frames it: its code, its length, its payload. */
+function message(code: string, payload: Buffer): Buffer {
+  const header = Buffer.alloc(5);
+  header.write(code, 0, 'latin1');
+  header.writeUInt32BE(4 + payload.length, 1);
+  return Buffer.concat([header, payload]);
+}
+
+describe('ReplicationStream: CopyData frames found in place in the bytes received', () => {
   /** A socket as pg leaves it: its one 'data' reader is pg's parser (here, a recorder). */
   function socket() {
     const s = new PassThrough() as PassThrough & { written: Buffer[] };
@@ -66,12 +75,6 @@ describe('ReplicationStream: CopyData frames read in place from socket chunks', 
     s.write = ((chunk: Buffer) => (s.written.push(chunk), true)) as typeof s.write;
     return s;
   }
-  const message = (code: string, payload: Buffer) => {
-    const header = Buffer.alloc(5);
-    header.write(code, 0, 'latin1');
-    header.writeUInt32BE(4 + payload.length, 1);
-    return Buffer.concat([header, payload]);
-  };
   test('every frame arrives whole whatever the socket reads look like; an error goes back to pg with the bytes after the frames', () => {
     const payloads = Array.from({ length: 40 }, (_, i) => new Wire().char('w').u64(BigInt(i)).u64(BigInt(i)).u64(0n).char('I').i32(1).char('N').i16(2).text(String(i)).text('x'.repeat(i * 7)).done());
     payloads.push(new Wire().char('k').u64(99n).u64(0n).u8(1).done());
@@ -99,12 +102,6 @@ describe('ReplicationStream: CopyData frames read in place from socket chunks', 
 });
 
 describe('ReplicationStream: backpressure and the end of a stream', () => {
-  const message = (code: string, payload: Buffer) => {
-    const header = Buffer.alloc(5);
-    header.write(code, 0, 'latin1');
-    header.writeUInt32BE(4 + payload.length, 1);
-    return Buffer.concat([header, payload]);
-  };
   /** An XLogData frame of `n` bytes of logical message (an 'M' message: nothing to apply). */
   const xlog = (n: number) => {
     const p = Buffer.alloc(25 + n, 0x41);
@@ -168,6 +165,75 @@ describe('ReplicationStream: backpressure and the end of a stream', () => {
     s.emit('data', Buffer.concat([message('W', Buffer.from([0, 0, 0])), Buffer.from([0x64, 0, 0, 0, 1, 0x6b])]));
     assert.equal(stream.poll(), false);
     await assert.rejects(stream.wait(100), /a message of 1 bytes/);
+  });
+});
+
+describe('ReplicationStream over a socket that reads into a buffer of its own', () => {
+  test('pg reads the startup, the stream every frame after it (in order, whole, through backpressure), and pg the error at the end', async () => {
+    // A server: a startup reply, then (once START_REPLICATION is sent) CopyBoth, frames of every
+    // size in writes of every size, and an ErrorResponse.
+    const startup = Buffer.concat([message('R', Buffer.from([0, 0, 0, 0])), message('Z', Buffer.from('I'))]);
+    const payloads = Array.from({ length: 3000 }, (_, i) => {
+      const p = Buffer.alloc(26 + ((i * 97) % 5000) + (i === 1500 ? 300_000 : 0), i % 251);
+      p[0] = 0x77;
+      p.writeUInt32BE(i, 1);
+      return p;
+    });
+    const error = message('E', Buffer.from('SERROR\0C55006\0Mslot is active\0\0'));
+    const wire = Buffer.concat([message('W', Buffer.from([0, 0, 0])), ...payloads.map((p) => message('d', p)), error]);
+    let serverSide: NetSocket | undefined;
+    const server = createServer((socket) => {
+      serverSide = socket;
+      socket.write(startup);
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    const reader = ownReadSocket();
+    const toPg: Buffer[] = [];
+    reader.socket.on('data', (c: Buffer) => toPg.push(c));
+    reader.socket.on('error', () => undefined);
+    reader.socket.connect((server.address() as { port: number }).port, '127.0.0.1');
+    try {
+      while (Buffer.concat(toPg).length < startup.length) await new Promise((r) => setTimeout(r, 5));
+      assert.ok(Buffer.concat(toPg).equals(startup), 'the startup went to pg, as it arrived');
+      toPg.length = 0;
+      const stream = ReplicationStream.over(
+        {
+          stream: reader.socket,
+          query: () => {
+            // Writes of 1 byte to 64 KiB: frames split anywhere, the socket read whenever it is.
+            let at = 0;
+            const pump = () => {
+              for (let k = 0; k < 20 && at < wire.length; k++) {
+                const n = [1, 7, 300, 4096, 65536][(at + k) % 5]!;
+                serverSide!.write(wire.subarray(at, at + n));
+                at += n;
+              }
+              if (at < wire.length) setImmediate(pump);
+            };
+            pump();
+          },
+        },
+        'START_REPLICATION ...',
+        256 * 1024,
+        reader,
+      );
+      const got: number[] = [];
+      while (got.length < payloads.length) {
+        assert.equal(await stream.wait(10_000), 'frame', `frame ${got.length} arrives`);
+        const p = payloads[got.length]!;
+        assert.ok(stream.frame.subarray(stream.frameStart, stream.frameEnd).equals(p), `frame ${got.length} arrives whole`);
+        got.push(stream.frame.readUInt32BE(stream.frameStart + 1));
+        // A slow consumer now and then: the socket is paused and resumed under it.
+        if (got.length % 500 === 0) await new Promise((r) => setTimeout(r, 50));
+      }
+      assert.deepEqual(got, payloads.map((_, i) => i), 'every frame, in order');
+      assert.equal(stream.poll(), false);
+      while (Buffer.concat(toPg).length < error.length) await new Promise((r) => setTimeout(r, 5));
+      assert.ok(Buffer.concat(toPg).equals(error), 'pg parses the error after the frames, and nothing else of the stream');
+    } finally {
+      reader.socket.destroy();
+      server.close();
+    }
   });
 });
 

@@ -362,6 +362,14 @@ interface Relation {
   columns: RowColumns;
 }
 
+/**
+ * Per chunk of a table's snapshot, whether its copy saw transaction `xid`. Not inline in a method
+ * that runs per change: a closure there capturing its variables makes every call allocate them a scope.
+ */
+function seenByChunk(filter: SnapshotFilter, xid: number): boolean[] {
+  return filter.xids.map((x) => seenBySnapshot(xid, x));
+}
+
 /** The longest the read loop works through queued messages without letting the event loop run. */
 const YIELD_EVERY_MS = 5;
 
@@ -387,6 +395,8 @@ class StreamConsumer {
   private lastStatusAt = 0;
   /** When the read loop last let the event loop run. */
   private lastYield = Date.now();
+  /** The window is over: the loop stops once no transaction is being read. */
+  private stopAtCommit = false;
   /** The batches being committed in the destination (oldest first), while the next one is read. */
   private readonly inFlight: { endLsn: bigint; done: Promise<void>; locked: Promise<void> }[] = [];
   private applyFailure: Error | undefined;
@@ -441,6 +451,8 @@ class StreamConsumer {
       if (this.applyFailure) throw this.applyFailure;
       const now = Date.now();
       if (signal.aborted || (now >= deadline && !this.tx)) break;
+      // The window's end waits for the end of the transaction being read.
+      this.stopAtCommit = now >= deadline;
       const pending = !this.batch.empty;
       if (pending && !this.tx && this.inFlight.length < MAX_IN_FLIGHT && (now - this.batchStartedAt >= this.req.batchWaitMs || (this.caughtUp && this.inFlight.length === 0))) {
         await this.flush();
@@ -452,39 +464,24 @@ class StreamConsumer {
         this.stream.acknowledge(this.acked, true);
         this.lastStatusAt = now;
       }
-      // What has arrived is read without a promise per message; only an empty queue waits. Every
-      // few milliseconds of that the loop still lets the event loop run: the batch being applied
-      // gets its turn (its connection, its COPY), and so do heartbeats, cancellation and the socket.
+      // Every few milliseconds of reading the loop lets the event loop run: the batch being
+      // applied gets its turn (its connection, its COPY), and so do heartbeats, cancellation and the socket.
       if (now - this.lastYield >= YIELD_EVERY_MS) {
         await new Promise<void>((r) => setImmediate(r));
         this.lastYield = Date.now();
       }
-      if (!this.stream.poll()) {
-        const wait = Math.min(deadline - now, pending ? this.batchStartedAt + this.req.batchWaitMs - now : 1_000, 1_000);
-        const next = await this.stream.wait(Math.max(wait, 10));
-        this.lastYield = Date.now();
-        if (next === 'timeout') continue;
-        if (next === 'end') throw ApplicationFailure.retryable('the replication stream ended', 'ReplicationStreamEnded');
-      }
-      // The frame is valid until the next poll: what a change keeps is copied into its batch.
-      const { frame, frameStart, frameEnd } = this.stream;
-      const kind = frame[frameStart];
-      if (kind === 0x6b /* k: keepalive */) {
-        if (frameEnd - frameStart < 18) throw new Error(`replication: a keepalive of ${frameEnd - frameStart} bytes (18 expected)`);
-        const walEnd = frame.readBigUInt64BE(frameStart + 1);
-        if (!this.tx) this.caughtUp = true;
-        if (this.idle() && walEnd > this.acked) this.acked = walEnd;
-        if (frame[frameStart + 17] === 1 || this.acked > this.committed) this.stream.acknowledge(this.acked);
+      const drained = this.drain(this.lastYield + YIELD_EVERY_MS, signal);
+      if (drained === 'later') continue;
+      if (drained !== 'empty') {
+        await drained;
         continue;
       }
-      if (kind !== 0x77 /* w: XLogData, its logical message after a 25-byte header */) continue;
-      this.caughtUp = false;
-      if (frameEnd - frameStart < 26) throw new Error(`replication: an XLogData message of ${frameEnd - frameStart} bytes`);
-      if (readChange(frame, frameStart + 25, frameEnd, this.change)) {
-        this.handleChange(this.change);
-        continue;
-      }
-      const waiting = this.handle(decodeLogicalMessage(frame.subarray(frameStart + 25, frameEnd)));
+      const wait = Math.min(deadline - now, pending ? this.batchStartedAt + this.req.batchWaitMs - now : 1_000, 1_000);
+      const next = await this.stream.wait(Math.max(wait, 10));
+      this.lastYield = Date.now();
+      if (next === 'timeout') continue;
+      if (next === 'end') throw ApplicationFailure.retryable('the replication stream ended', 'ReplicationStreamEnded');
+      const waiting = this.handleFrame();
       if (waiting) await waiting;
     }
     // Whatever happens next, the batches being applied finish first (each commits, or fails as a whole).
@@ -501,6 +498,44 @@ class StreamConsumer {
       await this.flushBatch(new ChangeBatch(), this.acked, undefined, this.shapesByTarget(), { after: this.committed, locked: () => undefined });
       this.committed = this.acked;
     }
+  }
+
+  /**
+   * Handles the frames already received, synchronously (no promise, and no value kept across an
+   * await, per message), until none is left ('empty'), one must be waited for (its promise), a
+   * transaction ended while the window is over, or `until` has passed or the activity is
+   * cancelled ('later': checked every few frames, so the clock is not read per message).
+   */
+  private drain(until: number, signal: AbortSignal): Promise<void> | 'empty' | 'later' {
+    for (let n = 1; ; n++) {
+      if (!this.stream.poll()) return 'empty';
+      const waiting = this.handleFrame();
+      if (waiting) return waiting;
+      if (this.stopAtCommit && !this.tx) return 'later';
+      if ((n & 63) === 0 && (Date.now() >= until || signal.aborted)) return 'later';
+    }
+  }
+
+  /** The frame poll() or wait() found (valid until the next poll): a promise when the loop must wait before the next one. */
+  private handleFrame(): Promise<void> | undefined {
+    const { frame, frameStart, frameEnd } = this.stream;
+    const kind = frame[frameStart];
+    if (kind === 0x6b /* k: keepalive */) {
+      if (frameEnd - frameStart < 18) throw new Error(`replication: a keepalive of ${frameEnd - frameStart} bytes (18 expected)`);
+      const walEnd = frame.readBigUInt64BE(frameStart + 1);
+      if (!this.tx) this.caughtUp = true;
+      if (this.idle() && walEnd > this.acked) this.acked = walEnd;
+      if (frame[frameStart + 17] === 1 || this.acked > this.committed) this.stream.acknowledge(this.acked);
+      return undefined;
+    }
+    if (kind !== 0x77 /* w: XLogData, its logical message after a 25-byte header */) return undefined;
+    this.caughtUp = false;
+    if (frameEnd - frameStart < 26) throw new Error(`replication: an XLogData message of ${frameEnd - frameStart} bytes`);
+    if (readChange(frame, frameStart + 25, frameEnd, this.change)) {
+      this.handleChange(this.change);
+      return undefined;
+    }
+    return this.handle(decodeLogicalMessage(frame.subarray(frameStart + 25, frameEnd)));
   }
 
   /** Nothing received is waiting to be applied or being applied: the server's position may be acknowledged. */
@@ -650,7 +685,7 @@ class StreamConsumer {
     const tx = this.tx!;
     let saw = tx.seen.get(target);
     if (!saw) {
-      const byChunk = filter.xids.map((x) => seenBySnapshot(tx.xid, x));
+      const byChunk = seenByChunk(filter, tx.xid);
       saw = { byChunk, ...(byChunk.every(Boolean) ? { same: true } : byChunk.some(Boolean) ? {} : { same: false }) };
       tx.seen.set(target, saw);
     }

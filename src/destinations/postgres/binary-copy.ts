@@ -171,6 +171,10 @@ export class BinaryCopyTap extends Transform {
   }
 }
 
+/** Chunk buffers of completed COPYs, for the next CopyBinaryWriter (see release()). */
+const spareChunks: Buffer[] = [];
+const MAX_SPARE_CHUNKS = 32;
+
 /**
  * Writes binary COPY (the format above) into chunks, field by field: what the CDC apply engine
  * stages. A field's bytes go in as they are, behind their length, so a value copied from a
@@ -180,9 +184,11 @@ export class BinaryCopyTap extends Transform {
 export class CopyBinaryWriter {
   private buf: Buffer;
   private pos = 0;
+  /** The buffers taken so far (whole), for release(). */
+  private readonly taken: Buffer[] = [];
 
   constructor(private readonly chunkBytes = 256 * 1024) {
-    this.buf = Buffer.allocUnsafe(chunkBytes);
+    this.buf = this.fresh();
     this.room(HEADER_BYTES);
     SIGNATURE.copy(this.buf, 0);
     this.buf.writeInt32BE(0, SIGNATURE.length);
@@ -198,9 +204,26 @@ export class CopyBinaryWriter {
   /** What was written since the last take; the writer goes on in a new buffer (the returned one is the caller's). */
   take(): Buffer {
     const out = this.buf.subarray(0, this.pos);
-    this.buf = Buffer.allocUnsafe(this.chunkBytes);
+    this.taken.push(this.buf);
+    this.buf = this.fresh();
     this.pos = 0;
     return out;
+  }
+
+  /**
+   * Every chunk taken has been written out (the COPY they went to is complete): their buffers
+   * serve the next writers. A stager that allocated a buffer per chunk had a stream allocate
+   * as much memory as it staged, and the garbage collector run full collections for it.
+   */
+  release(): void {
+    for (const b of this.taken) if (b.length === this.chunkBytes && spareChunks.length < MAX_SPARE_CHUNKS) spareChunks.push(b);
+    this.taken.length = 0;
+  }
+
+  private fresh(): Buffer {
+    const spare = spareChunks.at(-1);
+    if (spare?.length === this.chunkBytes) return spareChunks.pop()!;
+    return Buffer.allocUnsafe(this.chunkBytes);
   }
 
   private room(n: number): void {

@@ -347,10 +347,11 @@ async function stageRows(client: pg.PoolClient, shape: TableShape, batch: TableB
   const positions = new Map<RowColumns, (number | undefined)[]>();
   let lastColumns: RowColumns | undefined;
   let lastPositions: (number | undefined)[] = [];
+  // No closure inside: one that captured `columns` would make every call allocate its scope.
   const positionsIn = (columns: RowColumns) => {
     if (columns === lastColumns) return lastPositions;
     let at = positions.get(columns);
-    if (!at) positions.set(columns, (at = carriedNames.map((c) => columns.index.get(c))));
+    if (!at) positions.set(columns, (at = positionsOf(carriedNames, columns)));
     lastColumns = columns;
     lastPositions = at;
     return at;
@@ -476,7 +477,13 @@ async function stageRows(client: pg.PoolClient, shape: TableShape, batch: TableB
   if (out.length) await write();
   sink.end();
   await finished(sink);
+  out.release();
   return { name: stageName, carried: carriedNames, from, moved, anyAbsent, present, existing, fresh };
+}
+
+/** Where each of `names` sits in a relation's tuples (undefined: not one of its columns). */
+function positionsOf(names: string[], columns: RowColumns): (number | undefined)[] {
+  return names.map((c) => columns.index.get(c));
 }
 
 async function applyTable(client: pg.PoolClient, req: ApplyRequest, shape: TableShape, batch: TableBatch, columns: sql.TargetColumn[], staged: Staged | undefined): Promise<void> {

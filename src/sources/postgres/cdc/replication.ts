@@ -1,16 +1,21 @@
 /**
  * One START_REPLICATION stream of a logical slot over pg's replication connection. pg sends the
- * command; from then on the socket's bytes are read here: CopyData frames are found in place in
- * the socket's own chunks (no buffer, event or object per message), with real backpressure (the
- * socket is paused while sluice is busy applying a batch, and TCP holds the server back).
+ * command; from then on the socket's bytes are read here: into one buffer that the stream keeps
+ * (the socket reads into a buffer of its own, so no buffer is allocated per read: a stream of
+ * hundreds of megabytes would otherwise be as much external memory for the garbage collector to
+ * account for, and a full collection every few batches), where CopyData frames are found in
+ * place (no buffer, event or object per message), with real backpressure (the socket is paused
+ * while sluice is busy applying a batch, and TCP holds the server back).
  *
  * Nothing here acknowledges anything on its own: the caller says which LSN is flushed
  * (`acknowledge`), and decides when a keepalive may move the slot.
  */
+import { Socket } from 'node:net';
 import pg from 'pg';
 import type { Duplex } from 'node:stream';
 import { literal } from '../../../postgres/sql';
 import { quoteIdent } from '../../../schema/identifiers';
+import { copyBytes } from '../../../destinations/postgres/binary-copy';
 import { formatLsn, standbyStatus } from './pgoutput';
 
 /**
@@ -29,6 +34,19 @@ const ERROR_RESPONSE = 0x45; // E
 const NOTICE_RESPONSE = 0x4e; // N
 const PARAMETER_STATUS = 0x53; // S
 const EMPTY = Buffer.alloc(0);
+/** The socket's own read buffer (see ownReadSocket): the most one read takes. */
+const READ_BYTES = 256 * 1024;
+/** The stream's buffer to begin with; it grows to what the read-ahead and the largest frame need. */
+const INITIAL_BUFFER_BYTES = 1024 * 1024;
+/**
+ * How long a reader that has read everything lets the socket gather bytes before it reads again.
+ * A walsender sends every change by itself (one send per message), so a reader that waits on the
+ * socket is woken for each few of them: a wake-up, a read and a stream event per few hundred
+ * bytes for the reader, and for the walsender a wake-up of the reader and often a reschedule per
+ * send. With the socket set aside for a moment the kernel queues what arrives (nobody waits on it,
+ * so a send wakes nobody) and the next read takes it in one piece.
+ */
+const DEFAULT_LINGER_MS = 2;
 /** PostgreSQL never sends a message longer than this (1 GiB of data and its header). */
 const MAX_MESSAGE_BYTES = 0x40000000 + 64 * 1024;
 
@@ -41,17 +59,14 @@ export class ReplicationStream implements pg.Submittable {
   private connection!: PgConnection;
   /** pg's own reader of the socket, set aside while the stream runs and given back for an error. */
   private pgData: ((chunk: Buffer) => void) | undefined;
-  /** Socket chunks received and not parsed yet, the one being parsed first. */
-  private readonly chunks: Buffer[] = [];
-  private head = 0;
-  /** Where the first queued chunk starts (a frame that ended inside it took its first bytes). */
-  private headOffset = 0;
-  private cur: Buffer = EMPTY;
+  /** Bytes received: [pos, end) not parsed yet; before pos, frames already returned. */
+  private buf: Buffer = EMPTY;
   private pos = 0;
-  /** Bytes received and not yet parsed. */
-  private queuedBytes = 0;
+  private end = 0;
   private paused = false;
   private started = false;
+  /** Set when the socket reads into a buffer of its own (ownReadSocket): it hands its reads to pg until the stream takes them. */
+  private reader: OwnReadSocket | undefined;
   /** The socket is pg's again (an error or the end of the copy follows from its parser). */
   private handedBack = false;
   private waiter: (() => void) | undefined;
@@ -63,8 +78,15 @@ export class ReplicationStream implements pg.Submittable {
   private waitingFor = 0;
   /** The last position acknowledged, resent with the pings. */
   private flushed = 0n;
+  /** The socket is set aside while bytes gather (see DEFAULT_LINGER_MS). */
+  private lingering = false;
+  /** Milliseconds to let bytes gather when everything received has been read (0: read as they come). */
+  lingerMs = DEFAULT_LINGER_MS;
 
-  /** The frame poll() found: its payload is frame[frameStart, frameEnd). Valid until the next poll. */
+  /**
+   * The frame poll() found: its payload is frame[frameStart, frameEnd). Valid until the next poll
+   * and until the event loop next runs (bytes arriving then may move it): use it, or copy it, at once.
+   */
   frame: Buffer = EMPTY;
   frameStart = 0;
   frameEnd = 0;
@@ -80,26 +102,32 @@ export class ReplicationStream implements pg.Submittable {
    * client hands it to submit(): what start() does once connected, and what a test drives with a
    * socket of its own.
    */
-  static over(connection: { stream: Duplex; query(text: string): void }, text: string, readAheadBytes = DEFAULT_READ_AHEAD_BYTES): ReplicationStream {
+  static over(connection: { stream: Duplex; query(text: string): void }, text: string, readAheadBytes = DEFAULT_READ_AHEAD_BYTES, reader?: OwnReadSocket): ReplicationStream {
     const self = new ReplicationStream(undefined, text, readAheadBytes);
+    self.reader = reader;
     self.submit(connection);
     return self;
   }
 
   /** `applicationName` names the reader in pg_stat_activity: how another run learns who holds the slot. */
   static async start(url: string, slot: string, publication: string, from: bigint, applicationName = 'sluice-cdc', readAheadBytes = DEFAULT_READ_AHEAD_BYTES): Promise<ReplicationStream> {
+    let reader: OwnReadSocket | undefined;
     const client = new pg.Client({
+      // A plain connection reads into a buffer of its own; a TLS one is read as TLS delivers it.
+      stream: (config: { ssl?: unknown }) => (config.ssl ? new Socket() : (reader = ownReadSocket()).socket),
       connectionString: url,
       replication: 'database',
       application_name: applicationName,
       // pgoutput prints values with the walsender's settings: the same portable text the snapshot's COPY uses.
       // client_encoding: values are passed on as the bytes pgoutput sends, which it converts to the client's encoding.
       options: '-c timezone=UTC -c datestyle=ISO,YMD -c intervalstyle=postgres -c extra_float_digits=3 -c client_encoding=UTF8',
-    } as pg.ClientConfig);
+      // pg calls it with its connection's settings (its types say no arguments).
+    } as unknown as pg.ClientConfig);
     client.on('error', () => undefined);
     await client.connect();
     const text = `START_REPLICATION SLOT ${quoteIdent(slot)} LOGICAL ${formatLsn(from)} (proto_version '1', publication_names ${literal(quoteIdent(publication))})`;
     const self = new ReplicationStream(client, text, Math.min(MAX_READ_AHEAD_BYTES, Math.max(DEFAULT_READ_AHEAD_BYTES, readAheadBytes)));
+    self.reader = reader;
     self.flushed = from;
     client.query(self);
     return self;
@@ -109,11 +137,17 @@ export class ReplicationStream implements pg.Submittable {
   submit(connection: unknown): void {
     this.connection = connection as PgConnection;
     const socket = this.connection.stream;
-    const listeners = socket.listeners('data') as ((chunk: Buffer) => void)[];
-    if (listeners.length !== 1) throw new Error(`replication: expected pg's one reader of the socket, found ${listeners.length}`);
-    this.pgData = listeners[0]!;
-    socket.removeListener('data', this.pgData);
-    socket.on('data', this.onData);
+    if (this.reader && this.reader.socket === socket) {
+      // pg's parser keeps its 'data' listener, which hears nothing more until giveBack.
+      this.reader.take(this.onRead);
+    } else {
+      this.reader = undefined;
+      const listeners = socket.listeners('data') as ((chunk: Buffer) => void)[];
+      if (listeners.length !== 1) throw new Error(`replication: expected pg's one reader of the socket, found ${listeners.length}`);
+      this.pgData = listeners[0]!;
+      socket.removeListener('data', this.pgData);
+      socket.on('data', this.onData);
+    }
     socket.on('error', (err: Error) => {
       this.errors.push(err);
       this.wake();
@@ -151,17 +185,58 @@ export class ReplicationStream implements pg.Submittable {
   handlePortalSuspended(): void {}
   callback(): void {}
 
-  private readonly onData = (chunk: Buffer): void => {
-    this.chunks.push(chunk);
-    this.queuedBytes += chunk.length;
+  private readonly onData = (chunk: Buffer): void => this.append(chunk, chunk.length);
+  private readonly onRead = (bytes: Buffer, n: number): void => this.append(bytes, n);
+
+  /** Bytes received and not parsed yet. */
+  private get queuedBytes(): number {
+    return this.end - this.pos;
+  }
+
+  /** Adds bytes received (copied: a socket's own read buffer is read into again). */
+  private append(bytes: Buffer, n: number): void {
+    if (this.buf.length - this.end < n) this.makeRoom(n);
+    copyBytes(bytes, 0, n, this.buf, this.end);
+    this.end += n;
     // Paused only with the frame being waited for whole: one row bigger than the read-ahead
     // must still arrive (the socket would otherwise never be read again).
     if (!this.paused && this.queuedBytes >= this.highWater && this.queuedBytes >= this.waitingFor) {
       this.paused = true;
       this.connection.stream.pause();
     }
-    this.wake();
-  };
+    this.wake(true);
+  }
+
+  /**
+   * Room for `n` more bytes after what is queued: the queued bytes move to the buffer's start,
+   * or to a buffer twice as big when they would fill more than half of it. Either way a frame
+   * poll() returned before is no longer where it was: a reader uses each frame before the event
+   * loop next runs (bytes arrive only then).
+   */
+  private makeRoom(n: number): void {
+    const queued = this.queuedBytes;
+    if (2 * (queued + n) <= this.buf.length) {
+      this.buf.copy(this.buf, 0, this.pos, this.end);
+    } else {
+      let size = Math.max(INITIAL_BUFFER_BYTES, this.buf.length);
+      while (size < 2 * (queued + n)) size *= 2;
+      const next = Buffer.allocUnsafe(size);
+      this.buf.copy(next, 0, this.pos, this.end);
+      this.buf = next;
+    }
+    this.pos = 0;
+    this.end = queued;
+  }
+
+  /**
+   * Called by poll(): with nothing queued, reads start again at the buffer's start (no bytes
+   * move), and a buffer grown past what the read-ahead needs (for one huge row) is let go.
+   */
+  private compact(): void {
+    if (this.pos === 0 || this.pos !== this.end) return;
+    this.pos = this.end = 0;
+    if (this.buf.length > 2 * (this.highWater + READ_BYTES)) this.buf = EMPTY;
+  }
 
   /** Ends a wait() in progress (or the next one) early, as if it had timed out: the reader has something to do. */
   interrupt(): void {
@@ -169,48 +244,15 @@ export class ReplicationStream implements pg.Submittable {
     this.wake();
   }
 
-  private wake(): void {
+  /** `arrived`: bytes came in, which a reader letting bytes gather does not wake up for. */
+  private wake(arrived = false): void {
+    if (arrived && this.lingering) return;
     const w = this.waiter;
     this.waiter = undefined;
     w?.();
   }
 
-  /** Makes at least `n` bytes contiguous in `cur` from `pos` (false when fewer have arrived). */
-  private gather(n: number): boolean {
-    if (this.cur.length - this.pos >= n) return true;
-    let have = this.cur.length - this.pos;
-    for (let i = this.head; i < this.chunks.length && have < n; i++) have += this.chunks[i]!.length - (i === this.head ? this.headOffset : 0);
-    if (have < n) return false;
-    // A frame across socket reads: only its own bytes are joined, and the next read goes on
-    // from where the frame ends in it.
-    const parts = [this.cur.subarray(this.pos)];
-    let need = n - (this.cur.length - this.pos);
-    while (need > 0) {
-      const chunk = this.chunks[this.head]!;
-      const take = Math.min(chunk.length - this.headOffset, need);
-      parts.push(chunk.subarray(this.headOffset, this.headOffset + take));
-      this.headOffset += take;
-      need -= take;
-      if (this.headOffset === chunk.length) {
-        this.head++;
-        this.headOffset = 0;
-      }
-    }
-    this.cur = Buffer.concat(parts);
-    this.pos = 0;
-    this.trim();
-    return true;
-  }
-
-  private trim(): void {
-    if (this.head > 64 && this.head * 2 > this.chunks.length) {
-      this.chunks.splice(0, this.head);
-      this.head = 0;
-    }
-  }
-
-  private consumed(bytes: number): void {
-    this.queuedBytes -= bytes;
+  private consumed(): void {
     if (this.paused && this.queuedBytes <= this.highWater / 4) {
       this.paused = false;
       this.connection.stream.resume();
@@ -225,19 +267,12 @@ export class ReplicationStream implements pg.Submittable {
    */
   poll(): boolean {
     if (this.handedBack) return false;
+    this.compact();
+    const buf = this.buf;
     for (;;) {
-      if (this.pos >= this.cur.length) {
-        // Chunks that came before the socket closed are still read: an error the server sent
-        // before closing (FATAL, with its SQLSTATE) is among them.
-        if (this.head >= this.chunks.length) return false;
-        this.cur = this.chunks[this.head++]!;
-        this.pos = this.headOffset;
-        this.headOffset = 0;
-        this.trim();
-      }
-      if (!this.gather(5)) return false;
-      const code = this.cur[this.pos]!;
-      const length = this.cur.readUInt32BE(this.pos + 1);
+      if (this.end - this.pos < 5) return false;
+      const code = buf[this.pos]!;
+      const length = buf.readUInt32BE(this.pos + 1);
       if (code === ERROR_RESPONSE || (code !== COPY_DATA && code !== COPY_BOTH_RESPONSE && code !== NOTICE_RESPONSE && code !== PARAMETER_STATUS)) {
         // An error (slot in use, publication missing), or the end of the copy: pg's parser reads
         // the rest and reports it to handleError / handleReadyForQuery.
@@ -250,7 +285,7 @@ export class ReplicationStream implements pg.Submittable {
         this.handedBack = true;
         return false;
       }
-      if (!this.gather(1 + length)) {
+      if (this.end - this.pos < 1 + length) {
         this.waitingFor = 1 + length;
         if (this.paused && this.queuedBytes < this.waitingFor) {
           this.paused = false;
@@ -262,14 +297,14 @@ export class ReplicationStream implements pg.Submittable {
       const start = this.pos + 5;
       const end = this.pos + 1 + length;
       this.pos = end;
-      this.consumed(1 + length);
+      this.consumed();
       if (code === COPY_BOTH_RESPONSE) {
         this.started = true;
         this.acknowledge(this.flushed, true);
         continue;
       }
       if (code !== COPY_DATA) continue;
-      this.frame = this.cur;
+      this.frame = buf;
       this.frameStart = start;
       this.frameEnd = end;
       return true;
@@ -278,17 +313,19 @@ export class ReplicationStream implements pg.Submittable {
 
   /** Hands the unparsed bytes and the socket back to pg's parser. */
   private giveBack(): void {
-    const rest = Buffer.concat([this.cur.subarray(this.pos), ...this.chunks.slice(this.head).map((c, i) => (i === 0 ? c.subarray(this.headOffset) : c))]);
-    this.cur = EMPTY;
-    this.pos = 0;
-    this.chunks.length = 0;
-    this.head = 0;
-    this.headOffset = 0;
+    const rest = Buffer.from(this.buf.subarray(this.pos, this.end));
+    this.buf = EMPTY;
+    this.pos = this.end = 0;
     const socket = this.connection.stream;
-    socket.removeListener('data', this.onData);
-    socket.on('data', this.pgData!);
     this.handedBack = true;
-    this.pgData!(rest);
+    if (this.reader) {
+      this.reader.release();
+      socket.emit('data', rest);
+    } else {
+      socket.removeListener('data', this.onData);
+      socket.on('data', this.pgData!);
+      this.pgData!(rest);
+    }
     if (this.paused) socket.resume();
     this.paused = false;
   }
@@ -296,6 +333,7 @@ export class ReplicationStream implements pg.Submittable {
   /** Waits up to `waitMs` for a frame: 'frame' (then poll), 'timeout', or 'end'. Throws what the server reported (slot in use, publication missing). */
   async wait(waitMs: number): Promise<'frame' | 'timeout' | 'end'> {
     const deadline = Date.now() + waitMs;
+    let lingered = false;
     for (;;) {
       if (this.poll()) return 'frame';
       if (this.failure) throw this.failure;
@@ -304,6 +342,25 @@ export class ReplicationStream implements pg.Submittable {
       if (left <= 0 || this.interrupted) {
         this.interrupted = false;
         return 'timeout';
+      }
+      if (this.lingerMs > 0 && this.started && !this.paused && !lingered) {
+        // Everything received is read: let the next bytes gather, then read them in one go (once
+        // per wait: a stream with nothing to send is then waited on as usual, and the first bytes
+        // after a quiet spell are read as they come).
+        lingered = true;
+        // Bytes arriving do not end this sleep (they are what it waits for); interrupt(), an error
+        // or the end of the connection do.
+        this.lingering = true;
+        this.connection.stream.pause();
+        let linger: NodeJS.Timeout | undefined;
+        await new Promise<void>((r) => {
+          this.waiter = r;
+          linger = setTimeout(r, Math.min(this.lingerMs, left));
+        });
+        clearTimeout(linger);
+        this.lingering = false;
+        if (!this.paused) this.connection.stream.resume();
+        continue;
       }
       let timer: NodeJS.Timeout | undefined;
       await new Promise<void>((r) => {
@@ -333,4 +390,34 @@ export class ReplicationStream implements pg.Submittable {
     this.connection?.stream.destroy();
     await this.client?.end().catch(() => undefined);
   }
+}
+
+/**
+ * A socket that reads into one buffer of its own (net.Socket's `onread`) instead of allocating
+ * a buffer per read. Until take(), what it reads goes to pg's parser as 'data' events (copies:
+ * the parser may keep a chunk); after it, to the sink, until release().
+ */
+export interface OwnReadSocket {
+  readonly socket: Socket;
+  take(sink: (bytes: Buffer, n: number) => void): void;
+  release(): void;
+}
+
+export function ownReadSocket(): OwnReadSocket {
+  let sink: ((bytes: Buffer, n: number) => void) | undefined;
+  // `onread` is in Node's net.Socket options since 12.11 (its types only list it for connect()).
+  const socket = new Socket({
+    onread: {
+      buffer: Buffer.allocUnsafe(READ_BYTES),
+      callback: (n: number, bytes: Uint8Array) => {
+        if (sink) sink(bytes as Buffer, n);
+        else socket.emit('data', Buffer.from(bytes.subarray(0, n)));
+      },
+    },
+  } as ConstructorParameters<typeof Socket>[0]);
+  return {
+    socket,
+    take: (s) => (sink = s),
+    release: () => (sink = undefined),
+  };
 }
