@@ -502,13 +502,15 @@ class StreamConsumer {
 
   /**
    * Handles the frames already received, synchronously (no promise, and no value kept across an
-   * await, per message), until none is left ('empty'), one must be waited for (its promise), a
+   * await, per message), until none is left ('empty' when there was none), one must be waited for (its promise), a
    * transaction ended while the window is over, or `until` has passed or the activity is
    * cancelled ('later': checked every few frames, so the clock is not read per message).
    */
   private drain(until: number, signal: AbortSignal): Promise<void> | 'empty' | 'later' {
     for (let n = 1; ; n++) {
-      if (!this.stream.poll()) return 'empty';
+      // Out of frames after handling some: 'later', so the loop's checks run before it waits (a
+      // keepalive that found the stream caught up hands the batch over at once).
+      if (!this.stream.poll()) return n === 1 ? 'empty' : 'later';
       const waiting = this.handleFrame();
       if (waiting) return waiting;
       if (this.stopAtCommit && !this.tx) return 'later';

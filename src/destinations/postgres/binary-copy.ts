@@ -171,9 +171,12 @@ export class BinaryCopyTap extends Transform {
   }
 }
 
+/** Bytes a writer's user takes a chunk at: below the chunk's buffer, so rows up to the difference never grow it. */
+export const CHUNK_TAKE_BYTES = 256 * 1024;
 /** Chunk buffers of completed COPYs, for the next CopyBinaryWriter (see release()). */
 const spareChunks: Buffer[] = [];
 const MAX_SPARE_CHUNKS = 32;
+const EMPTY_CHUNK = Buffer.alloc(0);
 
 /**
  * Writes binary COPY (the format above) into chunks, field by field: what the CDC apply engine
@@ -187,7 +190,8 @@ export class CopyBinaryWriter {
   /** The buffers taken so far (whole), for release(). */
   private readonly taken: Buffer[] = [];
 
-  constructor(private readonly chunkBytes = 256 * 1024) {
+  /** `chunkBytes`: each chunk's buffer; a writer takes chunks before they fill it (see CHUNK_TAKE_BYTES). */
+  constructor(private readonly chunkBytes = 512 * 1024) {
     this.buf = this.fresh();
     this.room(HEADER_BYTES);
     SIGNATURE.copy(this.buf, 0);
@@ -216,8 +220,13 @@ export class CopyBinaryWriter {
    * as much memory as it staged, and the garbage collector run full collections for it.
    */
   release(): void {
+    // The buffer being written to (nothing in it since the last take) goes back as well.
+    if (this.pos === 0) this.taken.push(this.buf);
     for (const b of this.taken) if (b.length === this.chunkBytes && spareChunks.length < MAX_SPARE_CHUNKS) spareChunks.push(b);
     this.taken.length = 0;
+    // Whatever is written after this goes to a buffer of its own.
+    this.buf = EMPTY_CHUNK;
+    this.pos = 0;
   }
 
   private fresh(): Buffer {

@@ -22,7 +22,7 @@ import { qualifiedName, quoteIdent } from '../../schema/identifiers';
 import { formatLsn, parseLsn, SPAN_UNCHANGED } from '../../sources/postgres/cdc/pgoutput';
 import { canonicalType } from '../../schema/types';
 import { ENTRY_DELETE, ENTRY_OBJECT, ENTRY_UPSERT, RowColumns, RowValues, spansAt, spansOf, type ChangeBatch, type FirstKeyRange, type Pending, type TableBatch } from './cdc-batch';
-import { CopyBinaryWriter } from './binary-copy';
+import { CHUNK_TAKE_BYTES, CopyBinaryWriter } from './binary-copy';
 import { writeChunk } from './copy-text';
 import { checkLeases, type LeaseToken } from './lease';
 import { ensureMetadata, planSchema } from './loader';
@@ -471,7 +471,7 @@ async function stageRows(client: pg.PoolClient, shape: TableShape, batch: TableB
         }
       }
     }
-    if (out.length > 256 * 1024) await write();
+    if (out.length > CHUNK_TAKE_BYTES) await write();
   }
   out.trailer();
   if (out.length) await write();

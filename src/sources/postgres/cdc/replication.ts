@@ -38,6 +38,8 @@ const EMPTY = Buffer.alloc(0);
 const READ_BYTES = 256 * 1024;
 /** The stream's buffer to begin with; it grows to what the read-ahead and the largest frame need. */
 const INITIAL_BUFFER_BYTES = 1024 * 1024;
+/** Past this, the buffer grows by half what it needs rather than by twice it (see makeRoom). */
+const HUGE_BYTES = 64 * 1024 * 1024;
 /**
  * How long a reader that has read everything lets the socket gather bytes before it reads again.
  * A walsender sends every change by itself (one send per message), so a reader that waits on the
@@ -195,7 +197,17 @@ export class ReplicationStream implements pg.Submittable {
 
   /** Adds bytes received (copied: a socket's own read buffer is read into again). */
   private append(bytes: Buffer, n: number): void {
-    if (this.buf.length - this.end < n) this.makeRoom(n);
+    if (this.buf.length - this.end < n) {
+      try {
+        this.makeRoom(n);
+      } catch (err) {
+        // In a socket callback a throw would end the process: the stream fails instead (retried).
+        this.errors.push(err instanceof Error ? err : new Error(String(err)));
+        this.connection.stream.destroy();
+        this.wake();
+        return;
+      }
+    }
     copyBytes(bytes, 0, n, this.buf, this.end);
     this.end += n;
     // Paused only with the frame being waited for whole: one row bigger than the read-ahead
@@ -209,18 +221,19 @@ export class ReplicationStream implements pg.Submittable {
 
   /**
    * Room for `n` more bytes after what is queued: the queued bytes move to the buffer's start,
-   * or to a buffer twice as big when they would fill more than half of it. Either way a frame
-   * poll() returned before is no longer where it was: a reader uses each frame before the event
-   * loop next runs (bytes arrive only then).
+   * or to a bigger buffer when they would fill more than half of it (twice what is needed, and
+   * at once what a frame known to be coming needs). Either way a frame poll() returned before
+   * is no longer where it was: a reader uses each frame before the event loop next runs (bytes
+   * arrive only then).
    */
   private makeRoom(n: number): void {
     const queued = this.queuedBytes;
-    if (2 * (queued + n) <= this.buf.length) {
+    const need = Math.max(queued + n, this.waitingFor);
+    if (2 * need <= this.buf.length) {
       this.buf.copy(this.buf, 0, this.pos, this.end);
     } else {
-      let size = Math.max(INITIAL_BUFFER_BYTES, this.buf.length);
-      while (size < 2 * (queued + n)) size *= 2;
-      const next = Buffer.allocUnsafe(size);
+      // A row of hundreds of megabytes gets half as much again, not twice itself.
+      const next = Buffer.allocUnsafe(Math.max(INITIAL_BUFFER_BYTES, need > HUGE_BYTES ? need + (need >> 1) : 2 * need));
       this.buf.copy(next, 0, this.pos, this.end);
       this.buf = next;
     }
@@ -235,7 +248,8 @@ export class ReplicationStream implements pg.Submittable {
   private compact(): void {
     if (this.pos === 0 || this.pos !== this.end) return;
     this.pos = this.end = 0;
-    if (this.buf.length > 2 * (this.highWater + READ_BYTES)) this.buf = EMPTY;
+    // The most the read-ahead needs: it is paused at highWater, with at most one more read queued.
+    if (this.buf.length > 2 * (this.highWater + 2 * READ_BYTES)) this.buf = EMPTY;
   }
 
   /** Ends a wait() in progress (or the next one) early, as if it had timed out: the reader has something to do. */
