@@ -208,7 +208,8 @@ export class CopyBinaryWriter {
   /** What was written since the last take; the writer goes on in a new buffer (the returned one is the caller's). */
   take(): Buffer {
     const out = this.buf.subarray(0, this.pos);
-    this.taken.push(this.buf);
+    // Only as many as the pool keeps: a big COPY's other chunks are the garbage collector's once written.
+    if (this.taken.length < MAX_SPARE_CHUNKS) this.taken.push(this.buf);
     this.buf = this.fresh();
     this.pos = 0;
     return out;

@@ -80,6 +80,8 @@ export class ReplicationStream implements pg.Submittable {
   private waitingFor = 0;
   /** The last position acknowledged, resent with the pings. */
   private flushed = 0n;
+  /** Bytes that arrived could not be kept (no memory for them): the stream has failed. */
+  private dropped = false;
   /** The socket is set aside while bytes gather (see DEFAULT_LINGER_MS). */
   private lingering = false;
   /** Milliseconds to let bytes gather when everything received has been read (0: read as they come). */
@@ -197,11 +199,14 @@ export class ReplicationStream implements pg.Submittable {
 
   /** Adds bytes received (copied: a socket's own read buffer is read into again). */
   private append(bytes: Buffer, n: number): void {
+    // Once bytes were dropped nothing after them may be parsed (a TLS socket still delivers what it buffered).
+    if (this.dropped) return;
     if (this.buf.length - this.end < n) {
       try {
         this.makeRoom(n);
       } catch (err) {
         // In a socket callback a throw would end the process: the stream fails instead (retried).
+        this.dropped = true;
         this.errors.push(err instanceof Error ? err : new Error(String(err)));
         this.connection.stream.destroy();
         this.wake();
@@ -221,19 +226,20 @@ export class ReplicationStream implements pg.Submittable {
 
   /**
    * Room for `n` more bytes after what is queued: the queued bytes move to the buffer's start,
-   * or to a bigger buffer when they would fill more than half of it (twice what is needed, and
-   * at once what a frame known to be coming needs). Either way a frame poll() returned before
+   * or to a bigger buffer when twice what is needed (at once what a frame known to be coming
+   * needs) is more than it holds. Either way a frame poll() returned before
    * is no longer where it was: a reader uses each frame before the event loop next runs (bytes
    * arrive only then).
    */
   private makeRoom(n: number): void {
     const queued = this.queuedBytes;
     const need = Math.max(queued + n, this.waitingFor);
-    if (2 * need <= this.buf.length) {
+    // A row of hundreds of megabytes gets half as much again, not twice itself.
+    const size = Math.max(INITIAL_BUFFER_BYTES, need > HUGE_BYTES ? need + (need >> 1) : 2 * need);
+    if (size <= this.buf.length) {
       this.buf.copy(this.buf, 0, this.pos, this.end);
     } else {
-      // A row of hundreds of megabytes gets half as much again, not twice itself.
-      const next = Buffer.allocUnsafe(Math.max(INITIAL_BUFFER_BYTES, need > HUGE_BYTES ? need + (need >> 1) : 2 * need));
+      const next = Buffer.allocUnsafe(size);
       this.buf.copy(next, 0, this.pos, this.end);
       this.buf = next;
     }
