@@ -395,8 +395,6 @@ class StreamConsumer {
   private lastStatusAt = 0;
   /** When the read loop last let the event loop run. */
   private lastYield = Date.now();
-  /** The window is over: the loop stops once no transaction is being read. */
-  private stopAtCommit = false;
   /** The batches being committed in the destination (oldest first), while the next one is read. */
   private readonly inFlight: { endLsn: bigint; done: Promise<void>; locked: Promise<void> }[] = [];
   private applyFailure: Error | undefined;
@@ -451,8 +449,6 @@ class StreamConsumer {
       if (this.applyFailure) throw this.applyFailure;
       const now = Date.now();
       if (signal.aborted || (now >= deadline && !this.tx)) break;
-      // The window's end waits for the end of the transaction being read.
-      this.stopAtCommit = now >= deadline;
       const pending = !this.batch.empty;
       if (pending && !this.tx && this.inFlight.length < MAX_IN_FLIGHT && (now - this.batchStartedAt >= this.req.batchWaitMs || (this.caughtUp && this.inFlight.length === 0))) {
         await this.flush();
@@ -470,7 +466,8 @@ class StreamConsumer {
         await new Promise<void>((r) => setImmediate(r));
         this.lastYield = Date.now();
       }
-      const drained = this.drain(this.lastYield + YIELD_EVERY_MS, signal);
+      // The window's end waits for the end of the transaction being read.
+      const drained = this.drain(this.lastYield + YIELD_EVERY_MS, signal, now >= deadline);
       if (drained === 'later') continue;
       if (drained !== 'empty') {
         await drained;
@@ -506,14 +503,14 @@ class StreamConsumer {
    * transaction ended while the window is over, or `until` has passed or the activity is
    * cancelled ('later': checked every few frames, so the clock is not read per message).
    */
-  private drain(until: number, signal: AbortSignal): Promise<void> | 'empty' | 'later' {
+  private drain(until: number, signal: AbortSignal, stopAtCommit: boolean): Promise<void> | 'empty' | 'later' {
     for (let n = 1; ; n++) {
       // Out of frames after handling some: 'later', so the loop's checks run before it waits (a
       // keepalive that found the stream caught up hands the batch over at once).
       if (!this.stream.poll()) return n === 1 ? 'empty' : 'later';
       const waiting = this.handleFrame();
       if (waiting) return waiting;
-      if (this.stopAtCommit && !this.tx) return 'later';
+      if (stopAtCommit && !this.tx) return 'later';
       if ((n & 63) === 0 && (Date.now() >= until || signal.aborted)) return 'later';
     }
   }

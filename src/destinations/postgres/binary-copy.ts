@@ -173,9 +173,30 @@ export class BinaryCopyTap extends Transform {
 
 /** Bytes a writer's user takes a chunk at: below the chunk's buffer, so rows up to the difference never grow it. */
 export const CHUNK_TAKE_BYTES = 256 * 1024;
+/**
+ * Buffers of one size kept for reuse, at most `max` of them: a stream that allocated one per
+ * batch or per chunk would allocate as much memory as it moves, and have the garbage collector
+ * run full collections for it.
+ */
+export class BufferPool {
+  private readonly spare: Buffer[] = [];
+  constructor(
+    readonly size: number,
+    readonly max: number,
+  ) {}
+
+  take(): Buffer {
+    return this.spare.pop() ?? Buffer.allocUnsafe(this.size);
+  }
+
+  /** A buffer nothing reads or writes any more (one of another size is let go). */
+  give(buffer: Buffer): void {
+    if (buffer.length === this.size && this.spare.length < this.max) this.spare.push(buffer);
+  }
+}
+
 /** Chunk buffers of completed COPYs, for the next CopyBinaryWriter (see release()). */
-const spareChunks: Buffer[] = [];
-const MAX_SPARE_CHUNKS = 32;
+const chunks = new BufferPool(512 * 1024, 32);
 const EMPTY_CHUNK = Buffer.alloc(0);
 
 /**
@@ -191,7 +212,7 @@ export class CopyBinaryWriter {
   private readonly taken: Buffer[] = [];
 
   /** `chunkBytes`: each chunk's buffer; a writer takes chunks before they fill it (see CHUNK_TAKE_BYTES). */
-  constructor(private readonly chunkBytes = 512 * 1024) {
+  constructor(private readonly chunkBytes = chunks.size) {
     this.buf = this.fresh();
     this.room(HEADER_BYTES);
     SIGNATURE.copy(this.buf, 0);
@@ -209,7 +230,7 @@ export class CopyBinaryWriter {
   take(): Buffer {
     const out = this.buf.subarray(0, this.pos);
     // Only as many as the pool keeps: a big COPY's other chunks are the garbage collector's once written.
-    if (this.taken.length < MAX_SPARE_CHUNKS) this.taken.push(this.buf);
+    if (this.taken.length < chunks.max) this.taken.push(this.buf);
     this.buf = this.fresh();
     this.pos = 0;
     return out;
@@ -223,7 +244,7 @@ export class CopyBinaryWriter {
   release(): void {
     // The buffer being written to (nothing in it since the last take) goes back as well.
     if (this.pos === 0) this.taken.push(this.buf);
-    for (const b of this.taken) if (b.length === this.chunkBytes && spareChunks.length < MAX_SPARE_CHUNKS) spareChunks.push(b);
+    for (const b of this.taken) chunks.give(b);
     this.taken.length = 0;
     // Whatever is written after this goes to a buffer of its own.
     this.buf = EMPTY_CHUNK;
@@ -231,9 +252,7 @@ export class CopyBinaryWriter {
   }
 
   private fresh(): Buffer {
-    const spare = spareChunks.at(-1);
-    if (spare?.length === this.chunkBytes) return spareChunks.pop()!;
-    return Buffer.allocUnsafe(this.chunkBytes);
+    return this.chunkBytes === chunks.size ? chunks.take() : Buffer.allocUnsafe(this.chunkBytes);
   }
 
   private room(n: number): void {

@@ -8,7 +8,7 @@
  * whose key is not in the batch leaves those columns as the destination has them.
  */
 import { SPAN_UNCHANGED, Tuple, tupleSpans, UNCHANGED } from '../../sources/postgres/cdc/pgoutput';
-import { copyBytes } from './binary-copy';
+import { BufferPool, copyBytes } from './binary-copy';
 
 /**
  * Values a change carries, by destination column name; a column it does not have is left as it
@@ -182,8 +182,7 @@ const PAGE_BYTES = 1 << 20;
  * per batch, so its worker's memory stays flat and the garbage collector is not asked for a
  * full collection by every batch's new external memory.
  */
-const freePages: Buffer[] = [];
-const MAX_FREE_PAGES = 64;
+const freePages = new BufferPool(PAGE_BYTES, 64);
 
 /**
  * The tuple bytes of a batch's changes, copied into shared pages: a change kept until its
@@ -207,7 +206,7 @@ export class TupleArena {
       this.start = 0;
     } else {
       if (this.open < 0 || this.pos + n > PAGE_BYTES) {
-        this.pages.push(freePages.pop() ?? Buffer.allocUnsafe(PAGE_BYTES));
+        this.pages.push(freePages.take());
         this.open = this.pages.length - 1;
         this.pos = 0;
       }
@@ -220,7 +219,7 @@ export class TupleArena {
 
   /** The batch is done with (applied or failed): its pages serve the next batches. Nothing may read it after this. */
   release(): void {
-    for (const page of this.pages) if (page.length === PAGE_BYTES && freePages.length < MAX_FREE_PAGES) freePages.push(page);
+    for (const page of this.pages) freePages.give(page);
     this.pages.length = 0;
     this.open = -1;
   }

@@ -48,7 +48,7 @@ const HUGE_BYTES = 64 * 1024 * 1024;
  * send. With the socket set aside for a moment the kernel queues what arrives (nobody waits on it,
  * so a send wakes nobody) and the next read takes it in one piece.
  */
-const DEFAULT_LINGER_MS = 2;
+const LINGER_MS = 2;
 /** PostgreSQL never sends a message longer than this (1 GiB of data and its header). */
 const MAX_MESSAGE_BYTES = 0x40000000 + 64 * 1024;
 
@@ -82,10 +82,8 @@ export class ReplicationStream implements pg.Submittable {
   private flushed = 0n;
   /** Bytes that arrived could not be kept (no memory for them): the stream has failed. */
   private dropped = false;
-  /** The socket is set aside while bytes gather (see DEFAULT_LINGER_MS). */
+  /** The socket is set aside while bytes gather (see LINGER_MS). */
   private lingering = false;
-  /** Milliseconds to let bytes gather when everything received has been read (0: read as they come). */
-  lingerMs = DEFAULT_LINGER_MS;
 
   /**
    * The frame poll() found: its payload is frame[frameStart, frameEnd). Valid until the next poll
@@ -363,7 +361,7 @@ export class ReplicationStream implements pg.Submittable {
         this.interrupted = false;
         return 'timeout';
       }
-      if (this.lingerMs > 0 && this.started && !this.paused && !lingered) {
+      if (this.started && !this.paused && !lingered) {
         // Everything received is read: let the next bytes gather, then read them in one go (once
         // per wait: a stream with nothing to send is then waited on as usual, and the first bytes
         // after a quiet spell are read as they come).
@@ -372,23 +370,23 @@ export class ReplicationStream implements pg.Submittable {
         // or the end of the connection do.
         this.lingering = true;
         this.connection.stream.pause();
-        let linger: NodeJS.Timeout | undefined;
-        await new Promise<void>((r) => {
-          this.waiter = r;
-          linger = setTimeout(r, Math.min(this.lingerMs, left));
-        });
-        clearTimeout(linger);
+        await this.sleep(Math.min(LINGER_MS, left));
         this.lingering = false;
         if (!this.paused) this.connection.stream.resume();
         continue;
       }
-      let timer: NodeJS.Timeout | undefined;
-      await new Promise<void>((r) => {
-        this.waiter = r;
-        timer = setTimeout(r, left);
-      });
-      clearTimeout(timer);
+      await this.sleep(left);
     }
+  }
+
+  /** Until `ms` have passed or wake() is called. */
+  private async sleep(ms: number): Promise<void> {
+    let timer: NodeJS.Timeout | undefined;
+    await new Promise<void>((r) => {
+      this.waiter = r;
+      timer = setTimeout(r, ms);
+    });
+    clearTimeout(timer);
   }
 
   /** Tells the server everything up to `lsn` is durable here; the slot's confirmed_flush_lsn follows. */
